@@ -1,0 +1,7 @@
+"""extauth: an Envoy ext_authz service for API-key AuthConfigs.
+
+Data flows one way: sources (files, later Kubernetes) -> snapshot -> compiled policy ->
+Check decision -> serialized response. See README.md for the module map.
+"""
+
+__version__ = "0.1.0"

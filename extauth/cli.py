@@ -1,0 +1,146 @@
+"""The `extauth` command: `serve` runs the service, `validate` checks manifests offline."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from extauth import __version__, manifests
+from extauth.manifests import Problem
+from extauth.policy import compile_policy
+from extauth.resources import AuthConfig
+from extauth.server import Settings, serve
+from extauth.snapshot import ApiKey, PlacedAuthConfig, Snapshot
+from extauth.sources.files import ConfigDirError
+
+log = logging.getLogger("extauth")
+
+_CONFIG_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def _config_id(value: str) -> str:
+    if not _CONFIG_ID_RE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAMESPACE.NAME")
+    return value
+
+
+def _address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="extauth", description="Envoy ext_authz service for API-key AuthConfigs."
+    )
+    parser.add_argument("--version", action="version", version=f"extauth {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("serve", help="serve Envoy's Authorization/Check over gRPC")
+    run.add_argument(
+        "--config-dir",
+        type=Path,
+        required=True,
+        help="directory of Secret and AuthConfig YAML (watched)",
+    )
+    run.add_argument("--grpc-address", type=_address, default="127.0.0.1:9001")
+    run.add_argument(
+        "--default-config",
+        type=_config_id,
+        metavar="NS.NAME",
+        help="AuthConfig for routes that set no config_id context extension",
+    )
+    run.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long SIGTERM waits for in-flight checks",
+    )
+
+    check = commands.add_parser("validate", help="check manifests; exit 1 on any problem")
+    check.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "validate":
+        return validate(args.paths)
+    settings = Settings(
+        config_dir=args.config_dir,
+        grpc_address=args.grpc_address,
+        default_config=args.default_config,
+        shutdown_grace=args.shutdown_grace,
+    )
+    try:
+        asyncio.run(serve(settings))
+    except ConfigDirError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    except RuntimeError as exc:
+        if "bind" not in str(exc).lower():
+            raise
+        log.error("cannot listen on %s: %s", settings.grpc_address, exc)
+        return 2
+    return 0
+
+
+def validate(paths: Sequence[Path]) -> int:
+    """Every problem as `file:line: message`; cross-file problems (duplicates, key
+    conflicts, references to missing Secrets) are found by compiling a policy."""
+    problems: list[Problem] = []
+    keys: list[ApiKey] = []
+    configs: list[PlacedAuthConfig] = []
+    files = 0
+    for path in paths:
+        if not path.exists():
+            problems.append(Problem(str(path), 0, "no such file or directory"))
+            continue
+        for file in manifests.yaml_files(path):
+            files += 1
+            result = manifests.load_file(file)
+            problems.extend(result.problems)
+            if not result.ok:
+                continue
+            for loaded in result.resources:
+                if isinstance(loaded.resource, AuthConfig):
+                    configs.append(PlacedAuthConfig(loaded.resource, loaded.origin))
+                else:
+                    keys.append(ApiKey.from_secret(loaded.resource, loaded.origin))
+    policy = compile_policy(Snapshot(tuple(keys), tuple(configs)))
+    problems.extend(policy.problems)
+    for problem in problems:
+        print(problem)
+    errors = sum(not p.warning for p in problems)
+    if errors:
+        print(f"{errors} error(s) in {files} file(s)", file=sys.stderr)
+        return 1
+    if files == 0:
+        print("no *.yaml or *.yml files found", file=sys.stderr)
+        return 1
+    print(
+        f"OK: {files} file(s), {policy.key_count} API key Secret(s), "
+        f"{len(policy.configs)} AuthConfig(s)"
+        + (f", {len(problems)} warning(s)" if problems else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Find the API key in a request: the first configured source that is present wins.
+
+Convention (from Starlette): `None` means "no credential here". A header value may carry
+a `Bearer ` prefix. Query and cookie parsing is deliberately minimal and exact: the key is
+compared as the client sent it (after percent-decoding for query strings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import unquote_plus
+
+from extauth.policy import KeySource
+
+_BEARER = "bearer "
+
+
+def extract(sources: tuple[KeySource, ...], headers: Mapping[str, str], path: str) -> str | None:
+    for source in sources:
+        if source.kind == "header":
+            value = _from_header(headers.get(source.name))
+        elif source.kind == "query":
+            value = query_param(path, source.name)
+        else:
+            value = cookie(headers.get("cookie"), source.name)
+        if value:
+            return value
+    return None
+
+
+def _from_header(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    value = raw.strip()
+    if value[: len(_BEARER)].lower() == _BEARER:
+        value = value[len(_BEARER) :].strip()
+    return value or None
+
+
+def query_param(path: str, name: str) -> str | None:
+    """First value of `name` in the query string of `path` (Envoy puts the query there)."""
+    _, sep, query = path.partition("?")
+    if not sep:
+        return None
+    query = query.partition("#")[0]
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote_plus(key) == name:
+            return unquote_plus(value) or None
+    return None
+
+
+def cookie(header: str | None, name: str) -> str | None:
+    if not header:
+        return None
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip().strip('"') or None
+    return None
+
+
+def without_cookies(header: str, names: frozenset[str]) -> str:
+    """The cookie header with `names` removed, so a key in a cookie does not go upstream."""
+    kept = [
+        part.strip()
+        for part in header.split(";")
+        if part.strip() and part.strip().partition("=")[0] not in names
+    ]
+    return "; ".join(kept)

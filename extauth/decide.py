@@ -1,0 +1,107 @@
+"""The decision: a pure function of the current policy and what Check read from a request.
+
+Every branch that is not a positive match on an admitted key is a deny: no config bound
+to the route, an unknown config, a policy not loaded yet, a missing or unknown key. This
+module does no I/O and builds no protobuf; `responses.py` turns its result into bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from extauth import credentials
+from extauth.policy import CompiledConfig, Policy
+from extauth.snapshot import digest
+
+CONFIG_ID = "config_id"
+
+
+class Reason(StrEnum):
+    """Why a request was denied; also the `error` field of the JSON body and a metric label."""
+
+    MISSING = "missing_api_key"
+    INVALID = "invalid_api_key"
+    MISSING_METADATA = "missing_required_metadata"
+    NO_CONFIG = "no_auth_config"
+    UNKNOWN_CONFIG = "unknown_auth_config"
+    NOT_READY = "not_ready"
+    INTERNAL = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    config_id: str
+    identity: str
+    set_headers: tuple[tuple[str, str], ...]
+    remove_headers: tuple[str, ...]
+    remove_query: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    reason: Reason
+    config_id: str | None
+    # Where the key belongs ("the vanity-auth header"), for the 401 message.
+    hint: str = ""
+
+
+Decision = Allow | Deny
+
+
+def decide(
+    policy: Policy,
+    context_extensions: Mapping[str, str],
+    headers: Mapping[str, str],
+    path: str,
+) -> Decision:
+    config_id = context_extensions.get(CONFIG_ID) or policy.default_config
+    if not policy.loaded:
+        return Deny(Reason.NOT_READY, config_id)
+    if not config_id:
+        return Deny(Reason.NO_CONFIG, None)
+    config = policy.configs.get(config_id)
+    if config is None:
+        return Deny(Reason.UNKNOWN_CONFIG, config_id)
+    return _check_keys(config, headers, path)
+
+
+def _check_keys(config: CompiledConfig, headers: Mapping[str, str], path: str) -> Decision:
+    identity = ""
+    set_headers: dict[str, str] = {}
+    remove: list[str] = []
+    remove_query: list[str] = []
+    strip_cookies: frozenset[str] = frozenset()
+    for rule in config.rules:
+        key = credentials.extract(rule.sources, headers, path)
+        if key is None:
+            return Deny(Reason.MISSING, config.config_id, rule.hint)
+        grant = rule.grants.get(digest(key))
+        if grant is None:
+            return Deny(Reason.INVALID, config.config_id, rule.hint)
+        if grant.missing_required:
+            return Deny(Reason.MISSING_METADATA, config.config_id, rule.hint)
+        identity = identity or grant.identity
+        set_headers.update(grant.set_headers)
+        remove.extend(grant.remove_headers)
+        remove.extend(rule.strip_headers)
+        remove_query.extend(rule.strip_query)
+        strip_cookies |= rule.strip_cookies
+
+    cookie_header = headers.get("cookie")
+    if strip_cookies and cookie_header:
+        rest = credentials.without_cookies(cookie_header, strip_cookies)
+        if rest != cookie_header:
+            if rest:
+                set_headers["cookie"] = rest
+            else:
+                remove.append("cookie")
+    return Allow(
+        config_id=config.config_id,
+        identity=identity,
+        set_headers=tuple(set_headers.items()),
+        # A header that one rule sets is never also removed by another.
+        remove_headers=tuple(dict.fromkeys(h for h in remove if h not in set_headers)),
+        remove_query=tuple(dict.fromkeys(remove_query)),
+    )

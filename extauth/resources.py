@@ -1,0 +1,349 @@
+"""Pydantic models of the two resources extauth reads: `AuthConfig` and API-key `Secret`.
+
+The models are strict on purpose (`extra="forbid"`, no type coercion): a typo such as
+`headerNmae` or a YAML `yes` where a string belongs would otherwise pass silently and
+change who gets in. Validation errors carry the field path; `manifests.py` turns that
+path into `file:line` for the user.
+
+Secret values are decoded here (base64) but never appear in a repr or an error message:
+`data` and `stringData` are excluded from reprs, and error messages name entries, not values.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+APIKEY_SECRET_TYPE = "extauth.solo.io/apikey"  # noqa: S105 (a type name, not a secret)
+AUTHCONFIG_API_VERSION = "extauth.solo.io/v1"
+API_KEY_ENTRY = "api-key"
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SECRET_ENTRY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+# RFC 9110 token characters: what Envoy accepts as a header name.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Header names extauth must never set or strip: routing and framing belong to Envoy.
+_RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"}
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        hide_input_in_errors=True,
+    )
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid resource name "
+            "(lowercase letters, digits, '-' and '.', at most 253 characters)"
+        )
+    return value
+
+
+def _check_namespace(value: str) -> str:
+    if not _NAMESPACE_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid namespace "
+            "(lowercase letters, digits and '-', at most 63 characters)"
+        )
+    return value
+
+
+def check_header_name(value: str) -> str:
+    """Normalise a header name to lowercase (HTTP/2 form) and refuse unusable ones."""
+    if not _HEADER_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid HTTP header name")
+    lowered = value.lower()
+    if lowered in _RESERVED_HEADERS:
+        raise ValueError(f"header {value!r} is managed by Envoy and cannot be used here")
+    return lowered
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as an HTTP header value, or None when it can.
+
+    Envoy rejects control characters in header values; leading or trailing whitespace
+    is stripped in transit, so a key or metadata value carrying it could never match
+    or would arrive altered.
+    """
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        return "contains control characters (CR, LF, NUL, ...) not allowed in HTTP headers"
+    if value != value.strip(" \t"):
+        return "has leading or trailing whitespace, which HTTP strips in transit"
+    return None
+
+
+ResourceName = Annotated[str, AfterValidator(_check_name)]
+Namespace = Annotated[str, AfterValidator(_check_namespace)]
+HeaderName = Annotated[str, AfterValidator(check_header_name)]
+
+
+class ObjectMeta(_Model):
+    """Kubernetes object metadata. Server-set fields are accepted so that objects read
+    back from a cluster (`kubectl get -o yaml`) validate; they are not used."""
+
+    name: ResourceName
+    namespace: Namespace = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: Any = None
+    resource_version: Any = None
+    generation: Any = None
+    creation_timestamp: Any = None
+    deletion_timestamp: Any = None
+    deletion_grace_period_seconds: Any = None
+    generate_name: Any = None
+    self_link: Any = None
+    managed_fields: Any = None
+    finalizers: Any = None
+    owner_references: Any = None
+
+
+def _check_base64(value: str) -> str:
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not valid base64") from None
+    return value
+
+
+Base64Text = Annotated[str, AfterValidator(_check_base64)]
+
+
+class Secret(_Model):
+    """A Secret of type `extauth.solo.io/apikey`: entry `api-key` is the key, every other
+    entry is metadata about its holder (e.g. `x-org`). The holder's identity is the
+    Secret's name. `stringData` entries win over `data` entries, as in Kubernetes."""
+
+    api_version: Literal["v1"]
+    kind: Literal["Secret"]
+    metadata: ObjectMeta
+    type: Literal["extauth.solo.io/apikey"]
+    data: dict[str, Base64Text] = Field(default_factory=dict, repr=False)
+    string_data: dict[str, str] = Field(default_factory=dict, repr=False)
+    immutable: bool | None = None
+
+    @model_validator(mode="after")
+    def _check_entries(self) -> Secret:
+        for entry in (*self.data, *self.string_data):
+            if not _SECRET_ENTRY_RE.match(entry):
+                raise ValueError(f"entry name {entry!r} is not a valid Secret key")
+        entries = self.entries()  # raises on undecodable entries
+        key = entries.get(API_KEY_ENTRY)
+        if key is None:
+            raise ValueError(f"an {APIKEY_SECRET_TYPE} Secret needs a '{API_KEY_ENTRY}' entry")
+        if not key:
+            raise ValueError(f"entry '{API_KEY_ENTRY}' is empty")
+        for entry, value in entries.items():
+            problem = header_value_problem(value)
+            if problem:
+                raise ValueError(f"entry {entry!r} {problem}")
+        return self
+
+    def entries(self) -> dict[str, str]:
+        """All entries decoded as text, `stringData` over `data`."""
+        merged: dict[str, str] = {}
+        for entry, encoded in self.data.items():
+            try:
+                merged[entry] = base64.b64decode(encoded).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"entry {entry!r} is not UTF-8 text") from None
+        merged.update(self.string_data)
+        return merged
+
+
+class SecretRef(_Model):
+    name: ResourceName
+    namespace: Namespace | None = None
+
+
+class MetadataEntry(_Model):
+    """Which Secret entry fills an injected header, and whether a key lacking it is denied."""
+
+    name: str
+    required: bool = False
+
+
+def _selector(value: Any) -> Any:
+    """Accept both Solo's plain label map and the Kubernetes `{matchLabels: {...}}` form."""
+    if isinstance(value, dict) and set(value) == {"matchLabels"}:
+        return value["matchLabels"]
+    return value
+
+
+def _check_selector(value: dict[str, str]) -> dict[str, str]:
+    if not value:
+        raise ValueError(
+            "an empty label selector would admit every API key; list the labels to match"
+        )
+    return value
+
+
+LabelSelector = Annotated[dict[str, str], AfterValidator(_check_selector)]
+
+
+class K8sSecretApikeyStorage(_Model):
+    label_selector: LabelSelector | None = None
+    api_key_secret_refs: list[SecretRef] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap_selector(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "labelSelector" in data:
+            data = {**data, "labelSelector": _selector(data["labelSelector"])}
+        return data
+
+
+class KeySource(_Model):
+    """One place to look for the key (extension): exactly one of header, query, cookie."""
+
+    header: HeaderName | None = None
+    query: str | None = None
+    cookie: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> KeySource:
+        given = [v for v in (self.header, self.query, self.cookie) if v is not None]
+        if len(given) != 1:
+            raise ValueError("a key source names exactly one of header, query or cookie")
+        if not given[0]:
+            raise ValueError("a key source name cannot be empty")
+        return self
+
+
+class ApiKeyAuth(_Model):
+    """Solo's `apiKeyAuth` block, plus the documented extensions `keySources`,
+    `forwardCredential` and `clientIdHeader`."""
+
+    header_name: HeaderName = "api-key"
+    # Explicit alias: the camel-case generator would spell it k8SSecretApikeyStorage.
+    k8s_secret_apikey_storage: K8sSecretApikeyStorage | None = Field(
+        default=None, alias="k8sSecretApikeyStorage"
+    )
+    # Deprecated in Solo's API in favour of k8sSecretApikeyStorage; still honoured.
+    label_selector: LabelSelector | None = None
+    api_key_secret_refs: list[SecretRef] = Field(default_factory=list)
+    headers_from_metadata_entry: dict[HeaderName, MetadataEntry] = Field(default_factory=dict)
+    # Deprecated in Solo's API in favour of headersFromMetadataEntry; still honoured.
+    headers_from_metadata: dict[HeaderName, MetadataEntry] = Field(default_factory=dict)
+    key_sources: list[KeySource] | None = None
+    forward_credential: bool = False
+    client_id_header: HeaderName | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap_selector(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "labelSelector" in data:
+            data = {**data, "labelSelector": _selector(data["labelSelector"])}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> ApiKeyAuth:
+        storage = self.k8s_secret_apikey_storage
+        if not (
+            self.label_selector
+            or self.api_key_secret_refs
+            or (storage and (storage.label_selector or storage.api_key_secret_refs))
+        ):
+            raise ValueError(
+                "apiKeyAuth admits no keys: set k8sSecretApikeyStorage.apiKeySecretRefs "
+                "and/or k8sSecretApikeyStorage.labelSelector"
+            )
+        if self.key_sources is not None:
+            if "header_name" in self.model_fields_set:
+                raise ValueError("set either headerName or keySources, not both")
+            if not self.key_sources:
+                raise ValueError("keySources cannot be empty")
+        both = set(self.headers_from_metadata_entry) & set(self.headers_from_metadata)
+        if both:
+            raise ValueError(
+                f"header(s) {sorted(both)} set by both headersFromMetadataEntry "
+                "and headersFromMetadata"
+            )
+        injected = set(self.headers_from_metadata_entry) | set(self.headers_from_metadata)
+        if self.client_id_header is not None:
+            if self.client_id_header in injected:
+                raise ValueError(
+                    f"clientIdHeader {self.client_id_header!r} is also set from metadata"
+                )
+            injected.add(self.client_id_header)
+        clash = injected & {s.header for s in self.sources() if s.header}
+        if clash:
+            raise ValueError(f"header(s) {sorted(clash)} are both a key source and injected")
+        return self
+
+    def sources(self) -> list[KeySource]:
+        """Where the key is read from, in order: `keySources`, else `headerName`."""
+        if self.key_sources is not None:
+            return self.key_sources
+        return [KeySource(header=self.header_name)]
+
+    def metadata_headers(self) -> dict[str, MetadataEntry]:
+        return {**self.headers_from_metadata, **self.headers_from_metadata_entry}
+
+    def secret_refs(self, default_namespace: str) -> list[tuple[str, str]]:
+        """(namespace, name) of every referenced Secret; namespace defaults to the config's."""
+        refs = list(self.api_key_secret_refs)
+        if self.k8s_secret_apikey_storage:
+            refs += self.k8s_secret_apikey_storage.api_key_secret_refs
+        return [(r.namespace or default_namespace, r.name) for r in refs]
+
+    def selectors(self) -> list[dict[str, str]]:
+        found = [self.label_selector]
+        if self.k8s_secret_apikey_storage:
+            found.append(self.k8s_secret_apikey_storage.label_selector)
+        return [s for s in found if s]
+
+
+_SUPPORTED_CONFIG_FIELDS = frozenset({"name", "apiKeyAuth", "api_key_auth"})
+
+
+class AuthConfigEntry(_Model):
+    """One entry of `spec.configs`; every entry must pass for a request to be allowed."""
+
+    name: str | None = None
+    api_key_auth: ApiKeyAuth
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_api_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            other = sorted(k for k in data if k not in _SUPPORTED_CONFIG_FIELDS)
+            if other:
+                raise ValueError(
+                    f"unsupported auth config {', '.join(map(repr, other))}: "
+                    "extauth implements apiKeyAuth only"
+                )
+        return data
+
+
+class AuthConfigSpec(_Model):
+    configs: list[AuthConfigEntry] = Field(min_length=1)
+
+
+class AuthConfig(_Model):
+    api_version: Literal["extauth.solo.io/v1"]
+    kind: Literal["AuthConfig"]
+    metadata: ObjectMeta
+    spec: AuthConfigSpec
+    # Written by a controller in a cluster; read back objects carry it. Not used.
+    status: Any = None
+
+    @property
+    def config_id(self) -> str:
+        """How Envoy routes name this config: `<namespace>.<name>`."""
+        return f"{self.metadata.namespace}.{self.metadata.name}"

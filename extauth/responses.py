@@ -1,0 +1,103 @@
+"""Turn a `Decision` into the serialized `CheckResponse` Envoy expects.
+
+Allow: gRPC OK plus an `OkHttpResponse` whose headers overwrite whatever the client sent.
+Both `append: false` and `append_action: OVERWRITE_IF_EXISTS_OR_ADD` are set because
+Envoy's default for an unset `append` has changed between releases; either one alone
+means "overwrite" to every Envoy we know of.
+
+Deny: a non-OK gRPC status plus a `DeniedHttpResponse` with the HTTP status, a
+`www-authenticate` challenge on 401s, the reason in `x-ext-auth-reason`, and a short JSON
+body. Deny responses depend only on (reason, config, hint), so each is serialized once.
+Neither form ever contains the key the client sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from google.protobuf.wrappers_pb2 import BoolValue
+
+from extauth.decide import Allow, Decision, Reason
+from extauth.wire import ext_authz_pb2 as pb
+
+GRPC_OK = 0
+GRPC_PERMISSION_DENIED = 7
+GRPC_INTERNAL = 13
+GRPC_UNAVAILABLE = 14
+GRPC_UNAUTHENTICATED = 16
+
+_OVERWRITE = pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+# reason -> (HTTP status, gRPC status, message)
+_DENIALS: dict[Reason, tuple[pb.StatusCode, int, str]] = {
+    Reason.MISSING: (pb.Unauthorized, GRPC_UNAUTHENTICATED, "API key missing"),
+    Reason.INVALID: (pb.Unauthorized, GRPC_UNAUTHENTICATED, "API key invalid"),
+    Reason.MISSING_METADATA: (
+        pb.Forbidden,
+        GRPC_PERMISSION_DENIED,
+        "API key lacks metadata this route requires",
+    ),
+    Reason.NO_CONFIG: (
+        pb.Forbidden,
+        GRPC_PERMISSION_DENIED,
+        "no AuthConfig is bound to this route",
+    ),
+    Reason.UNKNOWN_CONFIG: (
+        pb.Forbidden,
+        GRPC_PERMISSION_DENIED,
+        "the AuthConfig bound to this route is not loaded",
+    ),
+    Reason.NOT_READY: (pb.ServiceUnavailable, GRPC_UNAVAILABLE, "authorization is starting"),
+    Reason.INTERNAL: (pb.InternalServerError, GRPC_INTERNAL, "authorization failed"),
+}
+
+
+def encode(decision: Decision) -> bytes:
+    if isinstance(decision, Allow):
+        return _allow(decision)
+    return deny_bytes(decision.reason, decision.config_id, decision.hint)
+
+
+def _allow(decision: Allow) -> bytes:
+    response = pb.CheckResponse(status=pb.RpcStatus(code=GRPC_OK))
+    ok = response.ok_response
+    for name, value in decision.set_headers:
+        ok.headers.add(
+            header=pb.HeaderValue(key=name, value=value),
+            append=BoolValue(value=False),
+            append_action=_OVERWRITE,
+        )
+    ok.headers_to_remove.extend(decision.remove_headers)
+    ok.query_parameters_to_remove.extend(decision.remove_query)
+    response.dynamic_metadata.update(
+        {"config_id": decision.config_id, "identity": decision.identity}
+    )
+    return response.SerializeToString()
+
+
+@functools.lru_cache(maxsize=4096)
+def deny_bytes(reason: Reason, config_id: str | None, hint: str = "") -> bytes:
+    http_status, grpc_status, message = _DENIALS[reason]
+    if reason is Reason.MISSING and hint:
+        message = f"{message}: send it in {hint}"
+    headers = [("content-type", "application/json"), ("x-ext-auth-reason", reason.value)]
+    if http_status == pb.Unauthorized:
+        headers.append(("www-authenticate", 'APIKey realm="extauth"'))
+    response = pb.CheckResponse(
+        status=pb.RpcStatus(code=grpc_status, message=reason.value),
+        denied_response=pb.DeniedHttpResponse(
+            status=pb.HttpStatus(code=http_status),
+            headers=[
+                pb.HeaderValueOption(
+                    header=pb.HeaderValue(key=k, value=v),
+                    append=BoolValue(value=False),
+                    append_action=_OVERWRITE,
+                )
+                for k, v in headers
+            ],
+            body=json.dumps({"error": reason.value, "message": message}),
+        ),
+    )
+    response.dynamic_metadata.update({"config_id": config_id or "", "reason": reason.value})
+    return response.SerializeToString()

