@@ -12,7 +12,8 @@ from urllib.parse import unquote_plus
 
 from extauth.policy import KeySource
 
-_BEARER = "bearer "
+_BEARER = "bearer"
+_BEARER_LEN = len(_BEARER)
 
 
 def extract(sources: tuple[KeySource, ...], headers: Mapping[str, str], path: str) -> str | None:
@@ -32,8 +33,13 @@ def _from_header(raw: str | None) -> str | None:
     if raw is None:
         return None
     value = raw.strip()
-    if value[: len(_BEARER)].lower() == _BEARER:
-        value = value[len(_BEARER) :].strip()
+    # "Bearer <key>"; a bare "Bearer" (the key stripped away in transit) is no key.
+    if value[:_BEARER_LEN].lower() == _BEARER and value[_BEARER_LEN : _BEARER_LEN + 1] in (
+        "",
+        " ",
+        "\t",
+    ):
+        value = value[_BEARER_LEN:].strip()
     return value or None
 
 

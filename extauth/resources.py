@@ -145,7 +145,7 @@ class Secret(_Model):
         entries = self.entries()  # raises on undecodable entries
         key = entries.get(API_KEY_ENTRY)
         if key is None:
-            raise ValueError(f"an {APIKEY_SECRET_TYPE} Secret needs a '{API_KEY_ENTRY}' entry")
+            raise ValueError(f"an {APIKEY_SECRET_TYPE} Secret needs an '{API_KEY_ENTRY}' entry")
         if not key:
             raise ValueError(f"entry '{API_KEY_ENTRY}' is empty")
         for entry, value in entries.items():

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import traceback
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +72,16 @@ class AuthorizationService:
             decision = decide.decide(
                 policy, attributes.context_extensions, request_headers(http), http.path
             )
-        except Exception:
-            # The message may quote request data; only the type is logged.
-            log.exception("check: internal error; denying")
+        except Exception as exc:
+            # The message or a traceback's locals may quote request data (a key): log
+            # only the exception type and where it was raised.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "check: internal error (%s at %s:%s); denying",
+                type(exc).__name__,
+                frame.filename,
+                frame.lineno,
+            )
             return responses.deny_bytes(decide.Reason.INTERNAL, None)
         if isinstance(decision, decide.Deny) and decision.reason in (
             decide.Reason.NO_CONFIG,
@@ -121,21 +129,24 @@ class Server:
         self.holder = PolicyHolder(settings.default_config)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
-        self._grpc: grpc.aio.Server | None = None
+        # Set once the first snapshot is loaded and the port is listening.
+        self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         snapshots = aiter(self.source.snapshots())
         self.holder.update(await anext(snapshots))
 
-        server = grpc.aio.server()
+        # grpc turns SO_REUSEPORT on by default: a second extauth on the same port would
+        # silently share traffic (with a different config, perhaps). Refuse instead.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         server.add_generic_rpc_handlers((authorization_handler(AuthorizationService(self.holder)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.port = server.add_insecure_port(self.settings.grpc_address)
         await server.start()
-        self._grpc = server
         for service in ("", AUTHORIZATION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving Check on %s (port %d)", self.settings.grpc_address, self.port)
+        self.ready.set()
 
         follow = asyncio.create_task(self._follow(snapshots))
         try:

@@ -96,8 +96,7 @@ def test_every_field_matches_the_official_message(ours: descriptor.Descriptor) -
 
 @pytest.mark.parametrize(
     "ours",
-    list(pb.DESCRIPTOR.enum_types_by_name.values())
-    + [pb.HeaderValueOption.DESCRIPTOR.enum_types[0]],
+    [*pb.DESCRIPTOR.enum_types_by_name.values(), pb.HeaderValueOption.DESCRIPTOR.enum_types[0]],
 )
 def test_enum_values_match(ours: descriptor.EnumDescriptor) -> None:
     official = OFFICIAL_POOL.FindEnumTypeByName(OURS_TO_OFFICIAL[ours.full_name])

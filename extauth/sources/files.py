@@ -14,8 +14,9 @@ event costs a directory walk and a few stat calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +43,19 @@ class ConfigDirError(Exception):
 
 
 class FileSource:
-    def __init__(self, root: Path, *, step_ms: int = 50, debounce_ms: int = 400) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        step_ms: int = 50,
+        debounce_ms: int = 400,
+        resync_seconds: float = 2.0,
+    ) -> None:
         self.root = root
         self._step_ms = step_ms
         self._debounce_ms = debounce_ms
+        self._resync_seconds = resync_seconds
+        self._missing = False
         self._accepted: dict[Path, _Accepted] = {}
         # Signature of files last seen broken, so each broken version is reported once.
         self._rejected: dict[Path, _Signature] = {}
@@ -111,14 +121,41 @@ class FileSource:
             authconfigs=tuple(c for a in ordered for c in a.authconfigs),
         )
 
-    async def snapshots(self) -> AsyncIterator[Snapshot]:
+    async def snapshots(self) -> AsyncGenerator[Snapshot, None]:
         """The initial state, then a new state after every change on disk.
 
-        Raises ConfigDirError before the first snapshot if the directory is missing;
-        afterwards, watch errors are logged and retried with backoff.
+        A watcher task wakes the loop on inotify events; a periodic resync (stat calls
+        only) also wakes it, which covers changes made before the watcher attached and
+        events the kernel dropped. Raises ConfigDirError before the first snapshot if the
+        directory is missing; later failures keep the last good state and are retried.
         """
-        snapshot, _ = self.scan()
-        yield snapshot
+        wake = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(wake))
+        try:
+            snapshot, _ = self.scan()
+            yield snapshot
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self._resync_seconds)
+                wake.clear()
+                try:
+                    snapshot, changed = self.scan()
+                except ConfigDirError as exc:
+                    if not self._missing:
+                        log.error("config: %s; keeping the last good state", exc)
+                    self._missing = True
+                    continue
+                if self._missing:
+                    log.info("config: %s is back", self.root)
+                    self._missing = False
+                if changed:
+                    yield snapshot
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch(self, wake: asyncio.Event) -> None:
         backoff = 0.1
         while True:
             try:
@@ -128,22 +165,11 @@ class FileSource:
                     debounce=self._debounce_ms,
                     ignore_permission_denied=True,
                 ):
-                    snapshot, changed = self.scan()
+                    wake.set()
                     backoff = 0.1
-                    if changed:
-                        yield snapshot
-            except (OSError, ConfigDirError, RuntimeError) as exc:
-                log.error(
-                    "config: cannot watch %s (%s); keeping the last good state, retrying",
-                    self.root,
-                    exc,
-                )
+            except (OSError, RuntimeError) as exc:
+                if not self._missing:
+                    log.warning("config: watching %s failed (%s); retrying", self.root, exc)
+            wake.set()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
-            # Catch up with anything that changed while the watch was down.
-            try:
-                snapshot, changed = self.scan()
-            except ConfigDirError:
-                continue
-            if changed:
-                yield snapshot

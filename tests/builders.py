@@ -1,0 +1,59 @@
+"""Build snapshots from YAML text for unit tests: the same path the file source takes."""
+
+from __future__ import annotations
+
+import textwrap
+
+from extauth import manifests
+from extauth.resources import AuthConfig
+from extauth.snapshot import ApiKey, PlacedAuthConfig, Snapshot
+
+
+def snapshot(*documents: str, path: str = "t.yaml") -> Snapshot:
+    text = "\n---\n".join(textwrap.dedent(d) for d in documents)
+    result = manifests.parse_text(text, path)
+    assert result.ok, [str(p) for p in result.problems]
+    keys: list[ApiKey] = []
+    configs: list[PlacedAuthConfig] = []
+    for loaded in result.resources:
+        if isinstance(loaded.resource, AuthConfig):
+            configs.append(PlacedAuthConfig(loaded.resource, loaded.origin))
+        else:
+            keys.append(ApiKey.from_secret(loaded.resource, loaded.origin))
+    return Snapshot(tuple(keys), tuple(configs))
+
+
+def merge(*snapshots: Snapshot) -> Snapshot:
+    return Snapshot(
+        tuple(k for s in snapshots for k in s.keys),
+        tuple(c for s in snapshots for c in s.authconfigs),
+    )
+
+
+def secret(
+    name: str,
+    key: str,
+    namespace: str = "ns",
+    labels: dict[str, str] | None = None,
+    **metadata: str,
+) -> str:
+    entries = {"api-key": key, **{k.replace("_", "-"): v for k, v in metadata.items()}}
+    data = ", ".join(f"{k}: {v!r}" for k, v in entries.items())
+    label_text = ", ".join(f"{k}: {v}" for k, v in (labels or {}).items())
+    return (
+        "apiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
+        f"metadata: {{name: {name}, namespace: {namespace}, labels: {{{label_text}}}}}\n"
+        f"stringData: {{{data}}}\n"
+    )
+
+
+def authconfig(name: str, *api_key_auths: str, namespace: str = "ns") -> str:
+    entries = "".join(
+        "    - apiKeyAuth:\n" + textwrap.indent(textwrap.dedent(body).strip(), " " * 8) + "\n"
+        for body in api_key_auths
+    )
+    return (
+        "apiVersion: extauth.solo.io/v1\nkind: AuthConfig\n"
+        f"metadata: {{name: {name}, namespace: {namespace}}}\n"
+        f"spec:\n  configs:\n{entries}"
+    )

@@ -1,0 +1,111 @@
+"""The `extauth` command as users run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from extauth import cli
+from tests import harness
+from tests.builders import authconfig, secret
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "extauth.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_validate_examples_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", str(ROOT / "authconfigs")]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "OK: 2 file(s), 1 API key Secret(s), 1 AuthConfig(s)"
+    )
+
+
+def test_validate_reports_file_line_problems_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.yaml").write_text(secret("a", "shared"))
+    (tmp_path / "b.yaml").write_text(secret("b", "shared"))
+    (tmp_path / "c.yaml").write_text(
+        authconfig("cfg", "headerNmae: x\nk8sSecretApikeyStorage: {labelSelector: {a: b}}")
+    )
+    assert cli.main(["validate", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines == [
+        f"{tmp_path}/c.yaml:7: document 1 (AuthConfig ns/cfg): "
+        "spec.configs[0].apiKeyAuth.headerNmae: Extra inputs are not permitted",
+        f"{tmp_path}/b.yaml:1: Secret ns/b holds the same API key as Secret ns/a "
+        f"({tmp_path}/a.yaml:1); refused",
+    ]
+    assert "shared" not in captured.out
+    assert "2 error(s) in 3 file(s)" in captured.err
+
+
+def test_validate_warnings_do_not_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.yaml").write_text(authconfig("cfg", "apiKeySecretRefs: [{name: ghost}]"))
+    assert cli.main(["validate", str(tmp_path / "c.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: AuthConfig ns.cfg references Secret ns/ghost, which is not loaded" in out
+    assert "1 warning(s)" in out
+
+
+def test_validate_missing_path_and_empty_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["validate", str(tmp_path / "nope")]) == 1
+    assert "no such file or directory" in capsys.readouterr().out
+    assert cli.main(["validate", str(tmp_path)]) == 1
+    assert "no *.yaml or *.yml files found" in capsys.readouterr().err
+
+
+def test_serve_rejects_bad_arguments() -> None:
+    result = run_cli("serve", "--config-dir", ".", "--default-config", "no-dot")
+    assert result.returncode == 2
+    assert "is not NAMESPACE.NAME" in result.stderr
+    result = run_cli("serve", "--config-dir", ".", "--grpc-address", "nowhere")
+    assert result.returncode == 2
+    assert "is not HOST:PORT" in result.stderr
+
+
+def test_serve_missing_config_dir_exits_with_message(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve", "--config-dir", str(tmp_path / "nope"), "--grpc-address", "127.0.0.1:0"
+    )
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr
+    assert "does not exist" in result.stderr
+
+
+def test_serve_port_in_use_exits_with_message(tmp_path: Path) -> None:
+    first = harness.Extauth(ROOT / "authconfigs", tmp_path / "first.log")
+    try:
+        first.wait_ready()
+        result = run_cli(
+            "serve", "--config-dir", str(ROOT / "authconfigs"), "--grpc-address", first.address
+        )
+        assert result.returncode == 2
+        assert f"cannot listen on {first.address}" in result.stderr
+    finally:
+        first.stop()
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    server = harness.Extauth(ROOT / "authconfigs", tmp_path / "serve.log")
+    server.wait_ready()
+    assert server.stop() == 0
+    log = server.log()
+    assert "readiness off, draining in-flight checks" in log
+    assert "stopped" in log
+    assert "team1-key" not in log

@@ -1,0 +1,217 @@
+"""Credentials, decisions and responses: the pure request path, without a server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from extauth import credentials, responses
+from extauth.decide import Allow, Deny, Reason, decide
+from extauth.policy import KeySource, Policy, compile_policy
+from extauth.wire import ext_authz_pb2 as pb
+from tests.builders import authconfig, secret, snapshot
+
+ROUTE = {"config_id": "ns.cfg"}
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return compile_policy(
+        snapshot(
+            secret("a", "key-a", org="red", team="t"),
+            secret("b", "key-b"),
+            authconfig(
+                "cfg",
+                """
+                headerName: x-key
+                k8sSecretApikeyStorage: {apiKeySecretRefs: [{name: a}, {name: b}]}
+                headersFromMetadataEntry: {x-org: {name: org}}
+                """,
+            ),
+            authconfig(
+                "strict",
+                """
+                headerName: x-key
+                k8sSecretApikeyStorage: {apiKeySecretRefs: [{name: a}, {name: b}]}
+                headersFromMetadataEntry: {x-team: {name: team, required: true}}
+                """,
+            ),
+            authconfig(
+                "cookies",
+                """
+                keySources: [{cookie: k}]
+                k8sSecretApikeyStorage: {apiKeySecretRefs: [{name: a}]}
+                """,
+            ),
+            authconfig(
+                "two",
+                """
+                headerName: x-key
+                k8sSecretApikeyStorage: {apiKeySecretRefs: [{name: a}]}
+                headersFromMetadataEntry: {x-org: {name: org}}
+                """,
+                """
+                headerName: x-partner
+                clientIdHeader: x-partner-id
+                k8sSecretApikeyStorage: {apiKeySecretRefs: [{name: b}]}
+                """,
+            ),
+        ),
+        default_config="ns.cfg",
+    )
+
+
+# credentials -------------------------------------------------------------------------------
+
+HEADER, QUERY, COOKIE = (
+    KeySource("header", "x-key"),
+    KeySource("query", "k"),
+    KeySource("cookie", "k"),
+)
+
+
+@pytest.mark.parametrize(
+    ("headers", "path", "expected"),
+    [
+        ({"x-key": "abc"}, "/", "abc"),
+        ({"x-key": "Bearer abc"}, "/", "abc"),
+        ({"x-key": "bearer   abc "}, "/", "abc"),
+        ({"x-key": ""}, "/", None),
+        ({"x-key": "Bearer "}, "/", None),
+        ({}, "/p?a=1&k=q%2Bv+w", "q+v w"),
+        ({}, "/p?k=&k=second", None),
+        ({}, "/p?kk=1", None),
+        ({}, "/p#k=frag", None),
+        ({"cookie": "a=1; k=c1; z=2"}, "/", "c1"),
+        ({"cookie": 'k="quoted"'}, "/", "quoted"),
+        ({"cookie": "kk=1"}, "/", None),
+        # The header is first in order: it wins over query and cookie.
+        ({"x-key": "h", "cookie": "k=c"}, "/?k=q", "h"),
+        ({"cookie": "k=c"}, "/?k=q", "q"),
+    ],
+)
+def test_extract(headers: dict[str, str], path: str, expected: str | None) -> None:
+    assert credentials.extract((HEADER, QUERY, COOKIE), headers, path) == expected
+
+
+def test_without_cookies() -> None:
+    assert credentials.without_cookies("a=1; k=secret;b=2", frozenset({"k"})) == "a=1; b=2"
+    assert credentials.without_cookies("k=secret", frozenset({"k"})) == ""
+
+
+# decide ------------------------------------------------------------------------------------
+
+
+def test_not_loaded_policy_denies() -> None:
+    decision = decide(Policy(), ROUTE, {"x-key": "key-a"}, "/")
+    assert decision == Deny(Reason.NOT_READY, "ns.cfg")
+
+
+def test_no_config_and_unknown_config_deny(policy: Policy) -> None:
+    no_default = Policy(configs=policy.configs, loaded=True)
+    assert decide(no_default, {}, {"x-key": "key-a"}, "/") == Deny(Reason.NO_CONFIG, None)
+    unknown = decide(policy, {"config_id": "ns.nope"}, {"x-key": "key-a"}, "/")
+    assert unknown == Deny(Reason.UNKNOWN_CONFIG, "ns.nope")
+
+
+def test_default_config_applies_when_route_names_none(policy: Policy) -> None:
+    decision = decide(policy, {}, {"x-key": "key-a"}, "/")
+    assert isinstance(decision, Allow)
+    assert decision.config_id == "ns.cfg"
+
+
+def test_missing_and_invalid_keys(policy: Policy) -> None:
+    assert decide(policy, ROUTE, {}, "/") == Deny(Reason.MISSING, "ns.cfg", "the x-key header")
+    assert decide(policy, ROUTE, {"x-key": "nope"}, "/").reason == Reason.INVALID  # type: ignore[union-attr]
+
+
+def test_allow_sets_metadata_and_strips_key(policy: Policy) -> None:
+    decision = decide(policy, ROUTE, {"x-key": "key-a", "x-org": "spoof"}, "/")
+    assert decision == Allow(
+        config_id="ns.cfg",
+        identity="a",
+        set_headers=(("x-org", "red"),),
+        remove_headers=("x-key",),
+        remove_query=(),
+    )
+    without_org = decide(policy, ROUTE, {"x-key": "key-b", "x-org": "spoof"}, "/")
+    assert isinstance(without_org, Allow)
+    assert without_org.remove_headers == ("x-org", "x-key")
+
+
+def test_required_metadata(policy: Policy) -> None:
+    route = {"config_id": "ns.strict"}
+    assert isinstance(decide(policy, route, {"x-key": "key-a"}, "/"), Allow)
+    assert decide(policy, route, {"x-key": "key-b"}, "/").reason == Reason.MISSING_METADATA  # type: ignore[union-attr]
+
+
+def test_cookie_credential_is_cut_from_the_cookie_header(policy: Policy) -> None:
+    route = {"config_id": "ns.cookies"}
+    decision = decide(policy, route, {"cookie": "a=1; k=key-a"}, "/")
+    assert isinstance(decision, Allow)
+    assert decision.set_headers == (("cookie", "a=1"),)
+    alone = decide(policy, route, {"cookie": "k=key-a"}, "/")
+    assert isinstance(alone, Allow)
+    assert alone.remove_headers == ("cookie",)
+
+
+def test_every_config_entry_must_pass(policy: Policy) -> None:
+    route = {"config_id": "ns.two"}
+    both = decide(policy, route, {"x-key": "key-a", "x-partner": "key-b"}, "/")
+    assert both == Allow(
+        config_id="ns.two",
+        identity="a",
+        set_headers=(("x-org", "red"), ("x-partner-id", "b")),
+        remove_headers=("x-key", "x-partner"),
+        remove_query=(),
+    )
+    only_first = decide(policy, route, {"x-key": "key-a"}, "/")
+    assert only_first == Deny(Reason.MISSING, "ns.two", "the x-partner header")
+    swapped = decide(policy, route, {"x-key": "key-b", "x-partner": "key-a"}, "/")
+    assert isinstance(swapped, Deny)
+    assert swapped.reason == Reason.INVALID
+
+
+# responses ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "http", "grpc"),
+    [
+        (Reason.MISSING, 401, 16),
+        (Reason.INVALID, 401, 16),
+        (Reason.MISSING_METADATA, 403, 7),
+        (Reason.NO_CONFIG, 403, 7),
+        (Reason.UNKNOWN_CONFIG, 403, 7),
+        (Reason.NOT_READY, 503, 14),
+        (Reason.INTERNAL, 500, 13),
+    ],
+)
+def test_deny_responses(reason: Reason, http: int, grpc: int) -> None:
+    response = pb.CheckResponse.FromString(responses.encode(Deny(reason, "ns.cfg", "the h header")))
+    assert response.status.code == grpc
+    assert response.denied_response.status.code == http
+    body = json.loads(response.denied_response.body)
+    assert body["error"] == reason.value
+    headers = {h.header.key: h.header.value for h in response.denied_response.headers}
+    assert headers["x-ext-auth-reason"] == reason.value
+    assert headers["content-type"] == "application/json"
+    assert ("www-authenticate" in headers) == (http == 401)
+
+
+def test_deny_bytes_are_built_once() -> None:
+    first = responses.deny_bytes(Reason.INVALID, "ns.cfg", "")
+    assert responses.deny_bytes(Reason.INVALID, "ns.cfg", "") is first
+
+
+def test_allow_response_overwrites_and_removes() -> None:
+    raw = responses.encode(Allow("ns.cfg", "a", (("x-org", "red"),), ("x-key",), ("k",)))
+    response = pb.CheckResponse.FromString(raw)
+    assert response.status.code == 0
+    (option,) = response.ok_response.headers
+    assert option.append.value is False
+    assert option.HasField("append")
+    assert option.append_action == pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    assert list(response.ok_response.headers_to_remove) == ["x-key"]
+    assert list(response.ok_response.query_parameters_to_remove) == ["k"]

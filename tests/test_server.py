@@ -1,0 +1,171 @@
+"""The gRPC server in process, called with Envoy's official messages and stub."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1 import health_pb2
+
+from extauth import decide
+from extauth.server import AuthorizationService, Server, Settings
+from extauth.wire import ext_authz_pb2 as pb
+from tests.builders import authconfig, secret
+
+CONFIG = authconfig(
+    "cfg",
+    """
+    headerName: x-key
+    k8sSecretApikeyStorage: {apiKeySecretRefs: [{name: a}]}
+    headersFromMetadataEntry: {x-org: {name: org}}
+    """,
+)
+
+
+def check_request(headers: dict[str, str], config_id: str = "ns.cfg") -> object:
+    request = external_auth_pb2.CheckRequest()
+    request.attributes.context_extensions["config_id"] = config_id
+    request.attributes.request.http.headers.update(headers)
+    request.attributes.request.http.path = "/"
+    return request
+
+
+Scenario = Callable[[Server, external_auth_pb2_grpc.AuthorizationStub], Awaitable[None]]
+
+
+def run_with_server(config_dir: Path, scenario: Scenario) -> None:
+    async def main() -> None:
+        server = Server(Settings(config_dir=config_dir, grpc_address="127.0.0.1:0"))
+        stop = asyncio.Event()
+        task = asyncio.create_task(server.run(stop))
+        await asyncio.wait_for(server.ready.wait(), 10)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            try:
+                await scenario(server, stub)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    (tmp_path / "all.yaml").write_text(secret("a", "key-a", org="red") + "---\n" + CONFIG)
+    return tmp_path
+
+
+def test_check_allows_and_denies(config_dir: Path) -> None:
+    async def scenario(server: Server, stub: external_auth_pb2_grpc.AuthorizationStub) -> None:
+        allowed = await stub.Check(check_request({"x-key": "key-a"}))
+        assert allowed.status.code == 0
+        assert allowed.ok_response.headers[0].header.value == "red"
+        denied = await stub.Check(check_request({"x-key": "nope"}))
+        assert denied.status.code == 16
+        assert denied.denied_response.status.code == 401
+        unknown = await stub.Check(check_request({"x-key": "key-a"}, "ns.other"))
+        assert unknown.denied_response.status.code == 403
+
+    run_with_server(config_dir, scenario)
+
+
+def test_health_serving_once_ready(config_dir: Path) -> None:
+    async def scenario(server: Server, stub: external_auth_pb2_grpc.AuthorizationStub) -> None:
+        for service in ("", "envoy.service.auth.v3.Authorization"):
+            reply = await server.health.Check(health_pb2.HealthCheckRequest(service=service), None)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    run_with_server(config_dir, scenario)
+
+
+def test_raw_header_map_is_read(config_dir: Path) -> None:
+    async def scenario(server: Server, stub: external_auth_pb2_grpc.AuthorizationStub) -> None:
+        request = external_auth_pb2.CheckRequest()
+        request.attributes.context_extensions["config_id"] = "ns.cfg"
+        request.attributes.request.http.header_map.headers.add(key="X-Key", raw_value=b"key-a")
+        reply = await stub.Check(request)
+        assert reply.status.code == 0
+
+    run_with_server(config_dir, scenario)
+
+
+def test_exception_in_check_fails_closed(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object) -> decide.Decision:
+        raise ValueError("boom with key-a inside")
+
+    monkeypatch.setattr(decide, "decide", broken)
+
+    async def scenario(server: Server, stub: external_auth_pb2_grpc.AuthorizationStub) -> None:
+        reply = await stub.Check(check_request({"x-key": "key-a"}))
+        assert reply.WhichOneof("http_response") == "denied_response"
+        assert reply.denied_response.status.code == 500
+        assert reply.status.code == 13
+
+    run_with_server(config_dir, scenario)
+    assert "internal error (ValueError at" in caplog.text
+    assert "key-a" not in caplog.text
+
+
+def test_garbage_bytes_are_rejected_not_allowed(config_dir: Path) -> None:
+    async def scenario(server: Server, stub: external_auth_pb2_grpc.AuthorizationStub) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                "/envoy.service.auth.v3.Authorization/Check"
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await call(b"\xff\xff\xff\xff")
+            # A failed RPC: Envoy (failure_mode_allow: false) turns it into a deny.
+            assert failure.value.code() != grpc.StatusCode.OK
+
+    run_with_server(config_dir, scenario)
+
+
+def test_shutdown_drains_in_flight_checks(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+    original = AuthorizationService.check
+
+    async def slow(
+        self: AuthorizationService,
+        request: pb.CheckRequest,
+        context: grpc.aio.ServicerContext[pb.CheckRequest, bytes],
+    ) -> bytes:
+        entered.set()
+        await gate.wait()
+        return await original(self, request, context)
+
+    monkeypatch.setattr(AuthorizationService, "check", slow)
+
+    async def main() -> None:
+        server = Server(
+            Settings(config_dir=config_dir, grpc_address="127.0.0.1:0", shutdown_grace=10)
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(server.run(stop))
+        await asyncio.wait_for(server.ready.wait(), 10)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            in_flight = asyncio.ensure_future(stub.Check(check_request({"x-key": "key-a"})))
+            await asyncio.wait_for(entered.wait(), 5)
+            stop.set()
+            await asyncio.sleep(0.3)
+            # Readiness is off while the check is still running, and run() has not returned.
+            reply = await server.health.Check(health_pb2.HealthCheckRequest(service=""), None)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not task.done()
+            assert not in_flight.done()
+            gate.set()
+            allowed = await asyncio.wait_for(in_flight, 5)
+            assert allowed.status.code == 0
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
