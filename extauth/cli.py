@@ -36,6 +36,16 @@ def _address(value: str) -> str:
     return value
 
 
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number between 0 and 1")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="extauth", description="Envoy ext_authz service for API-key AuthConfigs."
@@ -59,6 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=_config_id,
         metavar="NS.NAME",
         help="AuthConfig for routes that set no config_id context extension",
+    )
+    run.add_argument(
+        "--http-address",
+        type=_address,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz here",
+    )
+    run.add_argument(
+        "--usage-label",
+        metavar="ENTRY",
+        help="count allowed requests per value of this Secret metadata entry (e.g. x-org)",
+    )
+    run.add_argument(
+        "--decision-log",
+        action="store_true",
+        help="log one JSON line per decision (logger extauth.decisions; never a key)",
+    )
+    run.add_argument(
+        "--decision-log-sample",
+        type=_fraction,
+        default=1.0,
+        metavar="FRACTION",
+        help="log only this fraction of decisions (0..1)",
     )
     run.add_argument(
         "--shutdown-grace",
@@ -87,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         grpc_address=args.grpc_address,
         default_config=args.default_config,
         shutdown_grace=args.shutdown_grace,
+        http_address=args.http_address,
+        usage_label=args.usage_label,
+        decision_log=args.decision_log,
+        decision_log_sample=args.decision_log_sample,
     )
     try:
         asyncio.run(serve(settings))

@@ -37,6 +37,8 @@ class Allow:
     set_headers: tuple[tuple[str, str], ...]
     remove_headers: tuple[str, ...]
     remove_query: tuple[str, ...]
+    # The key's --usage-label value, for per-team metrics ("" when not counted).
+    usage: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ def decide(
 
 
 def _check_keys(config: CompiledConfig, headers: Mapping[str, str], path: str) -> Decision:
-    identity = ""
+    identity = usage = ""
     set_headers: dict[str, str] = {}
     remove: list[str] = []
     remove_query: list[str] = []
@@ -82,7 +84,8 @@ def _check_keys(config: CompiledConfig, headers: Mapping[str, str], path: str) -
             return Deny(Reason.INVALID, config.config_id, rule.hint)
         if grant.missing_required:
             return Deny(Reason.MISSING_METADATA, config.config_id, rule.hint)
-        identity = identity or grant.identity
+        if not identity:
+            identity, usage = grant.identity, grant.usage
         set_headers.update(grant.set_headers)
         remove.extend(grant.remove_headers)
         remove.extend(rule.strip_headers)
@@ -104,4 +107,5 @@ def _check_keys(config: CompiledConfig, headers: Mapping[str, str], path: str) -
         # A header that one rule sets is never also removed by another.
         remove_headers=tuple(dict.fromkeys(h for h in remove if h not in set_headers)),
         remove_query=tuple(dict.fromkeys(remove_query)),
+        usage=usage,
     )

@@ -44,6 +44,8 @@ class Grant:
     remove_headers: tuple[str, ...]
     # Metadata entries the rule requires that this key's Secret lacks: deny if any.
     missing_required: tuple[str, ...] = ()
+    # The key's --usage-label metadata value, for per-team metrics ("" when not counted).
+    usage: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class CompiledConfig:
 class Policy:
     configs: Mapping[str, CompiledConfig] = field(default_factory=dict)
     default_config: str | None = None
+    usage_label: str | None = None
     key_count: int = 0
     # Which Secret holds each admitted digest: decides who keeps a key in a later conflict.
     holders: Mapping[bytes, tuple[str, str]] = field(default_factory=dict)
@@ -85,7 +88,11 @@ class Policy:
 
 
 def compile_policy(
-    snapshot: Snapshot, *, default_config: str | None = None, previous: Policy | None = None
+    snapshot: Snapshot,
+    *,
+    default_config: str | None = None,
+    usage_label: str | None = None,
+    previous: Policy | None = None,
 ) -> Policy:
     problems: list[Problem] = []
     keys = _unique(snapshot.keys, "Secret", problems)
@@ -97,7 +104,9 @@ def compile_policy(
     for placed in configs:
         config = placed.config
         rules = tuple(
-            _compile_rule(entry.api_key_auth, config, placed.origin, by_owner, admitted, problems)
+            _compile_rule(
+                entry.api_key_auth, config, placed.origin, by_owner, admitted, usage_label, problems
+            )
             for entry in config.spec.configs
         )
         compiled[config.config_id] = CompiledConfig(config.config_id, rules)
@@ -109,6 +118,7 @@ def compile_policy(
     return Policy(
         configs=MappingProxyType(compiled),
         default_config=default_config,
+        usage_label=usage_label,
         key_count=len(admitted),
         holders=MappingProxyType({key.digest: key.owner for key in admitted}),
         problems=tuple(problems),
@@ -169,6 +179,7 @@ def _compile_rule(
     origin: Origin,
     by_owner: Mapping[tuple[str, str], ApiKey],
     keys: list[ApiKey],
+    usage_label: str | None,
     problems: list[Problem],
 ) -> KeyRule:
     members: dict[tuple[str, str], ApiKey] = {}
@@ -192,7 +203,7 @@ def _compile_rule(
 
     grants: dict[bytes, Grant] = {}
     for key in members.values():
-        grant = _grant(auth, key)
+        grant = _grant(auth, key, usage_label)
         if grant.missing_required:
             problems.append(
                 _problem(
@@ -216,7 +227,7 @@ def _compile_rule(
     )
 
 
-def _grant(auth: ApiKeyAuth, key: ApiKey) -> Grant:
+def _grant(auth: ApiKeyAuth, key: ApiKey, usage_label: str | None) -> Grant:
     set_headers: list[tuple[str, str]] = []
     remove: list[str] = []
     missing: list[str] = []
@@ -231,7 +242,8 @@ def _grant(auth: ApiKeyAuth, key: ApiKey) -> Grant:
                 missing.append(entry.name)
     if auth.client_id_header:
         set_headers.append((auth.client_id_header, key.name))
-    return Grant(key.name, tuple(set_headers), tuple(remove), tuple(missing))
+    usage = (key.metadata.get(usage_label) or "-") if usage_label else ""
+    return Grant(key.name, tuple(set_headers), tuple(remove), tuple(missing), usage)
 
 
 def _source(header: str | None, query: str | None, cookie: str | None) -> KeySource:
@@ -250,13 +262,16 @@ def _problem(origin: Origin, message: str, *, warning: bool = False) -> Problem:
 class PolicyHolder:
     """The one reference Check reads. Replacing it is a single atomic assignment."""
 
-    def __init__(self, default_config: str | None = None) -> None:
-        self.current = Policy(default_config=default_config)
+    def __init__(self, default_config: str | None = None, usage_label: str | None = None) -> None:
+        self.current = Policy(default_config=default_config, usage_label=usage_label)
         self._reported: set[str] = set()
 
     def update(self, snapshot: Snapshot) -> Policy:
         policy = compile_policy(
-            snapshot, default_config=self.current.default_config, previous=self.current
+            snapshot,
+            default_config=self.current.default_config,
+            usage_label=self.current.usage_label,
+            previous=self.current,
         )
         self.current = policy
         self._report(policy)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 import traceback
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauth import decide, responses
+from extauth.httpd import StatusServer
+from extauth.metrics import DecisionLog, Metrics
 from extauth.policy import Policy, PolicyHolder
 from extauth.snapshot import Snapshot
 from extauth.sources import Source
@@ -41,6 +44,11 @@ class Settings:
     grpc_address: str = "127.0.0.1:9001"
     default_config: str | None = None
     shutdown_grace: float = 5.0
+    # /metrics, /healthz, /readyz; None: not served (metrics are still kept).
+    http_address: str | None = None
+    usage_label: str | None = None
+    decision_log: bool = False
+    decision_log_sample: float = 1.0
 
 
 def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:
@@ -57,21 +65,29 @@ def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:
 
 
 class AuthorizationService:
-    def __init__(self, holder: PolicyHolder) -> None:
+    def __init__(
+        self,
+        holder: PolicyHolder,
+        metrics: Metrics | None = None,
+        decision_log: DecisionLog | None = None,
+    ) -> None:
         self._holder = holder
+        self._metrics = metrics or Metrics()
+        self._decision_log = decision_log
         self._warned_policy: Policy | None = None
         self._warned: set[str | None] = set()
 
     async def check(
         self, request: pb.CheckRequest, context: grpc.aio.ServicerContext[pb.CheckRequest, bytes]
     ) -> bytes:
+        start = time.perf_counter()
         policy = self._holder.current
         try:
             attributes = request.attributes
             http = attributes.request.http
-            decision = decide.decide(
-                policy, attributes.context_extensions, request_headers(http), http.path
-            )
+            headers = request_headers(http)
+            decision = decide.decide(policy, attributes.context_extensions, headers, http.path)
+            encoded = responses.encode(decision)
         except Exception as exc:
             # The message or a traceback's locals may quote request data (a key): log
             # only the exception type and where it was raised.
@@ -82,13 +98,18 @@ class AuthorizationService:
                 frame.filename,
                 frame.lineno,
             )
-            return responses.deny_bytes(decide.Reason.INTERNAL, None)
+            failed = decide.Deny(decide.Reason.INTERNAL, None)
+            self._metrics.record(failed, time.perf_counter() - start)
+            return responses.encode(failed)
         if isinstance(decision, decide.Deny) and decision.reason in (
             decide.Reason.NO_CONFIG,
             decide.Reason.UNKNOWN_CONFIG,
         ):
             self._warn_config(policy, decision)
-        return responses.encode(decision)
+        self._metrics.record(decision, time.perf_counter() - start)
+        if self._decision_log is not None:
+            self._decision_log.write(decision, headers, http.path)
+        return encoded
 
     def _warn_config(self, policy: Policy, decision: decide.Deny) -> None:
         """Log a route's config problem once per policy version, not once per request."""
@@ -126,20 +147,36 @@ class Server:
     def __init__(self, settings: Settings, source: Source | None = None) -> None:
         self.settings = settings
         self.source = source or FileSource(settings.config_dir)
-        self.holder = PolicyHolder(settings.default_config)
+        self.holder = PolicyHolder(settings.default_config, settings.usage_label)
         self.health = health.aio.HealthServicer()
+        self.metrics = Metrics()
+        self.status = StatusServer(self.metrics.registry, self.is_ready)
         self.port: int | None = None
         # Set once the first snapshot is loaded and the port is listening.
         self.ready = asyncio.Event()
+        self._stopping = False
+
+    def is_ready(self) -> bool:
+        return self.ready.is_set() and not self._stopping
+
+    def _update(self, snapshot: Snapshot) -> None:
+        self.metrics.policy_loaded(self.holder.update(snapshot))
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.settings.http_address:
+            # Up before the first snapshot: liveness answers and readiness says "not yet".
+            await self.status.start(self.settings.http_address)
         snapshots = aiter(self.source.snapshots())
-        self.holder.update(await anext(snapshots))
+        self._update(await anext(snapshots))
 
         # grpc turns SO_REUSEPORT on by default: a second extauth on the same port would
         # silently share traffic (with a different config, perhaps). Refuse instead.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers((authorization_handler(AuthorizationService(self.holder)),))
+        decision_log = (
+            DecisionLog(self.settings.decision_log_sample) if self.settings.decision_log else None
+        )
+        checks = AuthorizationService(self.holder, self.metrics, decision_log)
+        server.add_generic_rpc_handlers((authorization_handler(checks),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.port = server.add_insecure_port(self.settings.grpc_address)
         await server.start()
@@ -147,22 +184,26 @@ class Server:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving Check on %s (port %d)", self.settings.grpc_address, self.port)
         self.ready.set()
+        self.metrics.ready.set(1)
 
         follow = asyncio.create_task(self._follow(snapshots))
         try:
             await stop.wait()
         finally:
             log.info("shutting down: readiness off, draining in-flight checks")
+            self._stopping = True
+            self.metrics.ready.set(0)
             await self.health.enter_graceful_shutdown()
             follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follow
             await server.stop(self.settings.shutdown_grace)
+            await self.status.stop()
             log.info("stopped")
 
     async def _follow(self, snapshots: AsyncIterator[Snapshot]) -> None:
         async for snapshot in snapshots:
-            self.holder.update(snapshot)
+            self._update(snapshot)
 
 
 async def serve(settings: Settings) -> None:

@@ -1,0 +1,79 @@
+"""A minimal HTTP/1.1 endpoint for operators: `/metrics`, `/healthz`, `/readyz`.
+
+It is deliberately tiny (asyncio streams, GET only, one request per connection) so the
+service needs no web framework; Prometheus and kubelet probes are its only clients.
+`/readyz` turns 503 before shutdown drains, so a load balancer stops sending first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+_MAX_REQUEST_LINE = 8192
+
+
+class StatusServer:
+    def __init__(self, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> None:
+        self._registry = registry
+        self._is_ready = is_ready
+        self._server: asyncio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self._server = await asyncio.start_server(self._handle, host, int(port))
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("serving /metrics, /healthz, /readyz on %s (port %d)", address, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"method not allowed\n"
+        path = path.partition("?")[0]
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+        if path == "/healthz":
+            return 200, "text/plain", b"ok\n"
+        if path == "/readyz":
+            if self._is_ready():
+                return 200, "text/plain", b"ready\n"
+            return 503, "text/plain", b"not ready\n"
+        return 404, "text/plain", b"not found\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            method = ""
+            if len(line) > _MAX_REQUEST_LINE:
+                status, kind, body = 414, "text/plain", b"request line too long\n"
+            else:
+                parts = line.decode("latin-1").split()
+                method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+                # Drain the headers; nothing in them matters here.
+                while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                    pass
+                status, kind, body = self._route(method, path)
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(status, "")
+            head = (
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: {kind}\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            )
+            writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
+            await writer.drain()
+        except (TimeoutError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
