@@ -1,18 +1,23 @@
 # Every target that runs code depends on the venv stamp, which is rebuilt whenever
-# pyproject.toml changes: `make test` and `make serve` work on a fresh clone as-is.
+# pyproject.toml changes: `make demo`, `make test` and `make serve` work on a fresh clone as-is.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GRPC_ADDRESS ?= 127.0.0.1:9001
 
-.PHONY: test lint typecheck unit serve validate protos clean
+.PHONY: demo test serve validate protos envoy-configs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The vanity-key story on localhost: mock upstream, extauth and a real Envoy on :8080.
+# DEMO_ARGS="--upstream https://api.openai.com" (with OPENAI_API_KEY set) uses the real provider.
+demo: $(STAMP)
+	$(BIN)/python -m extauth.demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,5 +36,9 @@ validate: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python -m extauth.wire.generate
 
+# Regenerate envoy/*.yaml from extauth/envoyconf.py; tests/test_envoyconf.py fails when stale.
+envoy-configs: $(STAMP)
+	$(BIN)/python -m extauth.envoyconf
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .demo .mypy_cache .pytest_cache .ruff_cache

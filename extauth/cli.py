@@ -10,7 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from extauth import __version__, manifests
+from pydantic import ValidationError
+
+from extauth import __version__, keys, manifests
 from extauth.manifests import Problem
 from extauth.policy import compile_policy
 from extauth.resources import AuthConfig
@@ -103,7 +105,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("validate", help="check manifests; exit 1 on any problem")
     check.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+
+    keys_cmd = commands.add_parser("keys", help="API key helpers")
+    keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser(
+        "new",
+        help="generate a key and print its Secret manifest (the key itself goes to stderr)",
+    )
+    new.add_argument("name", help="Secret name: the identity of the key's holder")
+    new.add_argument("--namespace", "-n", default="default")
+    new.add_argument(
+        "--meta",
+        action="append",
+        type=_pair,
+        default=[],
+        metavar="ENTRY=VALUE",
+        help="metadata entry, e.g. x-org=platform (repeatable)",
+    )
+    new.add_argument(
+        "--label",
+        action="append",
+        type=_pair,
+        default=[],
+        metavar="KEY=VALUE",
+        help="Secret label, for AuthConfig label selectors (repeatable)",
+    )
+    new.add_argument(
+        "--bytes", type=int, default=keys.DEFAULT_BYTES, help="random bytes in the key"
+    )
     return parser
+
+
+def _pair(value: str) -> tuple[str, str]:
+    name, sep, text = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=VALUE")
+    return name, text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "validate":
         return validate(args.paths)
+    if args.command == "keys":
+        return new_key(args)
     settings = Settings(
         config_dir=args.config_dir,
         grpc_address=args.grpc_address,
@@ -135,6 +174,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         log.error("cannot listen on %s: %s", settings.grpc_address, exc)
         return 2
+    return 0
+
+
+def new_key(args: argparse.Namespace) -> int:
+    if args.bytes < 16:
+        print("--bytes must be at least 16 (128 bits)", file=sys.stderr)
+        return 2
+    key = keys.new_key(args.bytes)
+    try:
+        text = keys.manifest(args.name, args.namespace, key, dict(args.meta), dict(args.label))
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(part) for part in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(f"error: {field}: {message}" if field else f"error: {message}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    print(f"# the key (shown once; give it to {args.name}'s holder): {key}", file=sys.stderr)
     return 0
 
 

