@@ -17,7 +17,7 @@ from extauth.manifests import Problem
 from extauth.policy import compile_policy
 from extauth.resources import AuthConfig
 from extauth.server import Settings, serve
-from extauth.snapshot import ApiKey, PlacedAuthConfig, Snapshot
+from extauth.snapshot import ApiKey, Change, Definition, PlacedAuthConfig
 from extauth.sources.files import ConfigDirError
 
 log = logging.getLogger("extauth")
@@ -199,8 +199,7 @@ def validate(paths: Sequence[Path]) -> int:
     """Every problem as `file:line: message`; cross-file problems (duplicates, key
     conflicts, references to missing Secrets) are found by compiling a policy."""
     problems: list[Problem] = []
-    keys: list[ApiKey] = []
-    configs: list[PlacedAuthConfig] = []
+    definitions: list[Definition] = []
     files = 0
     for path in paths:
         if not path.exists():
@@ -214,10 +213,10 @@ def validate(paths: Sequence[Path]) -> int:
                 continue
             for loaded in result.resources:
                 if isinstance(loaded.resource, AuthConfig):
-                    configs.append(PlacedAuthConfig(loaded.resource, loaded.origin))
+                    definitions.append(PlacedAuthConfig(loaded.resource, loaded.origin))
                 else:
-                    keys.append(ApiKey.from_secret(loaded.resource, loaded.origin))
-    policy = compile_policy(Snapshot(tuple(keys), tuple(configs)))
+                    definitions.append(ApiKey.from_secret(loaded.resource, loaded.origin))
+    policy = compile_policy(Change(tuple(definitions)))
     problems.extend(policy.problems)
     for problem in problems:
         print(problem)

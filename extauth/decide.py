@@ -66,10 +66,12 @@ def decide(
     config = policy.configs.get(config_id)
     if config is None:
         return Deny(Reason.UNKNOWN_CONFIG, config_id)
-    return _check_keys(config, headers, path)
+    return _check_keys(policy, config, headers, path)
 
 
-def _check_keys(config: CompiledConfig, headers: Mapping[str, str], path: str) -> Decision:
+def _check_keys(
+    policy: Policy, config: CompiledConfig, headers: Mapping[str, str], path: str
+) -> Decision:
     identity = usage = ""
     set_headers: dict[str, str] = {}
     remove: list[str] = []
@@ -79,9 +81,10 @@ def _check_keys(config: CompiledConfig, headers: Mapping[str, str], path: str) -
         key = credentials.extract(rule.sources, headers, path)
         if key is None:
             return Deny(Reason.MISSING, config.config_id, rule.hint)
-        grant = rule.grants.get(digest(key))
-        if grant is None:
+        found = policy.keys.get(digest(key))
+        if found is None or not rule.admits(found):
             return Deny(Reason.INVALID, config.config_id, rule.hint)
+        grant = rule.grant(found, policy.usage_label)
         if grant.missing_required:
             return Deny(Reason.MISSING_METADATA, config.config_id, rule.hint)
         if not identity:

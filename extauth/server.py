@@ -29,7 +29,7 @@ from extauth import decide, responses
 from extauth.httpd import StatusServer
 from extauth.metrics import DecisionLog, Metrics
 from extauth.policy import Policy, PolicyHolder
-from extauth.snapshot import Snapshot
+from extauth.snapshot import Change
 from extauth.sources import Source
 from extauth.sources.files import FileSource
 from extauth.wire import AUTHORIZATION_SERVICE, CHECK_METHOD
@@ -144,9 +144,9 @@ def authorization_handler(service: AuthorizationService) -> grpc.GenericRpcHandl
 class Server:
     """Wires a source, the policy holder and the gRPC server together."""
 
-    def __init__(self, settings: Settings, source: Source | None = None) -> None:
+    def __init__(self, settings: Settings, sources: list[Source] | None = None) -> None:
         self.settings = settings
-        self.source = source or FileSource(settings.config_dir)
+        self.sources = sources if sources is not None else [FileSource(settings.config_dir)]
         self.holder = PolicyHolder(settings.default_config, settings.usage_label)
         self.health = health.aio.HealthServicer()
         self.metrics = Metrics()
@@ -159,15 +159,16 @@ class Server:
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self._stopping
 
-    def _update(self, snapshot: Snapshot) -> None:
-        self.metrics.policy_loaded(self.holder.update(snapshot))
+    def _update(self, changes: list[Change]) -> None:
+        self.metrics.policy_loaded(self.holder.update(changes))
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.settings.http_address:
             # Up before the first snapshot: liveness answers and readiness says "not yet".
             await self.status.start(self.settings.http_address)
-        snapshots = aiter(self.source.snapshots())
-        self._update(await anext(snapshots))
+        streams = [aiter(source.changes()) for source in self.sources]
+        # Every source's complete initial state, then serve.
+        self._update([await anext(stream) for stream in streams])
 
         # grpc turns SO_REUSEPORT on by default: a second extauth on the same port would
         # silently share traffic (with a different config, perhaps). Refuse instead.
@@ -186,7 +187,9 @@ class Server:
         self.ready.set()
         self.metrics.ready.set(1)
 
-        follow = asyncio.create_task(self._follow(snapshots))
+        queue: asyncio.Queue[Change] = asyncio.Queue()
+        tasks = [asyncio.create_task(self._pump(stream, queue)) for stream in streams]
+        tasks.append(asyncio.create_task(self._apply(queue)))
         try:
             await stop.wait()
         finally:
@@ -194,16 +197,28 @@ class Server:
             self._stopping = True
             self.metrics.ready.set(0)
             await self.health.enter_graceful_shutdown()
-            follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follow
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await server.stop(self.settings.shutdown_grace)
             await self.status.stop()
             log.info("stopped")
 
-    async def _follow(self, snapshots: AsyncIterator[Snapshot]) -> None:
-        async for snapshot in snapshots:
-            self._update(snapshot)
+    @staticmethod
+    async def _pump(stream: AsyncIterator[Change], queue: asyncio.Queue[Change]) -> None:
+        async for change in stream:
+            await queue.put(change)
+
+    async def _apply(self, queue: asyncio.Queue[Change]) -> None:
+        """Apply every change that is waiting, then publish one policy for all of them:
+        a burst of events (a kubectl apply of 1,000 Secrets) costs one publish."""
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            self._update(batch)
 
 
 async def serve(settings: Settings) -> None:

@@ -1,8 +1,12 @@
-"""The immutable state a source publishes: every API key and AuthConfig it currently sees.
+"""What sources publish: keys and AuthConfigs defined, redefined or gone (`Change`).
 
 A key's plaintext is hashed the moment its Secret is read and then dropped: from here
-on the service only holds SHA-256 digests, so neither a snapshot, a log line nor a crash
-dump can reveal a key.
+on the service only holds SHA-256 digests, so neither a change, a policy, a log line nor
+a crash dump can reveal a key.
+
+Each definition carries its `Origin`; `origin.path` names the definition's source (a file,
+or `kubernetes:Secret/ns/name`), so the same Secret defined in two places is two
+definitions, and removing one leaves the other.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Literal
 
 from extauth.manifests import Origin
 from extauth.resources import API_KEY_ENTRY, AuthConfig, Secret
+
+Owner = tuple[str, str]  # (namespace, name)
 
 
 def digest(key: str) -> bytes:
@@ -21,9 +28,13 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ApiKey:
-    """One admitted key: who holds it (the Secret) and what is known about them."""
+    """One key: who holds it (the Secret) and what is known about them.
+
+    Compared by identity: a redefinition is a new object, and policies and caches can
+    tell "the same definition" from "an equal one" in O(1).
+    """
 
     namespace: str
     name: str
@@ -33,7 +44,7 @@ class ApiKey:
     origin: Origin
 
     @property
-    def owner(self) -> tuple[str, str]:
+    def owner(self) -> Owner:
         return (self.namespace, self.name)
 
     @classmethod
@@ -54,19 +65,45 @@ class ApiKey:
         return f"ApiKey({self.namespace}/{self.name} from {self.origin})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class PlacedAuthConfig:
     config: AuthConfig
     origin: Origin
 
     @property
-    def owner(self) -> tuple[str, str]:
+    def owner(self) -> Owner:
         return (self.config.metadata.namespace, self.config.metadata.name)
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything one source sees at one moment, in a stable order."""
+Definition = ApiKey | PlacedAuthConfig
 
-    keys: tuple[ApiKey, ...] = ()
-    authconfigs: tuple[PlacedAuthConfig, ...] = ()
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """A definition that is gone: `source` is the `origin.path` it was defined with."""
+
+    kind: Literal["Secret", "AuthConfig"]
+    owner: Owner
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Definitions added or replaced, and definitions removed, in the order to apply them.
+
+    A source's first change is its complete initial state.
+    """
+
+    upserted: tuple[Definition, ...] = ()
+    removed: tuple[Removal, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.upserted and not self.removed
+
+
+def removal_of(definition: Definition) -> Removal:
+    kind: Literal["Secret", "AuthConfig"] = (
+        "Secret" if isinstance(definition, ApiKey) else "AuthConfig"
+    )
+    return Removal(kind, definition.owner, definition.origin.path)

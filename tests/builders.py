@@ -6,27 +6,25 @@ import textwrap
 
 from extauth import manifests
 from extauth.resources import AuthConfig
-from extauth.snapshot import ApiKey, PlacedAuthConfig, Snapshot
+from extauth.snapshot import ApiKey, Change, Definition, PlacedAuthConfig
 
 
-def snapshot(*documents: str, path: str = "t.yaml") -> Snapshot:
+def snapshot(*documents: str, path: str = "t.yaml") -> Change:
     text = "\n---\n".join(textwrap.dedent(d) for d in documents)
     result = manifests.parse_text(text, path)
     assert result.ok, [str(p) for p in result.problems]
-    keys: list[ApiKey] = []
-    configs: list[PlacedAuthConfig] = []
+    definitions: list[Definition] = []
     for loaded in result.resources:
         if isinstance(loaded.resource, AuthConfig):
-            configs.append(PlacedAuthConfig(loaded.resource, loaded.origin))
+            definitions.append(PlacedAuthConfig(loaded.resource, loaded.origin))
         else:
-            keys.append(ApiKey.from_secret(loaded.resource, loaded.origin))
-    return Snapshot(tuple(keys), tuple(configs))
+            definitions.append(ApiKey.from_secret(loaded.resource, loaded.origin))
+    return Change(tuple(definitions))
 
 
-def merge(*snapshots: Snapshot) -> Snapshot:
-    return Snapshot(
-        tuple(k for s in snapshots for k in s.keys),
-        tuple(c for s in snapshots for c in s.authconfigs),
+def merge(*changes: Change) -> Change:
+    return Change(
+        tuple(d for c in changes for d in c.upserted), tuple(r for c in changes for r in c.removed)
     )
 
 

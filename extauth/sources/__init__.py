@@ -1,15 +1,16 @@
-"""Sources read resources from the outside world and publish `Snapshot`s.
+"""Sources read resources from the outside world and publish `Change`s.
 
-Every source has the same shape: an async iterator of snapshots whose first item is the
-complete initial state (the service is ready once it has arrived) and whose later items
-are complete states after each change. Sources do I/O only; compiling is `policy.py`'s.
+Every source has the same shape: an async iterator of changes whose first item is the
+complete initial state (the service is ready once every source's has arrived) and whose
+later items say what was defined, redefined or removed. Sources do I/O only; applying
+changes is `policy.py`'s.
 """
 
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from extauth.snapshot import Snapshot
+from extauth.snapshot import Change
 
 
 class Source(Protocol):
-    def snapshots(self) -> AsyncIterator[Snapshot]: ...
+    def changes(self) -> AsyncIterator[Change]: ...

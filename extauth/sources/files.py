@@ -8,7 +8,9 @@ volume, a bad deploy), that is an error of the source, not a revocation of every
 the last good state keeps serving until the directory is back.
 
 Files are re-read only when their (inode, size, mtime) changes, so a rescan after an
-event costs a directory walk and a few stat calls.
+event costs a directory walk and a few stat calls, and what is published is the
+difference: the definitions of the changed files only (see policy.py for why that matters
+at a million keys).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import watchfiles
 
 from extauth import manifests
 from extauth.resources import AuthConfig
-from extauth.snapshot import ApiKey, PlacedAuthConfig, Snapshot
+from extauth.snapshot import ApiKey, Change, Definition, PlacedAuthConfig, Removal, removal_of
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,7 @@ _Signature = tuple[int, int, int]
 @dataclass(frozen=True, slots=True)
 class _Accepted:
     signature: _Signature
-    keys: tuple[ApiKey, ...]
-    authconfigs: tuple[PlacedAuthConfig, ...]
+    definitions: tuple[Definition, ...]
 
 
 class ConfigDirError(Exception):
@@ -60,16 +61,16 @@ class FileSource:
         # Signature of files last seen broken, so each broken version is reported once.
         self._rejected: dict[Path, _Signature] = {}
 
-    def scan(self) -> tuple[Snapshot, bool]:
-        """The current state of the directory, and whether it differs from the last scan."""
+    def scan(self) -> Change:
+        """What changed on disk since the last scan (everything, the first time)."""
         if not self.root.exists():
             raise ConfigDirError(f"{self.root} does not exist")
-        changed = False
+        upserted: list[Definition] = []
+        removed: list[Removal] = []
         present = manifests.yaml_files(self.root)
-        for gone in set(self._accepted) - set(present):
+        for gone in sorted(set(self._accepted) - set(present)):
             log.info("config: %s removed", gone)
-            del self._accepted[gone]
-            changed = True
+            removed.extend(removal_of(d) for d in self._accepted.pop(gone).definitions)
         for gone in set(self._rejected) - set(present):
             del self._rejected[gone]
         for path in present:
@@ -83,10 +84,22 @@ class FileSource:
                 continue
             if self._rejected.get(path) == signature:
                 continue
-            changed |= self._read(path, signature, accepted is not None)
-        return self._snapshot(), changed
+            definitions = self._read(path, signature, accepted is not None)
+            if definitions is None:
+                continue
+            self._accepted[path] = _Accepted(signature, definitions)
+            upserted.extend(definitions)
+            if accepted is not None:
+                kept = {(type(d), d.owner) for d in definitions}
+                removed.extend(
+                    removal_of(d) for d in accepted.definitions if (type(d), d.owner) not in kept
+                )
+        return Change(tuple(upserted), tuple(removed))
 
-    def _read(self, path: Path, signature: _Signature, had_good: bool) -> bool:
+    def _read(
+        self, path: Path, signature: _Signature, had_good: bool
+    ) -> tuple[Definition, ...] | None:
+        """The file's definitions, or None when it is rejected."""
         result = manifests.load_file(path)
         for note in result.ignored:
             log.info("config: %s: %s", path, note)
@@ -99,30 +112,19 @@ class FileSource:
             for problem in result.problems:
                 if not problem.warning:
                     log.error("config: rejected %s (%s): %s", path, keeping, problem)
-            return False
+            return None
         self._rejected.pop(path, None)
-        keys: list[ApiKey] = []
-        configs: list[PlacedAuthConfig] = []
+        definitions: list[Definition] = []
         for loaded in result.resources:
             if isinstance(loaded.resource, AuthConfig):
-                configs.append(PlacedAuthConfig(loaded.resource, loaded.origin))
+                definitions.append(PlacedAuthConfig(loaded.resource, loaded.origin))
             else:
-                keys.append(ApiKey.from_secret(loaded.resource, loaded.origin))
-        self._accepted[path] = _Accepted(signature, tuple(keys), tuple(configs))
-        log.info(
-            "config: loaded %s (%d Secret(s), %d AuthConfig(s))", path, len(keys), len(configs)
-        )
-        return True
+                definitions.append(ApiKey.from_secret(loaded.resource, loaded.origin))
+        log.info("config: loaded %s (%d resource(s))", path, len(definitions))
+        return tuple(definitions)
 
-    def _snapshot(self) -> Snapshot:
-        ordered = [self._accepted[p] for p in sorted(self._accepted)]
-        return Snapshot(
-            keys=tuple(k for a in ordered for k in a.keys),
-            authconfigs=tuple(c for a in ordered for c in a.authconfigs),
-        )
-
-    async def snapshots(self) -> AsyncGenerator[Snapshot, None]:
-        """The initial state, then a new state after every change on disk.
+    async def changes(self) -> AsyncGenerator[Change, None]:
+        """The initial state, then what changed, after every change on disk.
 
         A watcher task wakes the loop on inotify events; a periodic resync (stat calls
         only) also wakes it, which covers changes made before the watcher attached and
@@ -132,14 +134,13 @@ class FileSource:
         wake = asyncio.Event()
         watcher = asyncio.create_task(self._watch(wake))
         try:
-            snapshot, _ = self.scan()
-            yield snapshot
+            yield self.scan()
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._resync_seconds)
                 wake.clear()
                 try:
-                    snapshot, changed = self.scan()
+                    change = self.scan()
                 except ConfigDirError as exc:
                     if not self._missing:
                         log.error("config: %s; keeping the last good state", exc)
@@ -148,8 +149,8 @@ class FileSource:
                 if self._missing:
                     log.info("config: %s is back", self.root)
                     self._missing = False
-                if changed:
-                    yield snapshot
+                if not change.empty:
+                    yield change
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
