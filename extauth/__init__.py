@@ -1,6 +1,6 @@
 """extauth: an Envoy ext_authz service for API-key AuthConfigs.
 
-Data flows one way: sources (files, later Kubernetes) -> snapshot -> compiled policy ->
+Data flows one way: sources (files, Kubernetes) -> changes -> incremental policy ->
 Check decision -> serialized response. See README.md for the module map.
 """
 

@@ -62,8 +62,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config-dir",
         type=Path,
-        required=True,
         help="directory of Secret and AuthConfig YAML (watched)",
+    )
+    run.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="watch Secrets and AuthConfigs in a cluster (in-cluster config or KUBECONFIG)",
+    )
+    run.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="with --kubernetes: watch only this namespace (repeatable; default: all)",
+    )
+    run.add_argument("--kubeconfig", metavar="PATH", help="with --kubernetes: kubeconfig file")
+    run.add_argument(
+        "--kube-watch-timeout",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="with --kubernetes: restart each watch this often (server-side timeout)",
+    )
+    run.add_argument(
+        "--no-status",
+        action="store_true",
+        help="with --kubernetes: do not write AuthConfig status",
     )
     run.add_argument("--grpc-address", type=_address, default="127.0.0.1:9001")
     run.add_argument(
@@ -150,10 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.command == "validate":
         return validate(args.paths)
     if args.command == "keys":
         return new_key(args)
+    if args.config_dir is None and not args.kubernetes:
+        print("extauth serve: give --config-dir DIR, --kubernetes, or both", file=sys.stderr)
+        return 2
+    if args.namespace and not args.kubernetes:
+        print("extauth serve: --namespace needs --kubernetes", file=sys.stderr)
+        return 2
     settings = Settings(
         config_dir=args.config_dir,
         grpc_address=args.grpc_address,
@@ -163,6 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_label=args.usage_label,
         decision_log=args.decision_log,
         decision_log_sample=args.decision_log_sample,
+        kubernetes=args.kubernetes,
+        namespaces=tuple(args.namespace or ()),
+        kubeconfig=args.kubeconfig,
+        write_status=not args.no_status,
+        kube_watch_timeout=args.kube_watch_timeout,
     )
     try:
         asyncio.run(serve(settings))

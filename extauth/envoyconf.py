@@ -83,6 +83,14 @@ COMPOSE = Target(
     secrets_dir="/etc/envoy/secrets",
 )
 
+KUBERNETES = Target(
+    listen=Endpoint("0.0.0.0", 8080),  # noqa: S104 (inside a pod)
+    admin=Endpoint("0.0.0.0", 9901),  # noqa: S104 (the readiness probe; not in the Service)
+    extauth=Endpoint("extauth.extauth-system.svc.cluster.local", 9001),  # headless Service
+    upstream="https://api.openai.com",
+    secrets_dir="/etc/envoy/secrets",
+)
+
 # Committed files: path -> (target, provider-key mode).
 FILES: dict[str, tuple[Target, ProviderKey]] = {
     "envoy/envoy.yaml": (LOCAL, "file"),
@@ -90,6 +98,7 @@ FILES: dict[str, tuple[Target, ProviderKey]] = {
     "envoy/envoy-key-inline.yaml": (LOCAL, "inline"),
     "envoy/envoy-passthrough.yaml": (LOCAL, "passthrough"),
     "envoy/compose/envoy.yaml": (COMPOSE, "file"),
+    "deploy/kubernetes/envoy-config/envoy.yaml": (KUBERNETES, "file"),
 }
 
 

@@ -36,7 +36,7 @@ class Origin:
     document: int
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}"
+        return f"{self.path}:{self.line}" if self.line else self.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,8 @@ class Problem:
 
     def __str__(self) -> str:
         prefix = "warning: " if self.warning else ""
-        return f"{self.path}:{self.line}: {prefix}{self.message}"
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {prefix}{self.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +203,24 @@ def _describe(exc: ValidationError, node: yaml.Node) -> Iterator[tuple[int, str]
         line, field = _locate(node, error["loc"])
         message = str(error["msg"]).removeprefix("Value error, ")
         yield line, f"{field}: {message}" if field else message
+
+
+def error_messages(exc: ValidationError) -> list[str]:
+    """`field.path: message` for each error, for objects that have no YAML lines
+    (read from an API server). Never includes input values."""
+    messages = []
+    for error in exc.errors(include_input=False, include_url=False):
+        path = ""
+        loc = error["loc"]
+        for position, item in enumerate(loc):
+            # pydantic's own markers (union branches, validators) read like "function-after[...]"
+            internal = isinstance(item, str) and "[" in item
+            if internal and position < len(loc) - 1:
+                continue
+            path = _join(path, item)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        messages.append(f"{path}: {message}" if path else message)
+    return messages
 
 
 def _locate(node: yaml.Node, loc: Sequence[int | str]) -> tuple[int, str]:

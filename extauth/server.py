@@ -21,6 +21,7 @@ import traceback
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    config_dir: Path
+    config_dir: Path | None = None
     grpc_address: str = "127.0.0.1:9001"
     default_config: str | None = None
     shutdown_grace: float = 5.0
@@ -49,6 +50,30 @@ class Settings:
     usage_label: str | None = None
     decision_log: bool = False
     decision_log_sample: float = 1.0
+    kubernetes: bool = False
+    namespaces: tuple[str, ...] = ()
+    kubeconfig: str | None = None
+    write_status: bool = True
+    kube_watch_timeout: int = 300
+
+
+def sources_for(settings: Settings) -> list[Source]:
+    sources: list[Source] = []
+    if settings.config_dir is not None:
+        sources.append(FileSource(settings.config_dir))
+    if settings.kubernetes:
+        # Imported here: the kubernetes client is only loaded when it is used.
+        from extauth.sources.kubernetes import KubernetesSource
+
+        sources.append(
+            KubernetesSource(
+                list(settings.namespaces) or None,
+                kubeconfig=settings.kubeconfig,
+                write_status=settings.write_status,
+                watch_timeout=settings.kube_watch_timeout,
+            )
+        )
+    return sources
 
 
 def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:
@@ -146,13 +171,13 @@ class Server:
 
     def __init__(self, settings: Settings, sources: list[Source] | None = None) -> None:
         self.settings = settings
-        self.sources = sources if sources is not None else [FileSource(settings.config_dir)]
+        self.sources = sources if sources is not None else sources_for(settings)
         self.holder = PolicyHolder(settings.default_config, settings.usage_label)
         self.health = health.aio.HealthServicer()
         self.metrics = Metrics()
         self.status = StatusServer(self.metrics.registry, self.is_ready)
         self.port: int | None = None
-        # Set once the first snapshot is loaded and the port is listening.
+        # Set once every source's initial state is loaded and the port is listening.
         self.ready = asyncio.Event()
         self._stopping = False
 
@@ -164,11 +189,26 @@ class Server:
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.settings.http_address:
-            # Up before the first snapshot: liveness answers and readiness says "not yet".
+            # Up before the first sync: liveness answers and readiness says "not yet".
             await self.status.start(self.settings.http_address)
         streams = [aiter(source.changes()) for source in self.sources]
-        # Every source's complete initial state, then serve.
-        self._update([await anext(stream) for stream in streams])
+        # Every source's complete initial state, then serve; a stop signal before that
+        # (an unreachable API server, say) ends the wait instead of being ignored.
+        initial: asyncio.Future[list[Change]] = asyncio.ensure_future(
+            asyncio.gather(*(anext(s) for s in streams))
+        )
+        stopped: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
+        waiting: list[asyncio.Future[Any]] = [initial, stopped]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not initial.done():
+            log.info("stopping before the first sync")
+            initial.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await initial
+            await self.status.stop()
+            return
+        stopped.cancel()
+        self._update(list(initial.result()))
 
         # grpc turns SO_REUSEPORT on by default: a second extauth on the same port would
         # silently share traffic (with a different config, perhaps). Refuse instead.

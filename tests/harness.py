@@ -128,7 +128,7 @@ def grpc_serving(address: str) -> bool:
 class Extauth:
     """`extauth serve` as a child process, logging to a file the tests can read."""
 
-    def __init__(self, config_dir: Path, log_path: Path, *extra: str) -> None:
+    def __init__(self, config_dir: Path | None, log_path: Path, *extra: str) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -139,8 +139,7 @@ class Extauth:
                 "-m",
                 "extauth.cli",
                 "serve",
-                "--config-dir",
-                str(config_dir),
+                *(["--config-dir", str(config_dir)] if config_dir else []),
                 "--grpc-address",
                 self.address,
                 *extra,

@@ -128,7 +128,7 @@ class FileSource:
 
         A watcher task wakes the loop on inotify events; a periodic resync (stat calls
         only) also wakes it, which covers changes made before the watcher attached and
-        events the kernel dropped. Raises ConfigDirError before the first snapshot if the
+        events the kernel dropped. Raises ConfigDirError before the first change if the
         directory is missing; later failures keep the last good state and are retried.
         """
         wake = asyncio.Event()
