@@ -156,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument(
         "--bytes", type=int, default=keys.DEFAULT_BYTES, help="random bytes in the key"
     )
+    new.add_argument(
+        "--hashed",
+        action="store_true",
+        help="store only the key's SHA-256 (api-key-hash) in the Secret",
+    )
+    new.add_argument(
+        "--expires-at",
+        metavar="RFC3339",
+        help="add an expires-at entry, e.g. 2027-01-31T00:00:00Z",
+    )
     return parser
 
 
@@ -218,7 +228,12 @@ def new_key(args: argparse.Namespace) -> int:
         return 2
     key = keys.new_key(args.bytes)
     try:
-        text = keys.manifest(args.name, args.namespace, key, dict(args.meta), dict(args.label))
+        metadata = dict(args.meta)
+        if args.expires_at:
+            metadata["expires-at"] = args.expires_at
+        text = keys.manifest(
+            args.name, args.namespace, key, metadata, dict(args.label), hashed=args.hashed
+        )
     except ValidationError as exc:
         for error in exc.errors(include_input=False, include_url=False):
             field = ".".join(str(part) for part in error["loc"])

@@ -7,12 +7,13 @@ module does no I/O and builds no protobuf; `responses.py` turns its result into 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from extauth import credentials
-from extauth.policy import CompiledConfig, Policy
+from extauth.policy import CompiledConfig, Grant, KeyRule, Policy
 from extauth.snapshot import digest
 
 CONFIG_ID = "config_id"
@@ -23,6 +24,7 @@ class Reason(StrEnum):
 
     MISSING = "missing_api_key"
     INVALID = "invalid_api_key"
+    EXPIRED = "expired_api_key"
     MISSING_METADATA = "missing_required_metadata"
     NO_CONFIG = "no_auth_config"
     UNKNOWN_CONFIG = "unknown_auth_config"
@@ -57,6 +59,7 @@ def decide(
     context_extensions: Mapping[str, str],
     headers: Mapping[str, str],
     path: str,
+    now: float | None = None,
 ) -> Decision:
     config_id = context_extensions.get(CONFIG_ID) or policy.default_config
     if not policy.loaded:
@@ -66,31 +69,74 @@ def decide(
     config = policy.configs.get(config_id)
     if config is None:
         return Deny(Reason.UNKNOWN_CONFIG, config_id)
-    return _check_keys(policy, config, headers, path)
+    return _check_keys(policy, config, headers, path, now)
+
+
+# A rule's outcome: a Grant (passed with a key), None (passed anonymously: Optional mode,
+# no key sent) or a Deny.
+_Outcome = Grant | None | Deny
+
+# When several rules fail, the most specific reason is reported.
+_SPECIFIC = (Reason.INVALID, Reason.EXPIRED, Reason.MISSING_METADATA)
+
+
+def _evaluate(
+    policy: Policy, rule: KeyRule, headers: Mapping[str, str], path: str, now: float | None
+) -> _Outcome:
+    key = credentials.extract(rule.sources, headers, path)
+    if key is None:
+        return None if rule.optional else Deny(Reason.MISSING, "", rule.hint)
+    found = policy.keys.get(digest(key))
+    if found is None or not rule.admits(found):
+        return Deny(Reason.INVALID, "", rule.hint)
+    if found.expires_at is not None and found.expires_at <= (now or time.time()):
+        return Deny(Reason.EXPIRED, "", rule.hint)
+    grant = rule.grant(found, policy.usage_label)
+    if grant.missing_required:
+        return Deny(Reason.MISSING_METADATA, "", rule.hint)
+    return grant
 
 
 def _check_keys(
-    policy: Policy, config: CompiledConfig, headers: Mapping[str, str], path: str
+    policy: Policy,
+    config: CompiledConfig,
+    headers: Mapping[str, str],
+    path: str,
+    now: float | None,
 ) -> Decision:
+    outcomes = [_evaluate(policy, rule, headers, path, now) for rule in config.rules]
+    if config.expr is None:
+        passed = not any(isinstance(o, Deny) for o in outcomes)
+    else:
+        passed = config.expr.evaluate(
+            {
+                str(rule.name): not isinstance(o, Deny)
+                for rule, o in zip(config.rules, outcomes, strict=True)
+            }
+        )
+    if not passed:
+        denials = [o for o in outcomes if isinstance(o, Deny)]
+        specific = [d for d in denials if d.reason in _SPECIFIC]
+        # booleanExpr can fail with every rule passing (`!a`): that is a missing key.
+        chosen = (specific or denials or [Deny(Reason.MISSING, "", config.rules[0].hint)])[0]
+        return Deny(chosen.reason, config.config_id, chosen.hint)
+
     identity = usage = ""
     set_headers: dict[str, str] = {}
     remove: list[str] = []
     remove_query: list[str] = []
     strip_cookies: frozenset[str] = frozenset()
-    for rule in config.rules:
-        key = credentials.extract(rule.sources, headers, path)
-        if key is None:
-            return Deny(Reason.MISSING, config.config_id, rule.hint)
-        found = policy.keys.get(digest(key))
-        if found is None or not rule.admits(found):
-            return Deny(Reason.INVALID, config.config_id, rule.hint)
-        grant = rule.grant(found, policy.usage_label)
-        if grant.missing_required:
-            return Deny(Reason.MISSING_METADATA, config.config_id, rule.hint)
-        if not identity:
-            identity, usage = grant.identity, grant.usage
-        set_headers.update(grant.set_headers)
-        remove.extend(grant.remove_headers)
+    for rule, outcome in zip(config.rules, outcomes, strict=True):
+        if isinstance(outcome, Grant):
+            if not identity:
+                identity, usage = outcome.identity, outcome.usage
+            set_headers.update(outcome.set_headers)
+            remove.extend(outcome.remove_headers)
+        else:
+            # Anonymous, or a rule that failed inside a passing booleanExpr: nothing it
+            # could inject may come from the client.
+            remove.extend(rule.injected)
+        # Credentials are stripped for every rule, passing or not: no key goes upstream.
         remove.extend(rule.strip_headers)
         remove_query.extend(rule.strip_query)
         strip_cookies |= rule.strip_cookies

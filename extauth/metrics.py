@@ -15,7 +15,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -23,6 +23,8 @@ from extauth.decide import Allow, Decision
 from extauth.policy import Policy
 
 decision_log = logging.getLogger("extauth.decisions")
+
+EXPIRY_WARNING = 7 * 24 * 3600.0
 
 # Check latency inside the service: tens of microseconds when healthy.
 _LATENCY_BUCKETS = (
@@ -77,6 +79,16 @@ class Metrics:
         self.ready = Gauge(
             "extauth_ready", "1 when serving with a loaded policy.", registry=self.registry
         )
+        self.expiring = Gauge(
+            "extauth_api_keys_expiring_soon",
+            "Admitted keys whose expires-at falls within the next 7 days.",
+            registry=self.registry,
+        )
+        self.expired = Gauge(
+            "extauth_api_keys_expired",
+            "Loaded keys past their expires-at (denied as expired_api_key).",
+            registry=self.registry,
+        )
         self._decision_children: dict[tuple[str, str], Counter] = {}
         self._usage_children: dict[tuple[str, str], Counter] = {}
 
@@ -95,6 +107,16 @@ class Metrics:
             child = self._decision_children[label] = self.decisions.labels(*label)
         child.inc()
         self.latency.observe(seconds)
+
+    def track_expiries(self, current: Callable[[], tuple[float, ...]]) -> None:
+        """Count expiring and expired keys at scrape time, from the current policy."""
+
+        def within(low: float, high: float) -> float:
+            now = time.time()
+            return float(sum(1 for t in current() if now + low < t <= now + high))
+
+        self.expiring.set_function(lambda: within(0, EXPIRY_WARNING))
+        self.expired.set_function(lambda: within(-float("inf"), 0))
 
     def policy_loaded(self, policy: Policy) -> None:
         self.reloads.inc()

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TypeVar
 
+from extauth import boolexpr
+from extauth.boolexpr import BoolExpr
 from extauth.manifests import Origin, Problem
 from extauth.resources import AuthConfig
 from extauth.snapshot import (
@@ -76,6 +78,9 @@ class Grant:
 class KeyRule:
     """One compiled `apiKeyAuth` entry of an AuthConfig."""
 
+    name: str | None
+    optional: bool
+    require_hashed: bool
     sources: tuple[KeySource, ...]
     refs: frozenset[Owner]
     selectors: tuple[tuple[tuple[str, str], ...], ...]
@@ -91,7 +96,15 @@ class KeyRule:
         """Where a client should send its key, for deny messages."""
         return " or ".join(f"the {s.name} {s.kind}" for s in self.sources)
 
+    @property
+    def injected(self) -> tuple[str, ...]:
+        """Every header this rule may set: removed whenever it does not set them."""
+        headers = tuple(r.header for r in self.header_rules)
+        return (*headers, self.client_id_header) if self.client_id_header else headers
+
     def admits(self, key: ApiKey) -> bool:
+        if self.require_hashed and not key.hashed:
+            return False
         if key.owner in self.refs:
             return True
         labels = key.labels
@@ -120,6 +133,8 @@ class KeyRule:
 class CompiledConfig:
     config_id: str
     rules: tuple[KeyRule, ...]
+    # Over rule names; None: every rule must pass.
+    expr: BoolExpr | None = None
 
 
 @dataclass(frozen=True)
@@ -131,10 +146,14 @@ class Policy:
     usage_label: str | None = None
     problems: tuple[Problem, ...] = ()
     loaded: bool = False
+    # Expiry times (POSIX) of the keys that have one, for the expiring-keys metric.
+    expiries: tuple[float, ...] = ()
+    holders: int = 0
 
     @property
     def key_count(self) -> int:
-        return len(self.keys)
+        """Key holders (Secrets) admitted; a holder in rotation has two digests."""
+        return self.holders
 
     def grant(self, config_id: str, key: str) -> Grant | None:
         """The grant of `key` under a single-rule config (tests and tools)."""
@@ -146,10 +165,14 @@ class Policy:
 
 
 def compile_rule(config: AuthConfig, index: int) -> KeyRule:
-    auth = config.spec.configs[index].api_key_auth
+    entry = config.spec.configs[index]
+    auth = entry.api_key_auth
     sources = tuple(_source(s.header, s.query, s.cookie) for s in auth.sources())
     strip = not auth.forward_credential
     return KeyRule(
+        name=entry.name,
+        optional=auth.mode == "Optional",
+        require_hashed=auth.require_hashed_keys,
         sources=sources,
         refs=frozenset(auth.secret_refs(config.metadata.namespace)),
         selectors=tuple(tuple(sorted(sel.items())) for sel in auth.selectors()),
@@ -175,8 +198,11 @@ def _source(header: str | None, query: str | None, cookie: str | None) -> KeySou
 
 def _compile(placed: PlacedAuthConfig) -> CompiledConfig:
     config = placed.config
+    expr = config.spec.boolean_expr
     return CompiledConfig(
-        config.config_id, tuple(compile_rule(config, i) for i in range(len(config.spec.configs)))
+        config.config_id,
+        tuple(compile_rule(config, i) for i in range(len(config.spec.configs))),
+        boolexpr.parse(expr) if expr else None,
     )
 
 
@@ -200,6 +226,8 @@ class PolicyBuilder:
         # Owners whose key in effect has this digest, in claim order; the first holds it.
         self._claims: dict[bytes, list[Owner]] = {}
         self._admitted: dict[bytes, ApiKey] = {}
+        self._holders: set[Owner] = set()
+        self._expiries: dict[Owner, float] = {}
         self._compiled: dict[str, CompiledConfig] = {}
         self._problems: dict[_ProblemKey, Problem] = {}
         self._configs_changed = True
@@ -280,12 +308,17 @@ class PolicyBuilder:
             )
 
     def _secret_effect(self, before: ApiKey | None, after: ApiKey | None) -> None:
-        if before is not None and after is not None and before.digest == after.digest:
-            # Same key, new metadata or labels: keep its place among claimants.
-            if self._admitted.get(before.digest) is before:
-                self._admitted[before.digest] = after
-            else:
-                self._refuse(after, self._claims[after.digest][0])
+        if before is not None:
+            self._expiries.pop(before.owner, None)
+        if after is not None and after.expires_at is not None:
+            self._expiries[after.owner] = after.expires_at
+        if before is not None and after is not None and before.digests == after.digests:
+            # Same keys, new metadata or labels: keep their places among claimants.
+            for key_digest in after.digests:
+                if self._admitted.get(key_digest) is before:
+                    self._admitted[key_digest] = after
+                else:
+                    self._refuse(after, key_digest, self._claims[key_digest][0])
             return
         if before is not None:
             self._release(before)
@@ -293,35 +326,49 @@ class PolicyBuilder:
             self._claim(after)
 
     def _claim(self, key: ApiKey) -> None:
-        claimants = self._claims.setdefault(key.digest, [])
-        claimants.append(key.owner)
-        if claimants[0] == key.owner:
-            self._admitted[key.digest] = key
-        else:
-            self._refuse(key, claimants[0])
+        for key_digest in key.digests:
+            claimants = self._claims.setdefault(key_digest, [])
+            claimants.append(key.owner)
+            if claimants[0] == key.owner:
+                self._admitted[key_digest] = key
+            else:
+                self._refuse(key, key_digest, claimants[0])
+        self._count(key.owner)
 
     def _release(self, key: ApiKey) -> None:
-        claimants = self._claims.get(key.digest, [])
-        if key.owner not in claimants:
-            return
-        held = claimants[0] == key.owner
-        claimants.remove(key.owner)
-        self._problems.pop(("conflict", key.owner, ""), None)
-        if not held:
-            return
-        if not claimants:
-            del self._claims[key.digest]
-            del self._admitted[key.digest]
-            return
-        successor = self._secrets[claimants[0]][0]
-        self._admitted[key.digest] = successor
-        self._problems.pop(("conflict", successor.owner, ""), None)
-        for waiting in claimants[1:]:
-            self._refuse(self._secrets[waiting][0], successor.owner)
+        for key_digest in key.digests:
+            claimants = self._claims.get(key_digest, [])
+            if key.owner not in claimants:
+                continue
+            held = claimants[0] == key.owner
+            claimants.remove(key.owner)
+            self._problems.pop(("conflict", key.owner, key_digest.hex()), None)
+            if not held:
+                continue
+            if not claimants:
+                del self._claims[key_digest]
+                del self._admitted[key_digest]
+                continue
+            successor = self._secrets[claimants[0]][0]
+            self._admitted[key_digest] = successor
+            self._problems.pop(("conflict", successor.owner, key_digest.hex()), None)
+            self._count(successor.owner)
+            for waiting in claimants[1:]:
+                self._refuse(self._secrets[waiting][0], key_digest, successor.owner)
+        self._count(key.owner)
 
-    def _refuse(self, key: ApiKey, holder: Owner) -> None:
+    def _count(self, owner: Owner) -> None:
+        """Keep the set of owners that hold at least one admitted digest."""
+        definitions = self._secrets.get(owner)
+        key = definitions[0] if definitions else None
+        if key is not None and any(self._admitted.get(d) is key for d in key.digests):
+            self._holders.add(owner)
+        else:
+            self._holders.discard(owner)
+
+    def _refuse(self, key: ApiKey, key_digest: bytes, holder: Owner) -> None:
         kept = self._secrets[holder][0]
-        self._problems[("conflict", key.owner, "")] = _problem(
+        self._problems[("conflict", key.owner, key_digest.hex())] = _problem(
             key.origin,
             f"Secret {key.namespace}/{key.name} holds the same API key as "
             f"Secret {kept.namespace}/{kept.name} ({kept.origin}); refused",
@@ -353,6 +400,8 @@ class PolicyBuilder:
             usage_label=self.usage_label,
             problems=tuple(self._problems.values()) + tuple(self._config_warnings()),
             loaded=True,
+            expiries=tuple(self._expiries.values()),
+            holders=len(self._holders),
         )
         self._published = policy
         return policy
@@ -371,7 +420,7 @@ class PolicyBuilder:
                 for owner in sorted(rule.refs):
                     found = self._secrets.get(owner)
                     key = found[0] if found else None
-                    if key is None or self._admitted.get(key.digest) is not key:
+                    if key is None or not any(self._admitted.get(d) is key for d in key.digests):
                         yield _problem(
                             placed.origin,
                             f"AuthConfig {compiled.config_id} references Secret "

@@ -14,14 +14,25 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from extauth import boolexpr
+
 APIKEY_SECRET_TYPE = "extauth.solo.io/apikey"  # noqa: S105 (a type name, not a secret)
 AUTHCONFIG_API_VERSION = "extauth.solo.io/v1"
 API_KEY_ENTRY = "api-key"
+API_KEY_HASH_ENTRY = "api-key-hash"
+# Rotation: a second key, valid alongside the first, for the same identity.
+NEXT_KEY_ENTRY = "api-key-next"
+NEXT_KEY_HASH_ENTRY = "api-key-next-hash"
+EXPIRES_AT_ENTRY = "expires-at"
+# Entries that hold key material; every other entry is metadata.
+KEY_ENTRIES = (API_KEY_ENTRY, API_KEY_HASH_ENTRY, NEXT_KEY_ENTRY, NEXT_KEY_HASH_ENTRY)
+_HASH_RE = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -143,15 +154,27 @@ class Secret(_Model):
             if not _SECRET_ENTRY_RE.match(entry):
                 raise ValueError(f"entry name {entry!r} is not a valid Secret key")
         entries = self.entries()  # raises on undecodable entries
-        key = entries.get(API_KEY_ENTRY)
-        if key is None:
-            raise ValueError(f"an {APIKEY_SECRET_TYPE} Secret needs an '{API_KEY_ENTRY}' entry")
-        if not key:
-            raise ValueError(f"entry '{API_KEY_ENTRY}' is empty")
+        for plain, hashed in (
+            (API_KEY_ENTRY, API_KEY_HASH_ENTRY),
+            (NEXT_KEY_ENTRY, NEXT_KEY_HASH_ENTRY),
+        ):
+            if plain in entries and hashed in entries:
+                raise ValueError(f"give '{plain}' or '{hashed}', not both")
+        if API_KEY_ENTRY not in entries and API_KEY_HASH_ENTRY not in entries:
+            raise ValueError(
+                f"an {APIKEY_SECRET_TYPE} Secret needs an '{API_KEY_ENTRY}' "
+                f"(or '{API_KEY_HASH_ENTRY}') entry"
+            )
         for entry, value in entries.items():
+            if entry in KEY_ENTRIES and not value:
+                raise ValueError(f"entry {entry!r} is empty")
+            if entry in (API_KEY_HASH_ENTRY, NEXT_KEY_HASH_ENTRY) and not _HASH_RE.match(value):
+                raise ValueError(f"entry {entry!r} must be 'sha256:' and 64 hex digits")
             problem = header_value_problem(value)
             if problem:
                 raise ValueError(f"entry {entry!r} {problem}")
+        if EXPIRES_AT_ENTRY in entries:
+            parse_expiry(entries[EXPIRES_AT_ENTRY])
         return self
 
     def entries(self) -> dict[str, str]:
@@ -164,6 +187,19 @@ class Secret(_Model):
                 raise ValueError(f"entry {entry!r} is not UTF-8 text") from None
         merged.update(self.string_data)
         return merged
+
+
+def parse_expiry(value: str) -> float:
+    """`expires-at` (RFC 3339, with a timezone) as a POSIX timestamp."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"entry '{EXPIRES_AT_ENTRY}' is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"entry '{EXPIRES_AT_ENTRY}' needs a timezone (e.g. Z or +02:00)")
+    return moment.timestamp()
 
 
 class SecretRef(_Model):
@@ -243,6 +279,11 @@ class ApiKeyAuth(_Model):
     key_sources: list[KeySource] | None = None
     forward_credential: bool = False
     client_id_header: HeaderName | None = None
+    # Strict: a key is required. Optional: no key passes anonymously (identity headers
+    # removed); a wrong key is still a 401.
+    mode: Literal["Strict", "Optional"] = "Strict"
+    # Admit only keys whose Secret stores a hash (api-key-hash), never the key itself.
+    require_hashed_keys: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -333,6 +374,29 @@ class AuthConfigEntry(_Model):
 
 class AuthConfigSpec(_Model):
     configs: list[AuthConfigEntry] = Field(min_length=1)
+    # Over the entries' names, e.g. "teamkeys || partnerkeys"; without it all must pass.
+    boolean_expr: str | None = None
+
+    @model_validator(mode="after")
+    def _check_expr(self) -> AuthConfigSpec:
+        if self.boolean_expr is None:
+            return self
+        try:
+            expr = boolexpr.parse(self.boolean_expr)
+        except boolexpr.ExprError as exc:
+            raise ValueError(str(exc)) from None
+        names = [entry.name for entry in self.configs]
+        if any(name is None for name in names):
+            raise ValueError("with booleanExpr, every entry of configs needs a name")
+        if len(set(names)) != len(names):
+            raise ValueError("configs entry names must be unique")
+        unknown = sorted(expr.names - set(map(str, names)))
+        if unknown:
+            raise ValueError(f"booleanExpr names {unknown} that no configs entry has")
+        unused = sorted(set(map(str, names)) - expr.names)
+        if unused:
+            raise ValueError(f"configs entries {unused} are not used in booleanExpr")
+        return self
 
 
 class AuthConfig(_Model):

@@ -33,6 +33,7 @@ _OVERWRITE = pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _DENIALS: dict[Reason, tuple[pb.StatusCode, int, str]] = {
     Reason.MISSING: (pb.Unauthorized, GRPC_UNAUTHENTICATED, "API key missing"),
     Reason.INVALID: (pb.Unauthorized, GRPC_UNAUTHENTICATED, "API key invalid"),
+    Reason.EXPIRED: (pb.Unauthorized, GRPC_UNAUTHENTICATED, "API key expired"),
     Reason.MISSING_METADATA: (
         pb.Forbidden,
         GRPC_PERMISSION_DENIED,

@@ -175,6 +175,7 @@ class Server:
         self.holder = PolicyHolder(settings.default_config, settings.usage_label)
         self.health = health.aio.HealthServicer()
         self.metrics = Metrics()
+        self.metrics.track_expiries(lambda: self.holder.current.expiries)
         self.status = StatusServer(self.metrics.registry, self.is_ready)
         self.port: int | None = None
         # Set once every source's initial state is loaded and the port is listening.

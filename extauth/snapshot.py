@@ -18,7 +18,17 @@ from types import MappingProxyType
 from typing import Literal
 
 from extauth.manifests import Origin
-from extauth.resources import API_KEY_ENTRY, AuthConfig, Secret
+from extauth.resources import (
+    API_KEY_ENTRY,
+    API_KEY_HASH_ENTRY,
+    EXPIRES_AT_ENTRY,
+    KEY_ENTRIES,
+    NEXT_KEY_ENTRY,
+    NEXT_KEY_HASH_ENTRY,
+    AuthConfig,
+    Secret,
+    parse_expiry,
+)
 
 Owner = tuple[str, str]  # (namespace, name)
 
@@ -30,7 +40,11 @@ def digest(key: str) -> bytes:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ApiKey:
-    """One key: who holds it (the Secret) and what is known about them.
+    """One key holder (a Secret): its key digests and what is known about it.
+
+    `digests` holds the key and, during a rotation, the next key (`api-key-next`); both
+    identify the same holder. `hashed` is true when the Secret stored only hashes
+    (`api-key-hash`), so a leaked Secret does not leak a usable key.
 
     Compared by identity: a redefinition is a new object, and policies and caches can
     tell "the same definition" from "an equal one" in O(1).
@@ -39,9 +53,11 @@ class ApiKey:
     namespace: str
     name: str
     labels: Mapping[str, str]
-    digest: bytes
+    digests: tuple[bytes, ...]
     metadata: Mapping[str, str]
     origin: Origin
+    hashed: bool = False
+    expires_at: float | None = None
 
     @property
     def owner(self) -> Owner:
@@ -50,14 +66,28 @@ class ApiKey:
     @classmethod
     def from_secret(cls, secret: Secret, origin: Origin) -> ApiKey:
         entries = secret.entries()
-        key = entries.pop(API_KEY_ENTRY)
+        digests: list[bytes] = []
+        hashed = True
+        for plain, stored_hash in (
+            (API_KEY_ENTRY, API_KEY_HASH_ENTRY),
+            (NEXT_KEY_ENTRY, NEXT_KEY_HASH_ENTRY),
+        ):
+            if plain in entries:
+                digests.append(digest(entries[plain]))
+                hashed = False
+            elif stored_hash in entries:
+                digests.append(bytes.fromhex(entries[stored_hash].removeprefix("sha256:")))
+        expiry = entries.get(EXPIRES_AT_ENTRY)
+        metadata = {k: v for k, v in entries.items() if k not in KEY_ENTRIES}
         return cls(
             namespace=secret.metadata.namespace,
             name=secret.metadata.name,
             labels=MappingProxyType(dict(secret.metadata.labels)),
-            digest=digest(key),
-            metadata=MappingProxyType(entries),
+            digests=tuple(dict.fromkeys(digests)),
+            metadata=MappingProxyType(metadata),
             origin=origin,
+            hashed=hashed,
+            expires_at=parse_expiry(expiry) if expiry else None,
         )
 
     def __repr__(self) -> str:

@@ -230,7 +230,7 @@ def test_problems_name_file_line_document_and_field(text: str, expected: str) ->
     ("data", "expected", "secret_value"),
     [
         ("{api-key: 'not base64!!'}", "data.api-key: is not valid base64", "not base64!!"),
-        ("{x-org: ZGV2ZWxvcGVycw==}", "needs an 'api-key' entry", None),
+        ("{x-org: ZGV2ZWxvcGVycw==}", "needs an 'api-key' (or 'api-key-hash') entry", None),
         ("{api-key: ''}", "entry 'api-key' is empty", None),
         ("{api-key: //79}", "entry 'api-key' is not UTF-8 text", None),
         # "team1-key\r\n" and "dev\nX-Admin: 1" in base64: header injection attempts.

@@ -42,6 +42,24 @@ type: extauth.solo.io/apikey
 metadata: {name: partner-c, namespace: tests, labels: {tier: partner}}
 stringData: {api-key: partner-c-key}
 ---
+apiVersion: v1
+kind: Secret
+type: extauth.solo.io/apikey
+metadata: {name: expired, namespace: tests, labels: {tier: partner}}
+stringData: {api-key: expired-key, x-org: late, expires-at: "2020-01-01T00:00:00Z"}
+---
+apiVersion: extauth.solo.io/v1
+kind: AuthConfig
+metadata: {name: optional-auth, namespace: tests}
+spec:
+  configs:
+    - apiKeyAuth:
+        mode: Optional
+        headerName: x-api-key
+        k8sSecretApikeyStorage: {labelSelector: {tier: partner}}
+        headersFromMetadataEntry:
+          x-org: {name: x-org}
+---
 apiVersion: extauth.solo.io/v1
 kind: AuthConfig
 metadata: {name: label-auth, namespace: tests}
@@ -89,6 +107,7 @@ TEST_ROUTES: dict[str, str | None] = {
     "/required": "tests.required-auth",
     "/sources": "tests.sources-auth",
     "/unknown": "tests.does-not-exist",
+    "/optional": "tests.optional-auth",
     "/disabled": None,
     "/default": "",
 }
@@ -267,6 +286,21 @@ def test_required_metadata_missing_is_denied(stack: Stack) -> None:
     denied = stack.get("/required", x_api_key="partner-c-key")  # no `team` entry
     assert denied.status == 403
     assert denied.json()["error"] == "missing_required_metadata"
+
+
+def test_expired_key_is_401_expired(stack: Stack) -> None:
+    response = stack.get("/labels", x_api_key="expired-key")
+    assert response.status == 401
+    assert response.json()["error"] == "expired_api_key"
+
+
+def test_optional_mode_through_envoy(stack: Stack) -> None:
+    anonymous = stack.get("/optional", x_org="admins")
+    assert anonymous.status == 200
+    assert "x-org" not in upstream_headers(anonymous)  # no key: identity headers removed
+    keyed = stack.get("/optional", x_api_key="partner-a-key", x_org="admins")
+    assert upstream_headers(keyed)["x-org"] == ["partners"]
+    assert stack.get("/optional", x_api_key="wrong").status == 401
 
 
 # Key sources -----------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""`booleanExpr` over named `configs[]` entries, as in Solo's AuthConfig: `a || (b && !c)`.
+
+A tiny recursive-descent parser: identifiers (`[A-Za-z0-9_.-]+`), `!`, `&&`, `||` and
+parentheses, with the usual precedence (`!` over `&&` over `||`). Parsed once when the
+AuthConfig is validated; evaluation is a walk over a few nested tuples.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_TOKEN = re.compile(r"\s*(?:(&&|\|\||!|\(|\))|([A-Za-z0-9_.\-]+))")
+
+# ("name", str) | ("not", node) | ("and", node, node) | ("or", node, node)
+Node = tuple[object, ...]
+
+
+class ExprError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BoolExpr:
+    source: str
+    tree: Node
+
+    @property
+    def names(self) -> frozenset[str]:
+        found: set[str] = set()
+        stack = [self.tree]
+        while stack:
+            node = stack.pop()
+            if node[0] == "name":
+                found.add(str(node[1]))
+            else:
+                stack.extend(n for n in node[1:] if isinstance(n, tuple))
+        return frozenset(found)
+
+    def evaluate(self, values: Mapping[str, bool]) -> bool:
+        return _eval(self.tree, values)
+
+
+def _eval(node: Node, values: Mapping[str, bool]) -> bool:
+    op = node[0]
+    if op == "name":
+        return values[str(node[1])]
+    if op == "not":
+        return not _eval(node[1], values)  # type: ignore[arg-type]
+    left, right = node[1], node[2]
+    if op == "and":
+        return _eval(left, values) and _eval(right, values)  # type: ignore[arg-type]
+    return _eval(left, values) or _eval(right, values)  # type: ignore[arg-type]
+
+
+def parse(source: str) -> BoolExpr:
+    tokens = _tokenize(source)
+    parser = _Parser(tokens, source)
+    tree = parser.expression()
+    if parser.position != len(tokens):
+        raise ExprError(f"unexpected {tokens[parser.position]!r} in booleanExpr {source!r}")
+    return BoolExpr(source, tree)
+
+
+def _tokenize(source: str) -> list[str]:
+    tokens: list[str] = []
+    position = 0
+    source = source.rstrip()
+    while position < len(source):
+        match = _TOKEN.match(source, position)
+        if match is None or match.end() == position:
+            raise ExprError(f"cannot read booleanExpr {source!r} at position {position}")
+        tokens.append(match.group(1) or match.group(2))
+        position = match.end()
+    if not tokens:
+        raise ExprError("booleanExpr is empty")
+    return tokens
+
+
+class _Parser:
+    def __init__(self, tokens: list[str], source: str) -> None:
+        self.tokens = tokens
+        self.source = source
+        self.position = 0
+
+    def _peek(self) -> str | None:
+        return self.tokens[self.position] if self.position < len(self.tokens) else None
+
+    def _take(self) -> str:
+        token = self._peek()
+        if token is None:
+            raise ExprError(f"booleanExpr {self.source!r} ends too early")
+        self.position += 1
+        return token
+
+    def expression(self) -> Node:
+        node = self._conjunction()
+        while self._peek() == "||":
+            self._take()
+            node = ("or", node, self._conjunction())
+        return node
+
+    def _conjunction(self) -> Node:
+        node = self._unary()
+        while self._peek() == "&&":
+            self._take()
+            node = ("and", node, self._unary())
+        return node
+
+    def _unary(self) -> Node:
+        symbol = self._take()
+        if symbol in ("!", "("):
+            if symbol == "!":
+                return ("not", self._unary())
+            node = self.expression()
+            if self._peek() != ")":
+                raise ExprError(f"missing ')' in booleanExpr {self.source!r}")
+            self._take()
+            return node
+        if symbol in ("&&", "||", ")"):
+            raise ExprError(f"unexpected {symbol!r} in booleanExpr {self.source!r}")
+        return ("name", symbol)
