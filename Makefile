@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GRPC_ADDRESS ?= 127.0.0.1:9001
 
-.PHONY: demo test serve validate protos envoy-configs clean
+.PHONY: demo test serve validate protos envoy-configs fuzz soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ validate: $(STAMP)
 # Regenerate the committed protobuf modules; tests/test_wire.py fails when they are stale.
 protos: $(STAMP)
 	$(BIN)/python -m extauth.wire.generate
+
+# The long fuzz pass (CI runs a bounded one inside `make test`).
+fuzz: $(STAMP)
+	EXTAUTH_FUZZ_PROFILE=long $(BIN)/pytest tests/test_fuzz.py -p no:randomly -q
+
+# 10 minutes of load through Envoy at half capacity, with config reloads; prints a report.
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --duration $(SOAK_SECONDS)
 
 # Regenerate envoy/*.yaml from extauth/envoyconf.py; tests/test_envoyconf.py fails when stale.
 envoy-configs: $(STAMP)

@@ -117,7 +117,13 @@ def _load_document(node: yaml.Node, origin: Origin) -> Loaded | str | list[Probl
     structural = _structural_problems(node)
     if structural:
         return [Problem(origin.path, line, f"{here}: {msg}") for line, msg in structural]
-    data = _Loader("").construct_document(node)
+    try:
+        data = _Loader("").construct_document(node)
+    except yaml.YAMLError as exc:  # e.g. a tag the safe loader does not construct
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else origin.line
+        reason = getattr(exc, "problem", None) or "cannot be read"
+        return [Problem(origin.path, line, f"{here}: YAML error: {reason}")]
     if not isinstance(data, dict):
         return [Problem(origin.path, origin.line, f"{here}: expected a mapping (a resource)")]
 

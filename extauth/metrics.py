@@ -11,13 +11,14 @@ an increment; no metric work is done on the hot path beyond that.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from extauth.decide import Allow, Decision
 from extauth.policy import Policy
@@ -44,6 +45,11 @@ _LATENCY_BUCKETS = (
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # process_resident_memory_bytes, process_open_fds, ...: what a soak watches.
+        ProcessCollector(registry=self.registry)
+        self.tasks = Gauge(
+            "extauth_asyncio_tasks", "asyncio tasks alive in the service.", registry=self.registry
+        )
         self.decisions = Counter(
             "extauth_decisions",
             "Check decisions by AuthConfig and result (allow, or the deny reason).",
@@ -107,6 +113,9 @@ class Metrics:
             child = self._decision_children[label] = self.decisions.labels(*label)
         child.inc()
         self.latency.observe(seconds)
+
+    def track_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.tasks.set_function(lambda: float(len(asyncio.all_tasks(loop))))
 
     def track_expiries(self, current: Callable[[], tuple[float, ...]]) -> None:
         """Count expiring and expired keys at scrape time, from the current policy."""

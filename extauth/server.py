@@ -189,6 +189,7 @@ class Server:
         self.metrics.policy_loaded(self.holder.update(changes))
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.metrics.track_tasks(asyncio.get_running_loop())
         if self.settings.http_address:
             # Up before the first sync: liveness answers and readiness says "not yet".
             await self.status.start(self.settings.http_address)

@@ -128,11 +128,13 @@ def grpc_serving(address: str) -> bool:
 class Extauth:
     """`extauth serve` as a child process, logging to a file the tests can read."""
 
-    def __init__(self, config_dir: Path | None, log_path: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self, config_dir: Path | None, log_path: Path, *extra: str, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
-        self._log = log_path.open("wb")
+        self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -146,6 +146,14 @@ class FileSource:
                         log.error("config: %s; keeping the last good state", exc)
                     self._missing = True
                     continue
+                except Exception as exc:
+                    # Never let one bad scan end the watch: later changes must still apply.
+                    log.error(
+                        "config: scanning %s failed (%s); keeping the last good state",
+                        self.root,
+                        type(exc).__name__,
+                    )
+                    continue
                 if self._missing:
                     log.info("config: %s is back", self.root)
                     self._missing = False

@@ -235,8 +235,14 @@ def test_watch_resumes_after_api_server_restart(service: Service) -> None:
     cluster = service.cluster
     if cluster.kubelite is None:
         pytest.skip("restarting the API server needs kube-lite (not a real cluster)")
+    cluster.create_secret("steady-through", "k-steady-through", {"tier": "partner"})
+    becomes(service.address, service.config_id, "k-steady-through", True)
     cluster.kubelite.stop_api_server()
-    time.sleep(1)
+    # While the API server is gone: the last good state keeps deciding, both ways.
+    for _ in range(10):
+        assert allowed(service.address, service.config_id, "k-steady-through")
+        assert not allowed(service.address, service.config_id, "k-unknown")
+        time.sleep(0.1)
     cluster.kubelite.start_api_server()
     api = connect(cluster.kubeconfig)
     try:
@@ -246,6 +252,7 @@ def test_watch_resumes_after_api_server_restart(service: Service) -> None:
         print(f"\nkubernetes: admitted {elapsed:.2f}s after the API server came back")
         fresh.delete_secret("after-restart")
         becomes(service.address, service.config_id, "k-restart", False, timeout=10)
+        fresh.delete_secret("steady-through")
     finally:
         api.close()
 

@@ -1,0 +1,260 @@
+"""`make soak`: load through a real Envoy for a while, with config reloads, and report.
+
+1. Starts the mock upstream, extauth (authconfigs/ plus a file this script rewrites) and
+   Envoy (the generated config), all on loopback.
+2. Measures capacity: `hey` at high concurrency with a valid key for a few seconds.
+3. Soaks at half that rate (open loop, `hey -q`): 80 % valid-key requests, 20 % without a
+   key, while the churn Secret is rewritten every few seconds (a config reload each time).
+4. Samples extauth's RSS, open file descriptors and asyncio tasks from its /metrics.
+5. Prints a report and writes it as JSON: errors, wrong statuses, RSS growth after warm-up,
+   fd and task counts, reloads. Exit 1 if a criterion fails: zero errors, every valid
+   request 200 and every keyless one 401, RSS growth <= 5 %, no fd or task growth.
+
+Usage: python bench/soak.py [--duration SECONDS] [--reload-every SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from extauth import envoyconf  # noqa: E402
+from tests import harness  # noqa: E402
+
+CHURN = """apiVersion: v1
+kind: Secret
+type: extauth.solo.io/apikey
+metadata: {{name: churn, namespace: agentgateway-system}}
+stringData: {{api-key: churn-key-{n}, x-org: churn-{n}}}
+"""
+
+
+def ensure_tool(name: str, package: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    print(f"installing {package} (apt) ...", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=False)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not available after installing {package}")
+    return found
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
+
+
+def hey(
+    tool: str,
+    url: str,
+    seconds: float,
+    concurrency: int,
+    rate: float | None,
+    headers: dict[str, str],
+) -> dict[str, Any]:
+    argv = [
+        tool,
+        "-z",
+        f"{seconds}s",
+        "-c",
+        str(concurrency),
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "-d",
+        '{"model":"m","messages":[]}',
+    ]
+    if rate is not None:
+        argv += ["-q", f"{rate / concurrency:.2f}"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    output = subprocess.run([*argv, url], capture_output=True, text=True, check=False).stdout
+    statuses = {
+        int(code): int(count)
+        for code, count in re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)
+    }
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    errors = re.search(r"Error distribution:(.*)", output, re.S)
+    return {
+        "statuses": statuses,
+        "requests_per_second": float(rps.group(1)) if rps else 0.0,
+        "errors": errors.group(1).strip() if errors else "",
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=600)
+    parser.add_argument("--reload-every", type=float, default=3)
+    parser.add_argument("--warmup", type=float, default=20)
+    parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "soak.json")
+    args = parser.parse_args()
+    tool = ensure_tool("hey", "hey")
+
+    work = Path(tempfile.mkdtemp(prefix="extauth-soak-"))
+    config_dir = work / "config"
+    shutil.copytree(ROOT / "authconfigs", config_dir)
+    (config_dir / "churn.yaml").write_text(CHURN.format(n=0))
+    ports = {
+        name: harness.free_port() for name in ("listen", "admin", "extauth", "http", "upstream")
+    }
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "extauth.demo.upstream", "--port", str(ports["upstream"])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    extauth = harness.Extauth(
+        config_dir,
+        work / "extauth.log",
+        "--http-address",
+        f"127.0.0.1:{ports['http']}",
+        "--usage-label",
+        "x-org",
+        "--log-level",
+        "WARNING",
+        port=ports["extauth"],
+    )
+    target = envoyconf.with_ports(
+        envoyconf.LOCAL, listen=ports["listen"], admin=ports["admin"], extauth=ports["extauth"]
+    )
+    target = envoyconf.Target(
+        target.listen,
+        target.admin,
+        target.extauth,
+        f"http://127.0.0.1:{ports['upstream']}",
+        str(work / "secrets"),
+    )
+    harness.write_provider_key(work / "secrets", "Bearer sk-soak")
+    envoy = harness.Envoy(yaml.safe_load(envoyconf.for_demo(target)), work)
+    stop = threading.Event()
+    samples: list[dict[str, float]] = []
+    reloads = 0
+    try:
+        extauth.wait_ready()
+        envoy.wait_ready()
+        url = f"http://127.0.0.1:{ports['listen']}/openai"
+        valid = {"vanity-auth": "team1-key"}
+        print("measuring capacity (5 s, 32 connections) ...", flush=True)
+        capacity = hey(tool, url, 5, 32, None, valid)["requests_per_second"]
+        rate = capacity / 2
+        print(
+            f"capacity {capacity:.0f} req/s; soaking at {rate:.0f} req/s for {args.duration:.0f} s",
+            flush=True,
+        )
+
+        def reload_loop() -> None:
+            nonlocal reloads
+            while not stop.wait(args.reload_every):
+                reloads += 1
+                tmp = config_dir / ".churn.tmp"
+                tmp.write_text(CHURN.format(n=reloads))
+                tmp.replace(config_dir / "churn.yaml")
+
+        def sample_loop() -> None:
+            while not stop.wait(5):
+                found = metrics(ports["http"])
+                samples.append(
+                    {
+                        "t": time.monotonic(),
+                        "rss": found.get("process_resident_memory_bytes", 0),
+                        "fds": found.get("process_open_fds", 0),
+                        "tasks": found.get("extauth_asyncio_tasks", 0),
+                        "reloads": found.get("extauth_policy_reloads_total", 0),
+                    }
+                )
+
+        threads = [
+            threading.Thread(target=reload_loop, daemon=True),
+            threading.Thread(target=sample_loop, daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        started = time.monotonic()
+        results: dict[str, dict[str, Any]] = {}
+
+        def run(name: str, share: float, headers: dict[str, str]) -> None:
+            results[name] = hey(tool, url, args.duration, 8, rate * share, headers)
+
+        loads = [
+            threading.Thread(target=run, args=("valid", 0.8, valid)),
+            threading.Thread(target=run, args=("keyless", 0.2, {})),
+        ]
+        for thread in loads:
+            thread.start()
+        for thread in loads:
+            thread.join()
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        final = metrics(ports["http"])
+    finally:
+        stop.set()
+        envoy.stop()
+        extauth.stop()
+        upstream.terminate()
+        upstream.wait(10)
+
+    warm = [s for s in samples if s["t"] - started >= args.warmup] or samples
+    rss0, rss1 = warm[0]["rss"], max(s["rss"] for s in warm[-3:])
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cores": os.cpu_count(),
+        "duration_s": args.duration,
+        "capacity_rps": round(capacity, 1),
+        "soak_rate_rps": round(rate, 1),
+        "valid": results["valid"],
+        "keyless": results["keyless"],
+        "config_reloads_written": reloads,
+        "policy_reloads_seen": final.get("extauth_policy_reloads_total", 0),
+        "rss_after_warmup_mb": round(rss0 / 2**20, 1),
+        "rss_end_mb": round(rss1 / 2**20, 1),
+        "rss_growth_pct": round(100 * (rss1 - rss0) / rss0, 2) if rss0 else None,
+        "fds": [warm[0]["fds"], warm[-1]["fds"]],
+        "asyncio_tasks": [warm[0]["tasks"], warm[-1]["tasks"]],
+    }
+    checks = {
+        "no errors": not results["valid"]["errors"] and not results["keyless"]["errors"],
+        "every valid request 200": set(results["valid"]["statuses"]) == {200},
+        "every keyless request 401": set(results["keyless"]["statuses"]) == {401},
+        "RSS growth <= 5 %": report["rss_growth_pct"] is not None and report["rss_growth_pct"] <= 5,
+        "no fd growth": warm[-1]["fds"] <= warm[0]["fds"],
+        "no task growth": warm[-1]["tasks"] <= warm[0]["tasks"],
+        "reloads applied": report["policy_reloads_seen"] >= reloads,
+    }
+    report["checks"] = checks
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
