@@ -203,6 +203,9 @@ def _access_log() -> list[dict[str, Any]]:
                         "method": "%REQ(:METHOD)%",
                         "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
                         "status": "%RESPONSE_CODE%",
+                        # UAEX: denied by extauth; UAEX with 503: extauth unreachable or
+                        # too slow; UF/URX: the upstream failed.
+                        "flags": "%RESPONSE_FLAGS%",
                         "duration_ms": "%DURATION%",
                         "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
                         "config_id": f"%DYNAMIC_METADATA({metadata}:config_id)%",

@@ -58,6 +58,8 @@ def completion(body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "mock-llm/1"
+    # Keep-alive: Envoy reuses upstream connections instead of opening one per request.
+    protocol_version = "HTTP/1.1"
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, indent=2).encode()
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    ThreadingHTTPServer.request_queue_size = 128  # the default backlog of 5 drops bursts
+    ThreadingHTTPServer.daemon_threads = True
     server = ThreadingHTTPServer((args.host, args.port), _Handler)
 
     def stop(signum: int, frame: object) -> None:
