@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GRPC_ADDRESS ?= 127.0.0.1:9001
 
-.PHONY: demo test serve validate protos envoy-configs fuzz soak clean
+.PHONY: demo test serve validate protos envoy-configs bench fuzz soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ validate: $(STAMP)
 # Regenerate the committed protobuf modules; tests/test_wire.py fails when they are stale.
 protos: $(STAMP)
 	$(BIN)/python -m extauth.wire.generate
+
+# Throughput and latency as ratios against baselines measured in the same run, plus the
+# micro-benchmarks. Installs h2load and hey with apt if missing. Not part of `make test`.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/pytest tests/test_bench_micro.py --benchmark-enable -q
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # The long fuzz pass (CI runs a bounded one inside `make test`).
 fuzz: $(STAMP)

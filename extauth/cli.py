@@ -15,9 +15,8 @@ from pydantic import ValidationError
 from extauth import __version__, keys, manifests
 from extauth.manifests import Problem
 from extauth.policy import compile_policy
-from extauth.resources import AuthConfig
 from extauth.server import Settings, serve
-from extauth.snapshot import ApiKey, Change, Definition, PlacedAuthConfig
+from extauth.snapshot import Change, Definition, definitions
 from extauth.sources.files import ConfigDirError
 
 log = logging.getLogger("extauth")
@@ -249,7 +248,7 @@ def validate(paths: Sequence[Path]) -> int:
     """Every problem as `file:line: message`; cross-file problems (duplicates, key
     conflicts, references to missing Secrets) are found by compiling a policy."""
     problems: list[Problem] = []
-    definitions: list[Definition] = []
+    found: list[Definition] = []
     files = 0
     for path in paths:
         if not path.exists():
@@ -261,12 +260,8 @@ def validate(paths: Sequence[Path]) -> int:
             problems.extend(result.problems)
             if not result.ok:
                 continue
-            for loaded in result.resources:
-                if isinstance(loaded.resource, AuthConfig):
-                    definitions.append(PlacedAuthConfig(loaded.resource, loaded.origin))
-                else:
-                    definitions.append(ApiKey.from_secret(loaded.resource, loaded.origin))
-    policy = compile_policy(Change(tuple(definitions)))
+            found.extend(definitions(result.resources))
+    policy = compile_policy(Change(tuple(found)))
     problems.extend(policy.problems)
     for problem in problems:
         print(problem)

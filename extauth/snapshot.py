@@ -12,12 +12,12 @@ definitions, and removing one leaves the other.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from extauth.manifests import Origin
+from extauth.manifests import Loaded, Origin
 from extauth.resources import (
     API_KEY_ENTRY,
     API_KEY_HASH_ENTRY,
@@ -106,6 +106,17 @@ class PlacedAuthConfig:
 
 
 Definition = ApiKey | PlacedAuthConfig
+
+
+def definitions(loaded: Iterable[Loaded]) -> tuple[Definition, ...]:
+    """Validated resources as definitions: a Secret's key is hashed here, once."""
+    found: list[Definition] = []
+    for item in loaded:
+        if isinstance(item.resource, AuthConfig):
+            found.append(PlacedAuthConfig(item.resource, item.origin))
+        else:
+            found.append(ApiKey.from_secret(item.resource, item.origin))
+    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,21 +5,14 @@ from __future__ import annotations
 import textwrap
 
 from extauth import manifests
-from extauth.resources import AuthConfig
-from extauth.snapshot import ApiKey, Change, Definition, PlacedAuthConfig
+from extauth.snapshot import Change, definitions
 
 
 def snapshot(*documents: str, path: str = "t.yaml") -> Change:
     text = "\n---\n".join(textwrap.dedent(d) for d in documents)
     result = manifests.parse_text(text, path)
     assert result.ok, [str(p) for p in result.problems]
-    definitions: list[Definition] = []
-    for loaded in result.resources:
-        if isinstance(loaded.resource, AuthConfig):
-            definitions.append(PlacedAuthConfig(loaded.resource, loaded.origin))
-        else:
-            definitions.append(ApiKey.from_secret(loaded.resource, loaded.origin))
-    return Change(tuple(definitions))
+    return Change(definitions(result.resources))
 
 
 def merge(*changes: Change) -> Change:

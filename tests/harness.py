@@ -222,6 +222,26 @@ def write_provider_key(secrets_dir: Path, value: str) -> None:
     tmp.replace(secrets_dir / envoyconf.SDS_FILE)
 
 
+def envoy_config(
+    *,
+    extauth: int,
+    upstream: int,
+    work: Path,
+    source: Path = ROOT / "envoy" / "envoy.yaml",
+    provider_key: str = "Bearer sk-test",
+) -> tuple[dict[str, Any], int]:
+    """A committed Envoy config as shipped, on free ports, its provider-key file in `work`.
+    Returns the config and the port it listens on."""
+    config = load_envoy_config(source)
+    listen = free_port()
+    retarget(
+        config, listen=listen, admin=free_port(), ports={"extauth": extauth, "upstream": upstream}
+    )
+    relocate_secrets(config, work / "secrets")
+    write_provider_key(work / "secrets", provider_key)
+    return config, listen
+
+
 class Envoy:
     def __init__(
         self, config: dict[str, Any], workdir: Path, env: Mapping[str, str] | None = None

@@ -12,7 +12,7 @@ from extauth.decide import Allow, Deny, Reason, decide
 from extauth.metrics import Metrics
 from extauth.policy import PolicyBuilder, compile_policy
 from extauth.resources import Secret
-from extauth.snapshot import Change, Removal
+from extauth.snapshot import Change, Removal, definitions
 from tests.builders import authconfig, secret, snapshot
 
 ROUTE = {"config_id": "ns.cfg"}
@@ -115,16 +115,7 @@ def test_keys_new_hashed_prints_a_hash_only_manifest(
 
 
 def _from_file(path: Path) -> Change:
-    from extauth.snapshot import ApiKey
-
-    result = manifests.load_file(path)
-    return Change(
-        tuple(
-            ApiKey.from_secret(r.resource, r.origin)
-            for r in result.resources
-            if isinstance(r.resource, Secret)
-        )
-    )
+    return Change(definitions(manifests.load_file(path).resources))
 
 
 # Expiry ----------------------------------------------------------------------------------------

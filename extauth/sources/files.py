@@ -25,8 +25,7 @@ from pathlib import Path
 import watchfiles
 
 from extauth import manifests
-from extauth.resources import AuthConfig
-from extauth.snapshot import ApiKey, Change, Definition, PlacedAuthConfig, Removal, removal_of
+from extauth.snapshot import Change, Definition, Removal, definitions, removal_of
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +113,9 @@ class FileSource:
                     log.error("config: rejected %s (%s): %s", path, keeping, problem)
             return None
         self._rejected.pop(path, None)
-        definitions: list[Definition] = []
-        for loaded in result.resources:
-            if isinstance(loaded.resource, AuthConfig):
-                definitions.append(PlacedAuthConfig(loaded.resource, loaded.origin))
-            else:
-                definitions.append(ApiKey.from_secret(loaded.resource, loaded.origin))
-        log.info("config: loaded %s (%d resource(s))", path, len(definitions))
-        return tuple(definitions)
+        found = definitions(result.resources)
+        log.info("config: loaded %s (%d resource(s))", path, len(found))
+        return found
 
     async def changes(self) -> AsyncGenerator[Change, None]:
         """The initial state, then what changed, after every change on disk.

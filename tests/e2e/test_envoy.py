@@ -8,7 +8,6 @@ their own file names and clean up after themselves.
 
 from __future__ import annotations
 
-import copy
 import shutil
 import time
 from collections.abc import Iterator
@@ -128,20 +127,13 @@ def _route(prefix: str, config_id: str | None) -> dict[str, Any]:
     return route
 
 
-def envoy_config(
-    listen: int, admin: int, extauth: int, upstream: int, secrets: Path
-) -> dict[str, Any]:
+def envoy_config(extauth: int, upstream: int, work: Path) -> tuple[dict[str, Any], int]:
     """envoy/envoy.yaml as shipped, on test ports, with the test routes in front."""
-    config = copy.deepcopy(harness.load_envoy_config())
-    harness.retarget(
-        config, listen=listen, admin=admin, ports={"extauth": extauth, "upstream": upstream}
-    )
-    harness.relocate_secrets(config, secrets)
-    harness.write_provider_key(secrets, "Bearer sk-test-provider-key")
+    config, listen = harness.envoy_config(extauth=extauth, upstream=upstream, work=work)
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     vhost = hcm["typed_config"]["route_config"]["virtual_hosts"][0]
     vhost["routes"] = [_route(p, c) for p, c in TEST_ROUTES.items()] + vhost["routes"]
-    return config
+    return config, listen
 
 
 @dataclass
@@ -178,13 +170,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         envoy: harness.Envoy | None = None
         try:
             extauth.wait_ready()
-            listen = harness.free_port()
-            envoy = harness.Envoy(
-                envoy_config(
-                    listen, harness.free_port(), extauth.port, upstream_port, work / "secrets"
-                ),
-                work,
-            )
+            config, listen = envoy_config(extauth.port, upstream_port, work)
+            envoy = harness.Envoy(config, work)
             envoy.wait_ready()
             yield Stack(listen, config_dir, extauth)
         finally:

@@ -6,7 +6,6 @@ Figures (time to serve again after a restart) are printed and recorded, not asse
 
 from __future__ import annotations
 
-import copy
 import shutil
 import threading
 import time
@@ -85,16 +84,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         running = Stack(0, config_dir, tmp_path, extauth)
         try:
             extauth.wait_ready()
-            listen = harness.free_port()
-            config = copy.deepcopy(harness.load_envoy_config())
-            harness.retarget(
-                config,
-                listen=listen,
-                admin=harness.free_port(),
-                ports={"extauth": extauth.port, "upstream": upstream},
+            config, listen = harness.envoy_config(
+                extauth=extauth.port, upstream=upstream, work=tmp_path
             )
-            harness.relocate_secrets(config, tmp_path / "secrets")
-            harness.write_provider_key(tmp_path / "secrets", "Bearer sk-test")
             envoy = harness.Envoy(config, tmp_path)
             envoy.wait_ready()
             running.port = listen
@@ -193,16 +185,7 @@ def _slow_allow_server(delay: float) -> tuple[grpc.Server, int]:
 def test_a_check_slower_than_envoys_timeout_is_denied(tmp_path: Path) -> None:
     slow, slow_port = _slow_allow_server(delay=2.0)
     with harness.echo_upstream() as upstream:
-        listen = harness.free_port()
-        config = copy.deepcopy(harness.load_envoy_config())
-        harness.retarget(
-            config,
-            listen=listen,
-            admin=harness.free_port(),
-            ports={"extauth": slow_port, "upstream": upstream},
-        )
-        harness.relocate_secrets(config, tmp_path / "secrets")
-        harness.write_provider_key(tmp_path / "secrets", "Bearer sk-test")
+        config, listen = harness.envoy_config(extauth=slow_port, upstream=upstream, work=tmp_path)
         envoy = harness.Envoy(config, tmp_path)
         try:
             envoy.wait_ready()

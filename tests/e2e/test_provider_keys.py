@@ -6,7 +6,6 @@ moved), in front of extauth with authconfigs/ and an echo upstream.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,20 +46,16 @@ def start_envoy(
 ) -> tuple[harness.Envoy, int, Path]:
     work = backends.work / name
     work.mkdir()
-    config = copy.deepcopy(harness.load_envoy_config(ROOT / file))
-    listen = harness.free_port()
-    harness.retarget(
-        config,
-        listen=listen,
-        admin=harness.free_port(),
-        ports={"extauth": backends.extauth.port, "upstream": backends.upstream},
+    config, listen = harness.envoy_config(
+        extauth=backends.extauth.port,
+        upstream=backends.upstream,
+        work=work,
+        source=ROOT / file,
+        provider_key="Bearer sk-test-file",
     )
-    secrets = work / "secrets"
-    harness.relocate_secrets(config, secrets)
-    harness.write_provider_key(secrets, "Bearer sk-test-file")
     envoy = harness.Envoy(config, work, env=env)
     envoy.wait_ready()
-    return envoy, listen, secrets
+    return envoy, listen, work / "secrets"
 
 
 MODES = {

@@ -3,7 +3,6 @@ Secrets and AuthConfigs as they are created, edited and deleted."""
 
 from __future__ import annotations
 
-import copy
 import shutil
 import subprocess
 import time
@@ -338,16 +337,9 @@ def test_scenario_through_envoy(cluster: Cluster, tmp_path: Path) -> None:
         envoy: harness.Envoy | None = None
         try:
             extauth.wait_ready()
-            config = copy.deepcopy(harness.load_envoy_config())
-            listen = harness.free_port()
-            harness.retarget(
-                config,
-                listen=listen,
-                admin=harness.free_port(),
-                ports={"extauth": extauth.port, "upstream": upstream},
+            config, listen = harness.envoy_config(
+                extauth=extauth.port, upstream=upstream, work=tmp_path
             )
-            harness.relocate_secrets(config, tmp_path / "secrets")
-            harness.write_provider_key(tmp_path / "secrets", "Bearer sk-test")
             # Routes name agentgateway-system.apikey-auth; the test namespace differs.
             text = yaml.safe_dump(config).replace(
                 "agentgateway-system.apikey-auth", f"{namespace}.apikey-auth"

@@ -1,0 +1,436 @@
+"""`make bench`: what extauth costs, as ratios against baselines measured in the same run.
+
+1. Check throughput: `h2load` sends a realistic ~400-byte CheckRequest over gRPC to
+   (a) a no-op grpc.aio handler returning fixed bytes (the floor, bench/noop.py) and
+   (b) extauth with production settings (metrics on, decision log off, 10,000 keys,
+   100 AuthConfigs). Ratio b/a; target >= 0.9.
+2. Latency through Envoy at 1,000 req/s (`hey -q`): Envoy's in-process `api_key_auth`
+   filter with the same 10,000 keys, Envoy + ext_authz -> no-op, Envoy + ext_authz ->
+   extauth; routes answered by Envoy itself. What each ext_authz variant adds over
+   native at p50 and p99, and extauth's addition over the no-op's; target <= 1.15.
+3. Keys: load time and RSS of extauth with --keys (default 100,000; 1,000,000 with
+   `--keys 1000000`), Check throughput there against 10 keys, and how long revoking one
+   key takes to show in Check.
+
+Everything runs on loopback; tools come from Debian (installed with apt if missing).
+Figures are printed as a table (with the core count) and written to .bench/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc  # noqa: E402
+
+from extauth import envoyconf  # noqa: E402
+from tests import harness  # noqa: E402
+
+CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
+
+
+def ensure_tool(name: str, package: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    print(f"installing {package} (apt) ...", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, capture_output=True)
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not available after installing {package}")
+    return found
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def key_of(i: int) -> str:
+    return f"bench-key-{i:08d}-{'x' * 24}"
+
+
+def write_config(directory: Path, keys: int, configs: int) -> None:
+    """`keys` Secrets in `configs` label groups, one AuthConfig per group."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "secrets.yaml").open("w") as out:
+        for i in range(keys):
+            out.write(
+                "---\napiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
+                f"metadata: {{name: key-{i}, namespace: bench, "
+                f"labels: {{group: g{i % configs}}}}}\n"
+                f"stringData: {{api-key: {key_of(i)}, x-org: team-{i % 50}}}\n"
+            )
+    with (directory / "authconfigs.yaml").open("w") as out:
+        for g in range(configs):
+            out.write(
+                "---\napiVersion: extauth.solo.io/v1\nkind: AuthConfig\n"
+                f"metadata: {{name: cfg-{g}, namespace: bench}}\n"
+                "spec:\n  configs:\n    - apiKeyAuth:\n        headerName: vanity-auth\n"
+                f"        k8sSecretApikeyStorage: {{labelSelector: {{group: g{g}}}}}\n"
+                "        headersFromMetadataEntry: {x-org: {name: x-org}}\n"
+            )
+
+
+def check_request(key: str, config_id: str) -> bytes:
+    """A CheckRequest like Envoy's for a chat completion call (~400 bytes)."""
+    request = external_auth_pb2.CheckRequest()
+    attrs = request.attributes
+    attrs.source.address.socket_address.address = "127.0.0.1"
+    attrs.source.address.socket_address.port_value = 53012
+    attrs.destination.address.socket_address.address = "127.0.0.1"
+    attrs.destination.address.socket_address.port_value = 8080
+    attrs.context_extensions["config_id"] = config_id
+    http = attrs.request.http
+    http.id = "9182736455463728190"
+    http.method = "POST"
+    http.path = "/openai"
+    http.host = "llm.internal.example.com"
+    http.scheme = "http"
+    http.protocol = "HTTP/1.1"
+    http.size = 76
+    http.headers.update(
+        {
+            ":authority": "llm.internal.example.com",
+            ":method": "POST",
+            ":path": "/openai",
+            ":scheme": "http",
+            "user-agent": "python-httpx/0.27.0",
+            "accept": "application/json",
+            "content-type": "application/json",
+            "content-length": "76",
+            "x-request-id": "0f5c3d2e-8b1a-4c7d-9e6f-2a3b4c5d6e7f",
+            "x-forwarded-proto": "http",
+            "vanity-auth": key,
+        }
+    )
+    attrs.request.time.GetCurrentTime()
+    return bytes(request.SerializeToString())
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+@contextmanager
+def noop_server() -> Iterator[int]:
+    port = harness.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "noop.py"), str(port)], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@contextmanager
+def extauth_server(config_dir: Path, work: Path, *extra: str) -> Iterator[harness.Extauth]:
+    http = harness.free_port()
+    server = harness.Extauth(
+        config_dir,
+        work / f"extauth-{http}.log",
+        "--http-address",
+        f"127.0.0.1:{http}",
+        "--usage-label",
+        "x-org",
+        *extra,
+    )
+    server.http_port = http  # type: ignore[attr-defined]
+    try:
+        server.wait_ready(timeout=900)
+        yield server
+    finally:
+        server.stop()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def check_allowed(address: str, key: str, config_id: str) -> bool:
+    message = external_auth_pb2.CheckRequest.FromString(check_request(key, config_id))
+    with grpc.insecure_channel(address) as channel:
+        reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(message, timeout=5)
+    return bool(reply.status.code == 0)
+
+
+# -- load tools ----------------------------------------------------------------------------
+
+
+def h2load(tool: str, port: int, frame: Path, requests: int, clients: int, streams: int) -> float:
+    output = subprocess.run(
+        [
+            tool,
+            "-n",
+            str(requests),
+            "-c",
+            str(clients),
+            "-m",
+            str(streams),
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-d",
+            str(frame),
+            f"http://127.0.0.1:{port}{CHECK_PATH}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    match = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output)
+    failed = re.search(r"(\d+) failed", output)
+    if not match or (failed and int(failed.group(1))):
+        raise RuntimeError(f"h2load failed:\n{output}")
+    return float(match.group(1))
+
+
+def hey(tool: str, port: int, seconds: int, rate: int, headers: dict[str, str]) -> dict[str, float]:
+    concurrency = 20
+    argv = [tool, "-z", f"{seconds}s", "-c", str(concurrency), "-q", str(rate / concurrency)]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    output = subprocess.run(
+        [*argv, f"http://127.0.0.1:{port}/openai"], capture_output=True, text=True, check=False
+    ).stdout
+    found = {p: float(v) * 1000 for p, v in re.findall(r"\s(\d+)% in ([\d.]+) secs", output)}
+    statuses = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", output))
+    if set(statuses) != {"200"}:
+        raise RuntimeError(f"hey saw statuses {statuses}:\n{output}")
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    return {"p50": found["50"], "p99": found["99"], "rps": float(rps.group(1)) if rps else 0.0}
+
+
+def envoy_config(mode: str, work: Path, extauth_port: int, keys: int) -> tuple[dict[str, Any], int]:
+    """Envoy answering routes itself, guarded by: native api_key_auth, or ext_authz."""
+    listen, admin = harness.free_port(), harness.free_port()
+    target = envoyconf.Target(
+        envoyconf.Endpoint("127.0.0.1", listen),
+        envoyconf.Endpoint("127.0.0.1", admin),
+        envoyconf.Endpoint("127.0.0.1", extauth_port),
+        "http://127.0.0.1:1",
+        str(work / "secrets"),
+    )
+    config = envoyconf.build(target, "passthrough")
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    hcm["access_log"] = []
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        del route["route"]
+        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
+        route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"][
+            "context_extensions"
+        ]["config_id"] = "bench.cfg-0"
+    if mode == "native":
+        for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+            del route["typed_per_filter_config"]
+        hcm["http_filters"][0] = {
+            "name": "envoy.filters.http.api_key_auth",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+                "credentials": [{"key": key_of(i), "client": f"key-{i}"} for i in range(keys)],
+                "key_sources": [{"header": "vanity-auth"}],
+            },
+        }
+    return config, listen
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=100_000, help="keys for the scale section")
+    parser.add_argument("--requests", type=int, default=60_000, help="h2load requests per run")
+    parser.add_argument("--seconds", type=int, default=15, help="hey duration per Envoy variant")
+    parser.add_argument("--rate", type=int, default=1000, help="hey request rate")
+    parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "bench.json")
+    args = parser.parse_args()
+    h2 = ensure_tool("h2load", "nghttp2-client")
+    hey_tool = ensure_tool("hey", "hey")
+    work = Path(tempfile.mkdtemp(prefix="extauth-bench-"))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cores": os.cpu_count(),
+        "commit": commit,
+    }
+
+    config_dir = work / "config-10k"
+    write_config(config_dir, 10_000, 100)
+    frame = work / "check.bin"
+    message = check_request(key_of(0), "bench.cfg-0")
+    frame.write_bytes(grpc_frame(message))
+    results["check_request_bytes"] = len(message)
+    print(f"CheckRequest: {len(message)} bytes; 10,000 keys, 100 AuthConfigs", flush=True)
+
+    # 1. throughput against the floor, interleaved to share the machine's state
+    with noop_server() as noop, extauth_server(config_dir, work) as extauth:
+        assert check_allowed(extauth.address, key_of(0), "bench.cfg-0")
+        floor, ours = [], []
+        for _ in range(2):
+            floor.append(h2load(h2, noop, frame, args.requests, 4, 32))
+            ours.append(h2load(h2, extauth.port, frame, args.requests, 4, 32))
+        results["throughput"] = {
+            "noop_rps": max(floor),
+            "extauth_rps": max(ours),
+            "ratio": round(max(ours) / max(floor), 3),
+        }
+        print(f"throughput: noop {max(floor):.0f}/s, extauth {max(ours):.0f}/s", flush=True)
+
+        # 2. latency through Envoy at a fixed rate
+        latency: dict[str, dict[str, float]] = {}
+        headers = {"vanity-auth": key_of(0)}
+        for mode, port in (("native", 0), ("noop", noop), ("extauth", extauth.port)):
+            config, listen = envoy_config(mode, work / mode, port, 10_000)
+            (work / mode).mkdir(exist_ok=True)
+            envoy = harness.Envoy(config, work / mode)
+            try:
+                envoy.wait_ready()
+                hey(hey_tool, listen, 3, args.rate, headers)  # warm-up
+                latency[mode] = hey(hey_tool, listen, args.seconds, args.rate, headers)
+            finally:
+                envoy.stop()
+            print(f"latency {mode}: {latency[mode]}", flush=True)
+        added = {
+            m: {p: latency[m][p] - latency["native"][p] for p in ("p50", "p99")}
+            for m in ("noop", "extauth")
+        }
+        results["latency_ms"] = latency
+        results["added_over_native_ms"] = added
+        results["latency_ratio"] = {
+            p: round(added["extauth"][p] / added["noop"][p], 3) if added["noop"][p] > 0 else None
+            for p in ("p50", "p99")
+        }
+
+    # 3. scale: many keys
+    big = work / "config-big"
+    small = work / "config-small"
+    write_config(big, args.keys, 100)
+    write_config(small, 10, 1)
+    with extauth_server(small, work) as few:
+        few_rps = h2load(h2, few.port, frame, args.requests, 4, 32)
+    started = time.monotonic()
+    with extauth_server(big, work) as many:
+        load_s = time.monotonic() - started
+        rss = rss_mb(many.proc.pid)
+        many_rps = h2load(h2, many.port, frame, args.requests, 4, 32)
+        victim = key_of(args.keys // 2)
+        victim_config = f"bench.cfg-{(args.keys // 2) % 100}"
+        assert check_allowed(many.address, victim, victim_config)
+        text = (big / "secrets.yaml").read_text()
+        doc = (
+            "---\napiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
+            f"metadata: {{name: key-{args.keys // 2}, "
+        )
+        start = text.index(doc)
+        end = text.index("---", start + 4)
+        revoked_at = time.monotonic()
+        tmp = big / ".secrets.tmp"
+        tmp.write_text(text[:start] + text[end:])
+        tmp.replace(big / "secrets.yaml")
+        while check_allowed(many.address, victim, victim_config):
+            time.sleep(0.01)
+        revoke_s = time.monotonic() - revoked_at
+    results["scale"] = {
+        "keys": args.keys,
+        "load_seconds": round(load_s, 1),
+        "rss_mb": round(rss, 1),
+        "rps_10_keys": few_rps,
+        "rps_many_keys": many_rps,
+        "ratio": round(many_rps / few_rps, 3),
+        "revoke_one_seconds": round(revoke_s, 2),
+    }
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print_table(results)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    t, lat, add, s = r["throughput"], r["latency_ms"], r["added_over_native_ms"], r["scale"]
+    rows = [
+        ("machine", f"{r['cores']} cores, {r['date']}, commit {r['commit']}", ""),
+        ("Check throughput, no-op floor (h2load)", f"{t['noop_rps']:.0f} req/s", ""),
+        (
+            "Check throughput, extauth (10k keys, 100 configs)",
+            f"{t['extauth_rps']:.0f} req/s",
+            f"ratio {t['ratio']:.2f} (target >= 0.90)",
+        ),
+        (
+            "Envoy native api_key_auth, p50 / p99",
+            f"{lat['native']['p50']:.2f} / {lat['native']['p99']:.2f} ms",
+            "",
+        ),
+        (
+            "Envoy + ext_authz -> no-op, p50 / p99",
+            f"{lat['noop']['p50']:.2f} / {lat['noop']['p99']:.2f} ms",
+            f"adds +{add['noop']['p50']:.2f} / +{add['noop']['p99']:.2f} ms",
+        ),
+        (
+            "Envoy + ext_authz -> extauth, p50 / p99",
+            f"{lat['extauth']['p50']:.2f} / {lat['extauth']['p99']:.2f} ms",
+            f"adds +{add['extauth']['p50']:.2f} / +{add['extauth']['p99']:.2f} ms",
+        ),
+        (
+            "extauth's addition / no-op's, p50 / p99",
+            f"{r['latency_ratio']['p50']} / {r['latency_ratio']['p99']}",
+            "target <= 1.15",
+        ),
+        (
+            f"{s['keys']:,} keys: load time, RSS",
+            f"{s['load_seconds']} s, {s['rss_mb']} MB",
+            "targets at 1M: <= 10 s, <= 300 MB",
+        ),
+        (
+            f"Check throughput at {s['keys']:,} keys / at 10 keys",
+            f"{s['rps_many_keys']:.0f} / {s['rps_10_keys']:.0f} req/s",
+            f"ratio {s['ratio']:.2f} (target >= 0.95)",
+        ),
+        (f"revoking one key among {s['keys']:,}", f"{s['revoke_one_seconds']} s", "target <= 1 s"),
+    ]
+    width = max(len(a) for a, _, _ in rows)
+    for a, b, c in rows:
+        print(f"{a.ljust(width)}  {b:<28} {c}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
