@@ -65,17 +65,28 @@ def key_of(i: int) -> str:
     return f"bench-key-{i:08d}-{'x' * 24}"
 
 
-def write_config(directory: Path, keys: int, configs: int) -> None:
-    """`keys` Secrets in `configs` label groups, one AuthConfig per group."""
+SHARD = 1000  # keys per file: a file is re-read whole, so real deployments shard too
+
+
+def secret_doc(i: int, configs: int) -> str:
+    return (
+        "---\napiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
+        f"metadata: {{name: key-{i}, namespace: bench, labels: {{group: g{i % configs}}}}}\n"
+        f"stringData: {{api-key: {key_of(i)}, x-org: team-{i % 50}}}\n"
+    )
+
+
+def write_config(directory: Path, keys: int, configs: int, *, skip: int | None = None) -> None:
+    """`keys` Secrets in `configs` label groups (files of SHARD), one AuthConfig per group."""
     directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "secrets.yaml").open("w") as out:
-        for i in range(keys):
-            out.write(
-                "---\napiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
-                f"metadata: {{name: key-{i}, namespace: bench, "
-                f"labels: {{group: g{i % configs}}}}}\n"
-                f"stringData: {{api-key: {key_of(i)}, x-org: team-{i % 50}}}\n"
-            )
+    for shard in range(0, keys, SHARD):
+        text = "".join(
+            secret_doc(i, configs) for i in range(shard, min(shard + SHARD, keys)) if i != skip
+        )
+        path = directory / f"secrets-{shard // SHARD:05d}.yaml"
+        tmp = directory / f".{path.name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(path)
     with (directory / "authconfigs.yaml").open("w") as out:
         for g in range(configs):
             out.write(
@@ -354,17 +365,19 @@ def main() -> int:
         victim = key_of(args.keys // 2)
         victim_config = f"bench.cfg-{(args.keys // 2) % 100}"
         assert check_allowed(many.address, victim, victim_config)
-        text = (big / "secrets.yaml").read_text()
-        doc = (
-            "---\napiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
-            f"metadata: {{name: key-{args.keys // 2}, "
+        # Revoke: rewrite the victim's shard without it.
+        victim_index = args.keys // 2
+        shard_start = victim_index - victim_index % SHARD
+        text = "".join(
+            secret_doc(i, 100)
+            for i in range(shard_start, min(shard_start + SHARD, args.keys))
+            if i != victim_index
         )
-        start = text.index(doc)
-        end = text.index("---", start + 4)
+        shard_path = big / f"secrets-{shard_start // SHARD:05d}.yaml"
         revoked_at = time.monotonic()
-        tmp = big / ".secrets.tmp"
-        tmp.write_text(text[:start] + text[end:])
-        tmp.replace(big / "secrets.yaml")
+        tmp = big / f".{shard_path.name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(shard_path)
         while check_allowed(many.address, victim, victim_config):
             time.sleep(0.01)
         revoke_s = time.monotonic() - revoked_at

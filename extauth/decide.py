@@ -97,6 +97,54 @@ def _evaluate(
     return grant
 
 
+# The memo is cleared past this many entries (a crude bound; it refills from use).
+MEMO_LIMIT = 100_000
+
+
+def _check_simple(
+    policy: Policy,
+    config: CompiledConfig,
+    headers: Mapping[str, str],
+    path: str,
+    now: float | None,
+) -> Decision | None:
+    """The common case, fast: the Allow for a key is built once and then reused.
+    None: not a plain allow (the general path decides, and says why)."""
+    rule = config.rules[0]
+    key = credentials.extract(rule.sources, headers, path)
+    if key is None:
+        return None
+    found = policy.keys.get(digest(key))
+    if found is None or not rule.admits(found):
+        return Deny(Reason.INVALID, config.config_id, rule.hint)
+    if found.expires_at is not None and found.expires_at <= (now or time.time()):
+        return None
+    allow = config.memo.get(found)
+    if isinstance(allow, Allow):
+        return allow
+    grant = rule.grant(found, policy.usage_label)
+    if grant.missing_required:
+        return None
+    allow = Allow(
+        config_id=config.config_id,
+        identity=grant.identity,
+        set_headers=grant.set_headers,
+        remove_headers=tuple(
+            dict.fromkeys(
+                h
+                for h in (*grant.remove_headers, *rule.strip_headers)
+                if h not in dict(grant.set_headers)
+            )
+        ),
+        remove_query=rule.strip_query,
+        usage=grant.usage,
+    )
+    if len(config.memo) >= MEMO_LIMIT:
+        config.memo.clear()
+    config.memo[found] = allow
+    return allow
+
+
 def _check_keys(
     policy: Policy,
     config: CompiledConfig,
@@ -104,6 +152,10 @@ def _check_keys(
     path: str,
     now: float | None,
 ) -> Decision:
+    if config.simple:
+        fast = _check_simple(policy, config, headers, path, now)
+        if fast is not None:
+            return fast
     outcomes = [_evaluate(policy, rule, headers, path, now) for rule in config.rules]
     if config.expr is None:
         passed = not any(isinstance(o, Deny) for o in outcomes)

@@ -5,20 +5,24 @@ and why, how long Check takes, how much state is loaded, and usage per team. Per
 counts are labelled by a metadata entry chosen at start-up (`--usage-label x-org`), never
 by the key and never by anything the client sent: the value comes from the key's Secret.
 
-Label children are cached per label tuple, so recording a decision is a dict lookup and
-an increment; no metric work is done on the hot path beyond that.
+Recording a decision is two dict increments and a bisect into the latency buckets, in
+plain Python objects (Check runs on one event loop thread, so no locks); a collector turns
+them into Prometheus families at scrape time. Gauges that change only on reload are
+ordinary prometheus_client gauges.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from extauth.decide import Allow, Decision
 from extauth.policy import Policy
@@ -47,26 +51,13 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         # process_resident_memory_bytes, process_open_fds, ...: what a soak watches.
         ProcessCollector(registry=self.registry)
+        self.decision_counts: dict[tuple[str, str], int] = {}
+        self.usage_counts: dict[tuple[str, str], int] = {}
+        self.latency_counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.registry.register(_Collector(self))
         self.tasks = Gauge(
             "extauth_asyncio_tasks", "asyncio tasks alive in the service.", registry=self.registry
-        )
-        self.decisions = Counter(
-            "extauth_decisions",
-            "Check decisions by AuthConfig and result (allow, or the deny reason).",
-            ["config", "result"],
-            registry=self.registry,
-        )
-        self.usage = Counter(
-            "extauth_usage",
-            "Allowed requests by AuthConfig and the --usage-label metadata of the key.",
-            ["config", "team"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "extauth_check_duration_seconds",
-            "Time spent deciding and encoding one Check, inside the service.",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
         )
         self.keys = Gauge(
             "extauth_api_keys", "API keys admitted by the current policy.", registry=self.registry
@@ -95,24 +86,17 @@ class Metrics:
             "Loaded keys past their expires-at (denied as expired_api_key).",
             registry=self.registry,
         )
-        self._decision_children: dict[tuple[str, str], Counter] = {}
-        self._usage_children: dict[tuple[str, str], Counter] = {}
 
     def record(self, decision: Decision, seconds: float) -> None:
         if isinstance(decision, Allow):
             label = (decision.config_id, "allow")
-            usage = self._usage_children.get((decision.config_id, decision.usage))
-            if usage is None:
-                usage = self.usage.labels(decision.config_id, decision.usage)
-                self._usage_children[(decision.config_id, decision.usage)] = usage
-            usage.inc()
+            usage = (decision.config_id, decision.usage)
+            self.usage_counts[usage] = self.usage_counts.get(usage, 0) + 1
         else:
             label = (decision.config_id or "", decision.reason.value)
-        child = self._decision_children.get(label)
-        if child is None:
-            child = self._decision_children[label] = self.decisions.labels(*label)
-        child.inc()
-        self.latency.observe(seconds)
+        self.decision_counts[label] = self.decision_counts.get(label, 0) + 1
+        self.latency_counts[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     def track_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tasks.set_function(lambda: float(len(asyncio.all_tasks(loop))))
@@ -132,6 +116,44 @@ class Metrics:
         self.keys.set(policy.key_count)
         self.configs.set(len(policy.configs))
         self.problems.set(len(policy.problems))
+
+
+class _Collector:
+    """Exports the hot path's plain counters as Prometheus families at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        decisions = CounterMetricFamily(
+            "extauth_decisions",
+            "Check decisions by AuthConfig and result (allow, or the deny reason).",
+            labels=["config", "result"],
+        )
+        for (config, result), count in list(self._m.decision_counts.items()):
+            decisions.add_metric([config, result], count)
+        yield decisions
+        usage = CounterMetricFamily(
+            "extauth_usage",
+            "Allowed requests by AuthConfig and the --usage-label metadata of the key.",
+            labels=["config", "team"],
+        )
+        for (config, team), count in list(self._m.usage_counts.items()):
+            if team:
+                usage.add_metric([config, team], count)
+        yield usage
+        cumulative, buckets = 0, []
+        for bound, count in zip(
+            (*_LATENCY_BUCKETS, float("inf")), self._m.latency_counts, strict=True
+        ):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "extauth_check_duration_seconds",
+            "Time spent deciding and encoding one Check, inside the service.",
+            buckets=buckets,
+            sum_value=self._m.latency_sum,
+        )
 
 
 class DecisionLog:

@@ -135,6 +135,16 @@ class CompiledConfig:
     rules: tuple[KeyRule, ...]
     # Over rule names; None: every rule must pass.
     expr: BoolExpr | None = None
+    # Results of the request path's fast path (decide.py), per admitted key: a memo, not
+    # state. Keys are ApiKey objects (compared by identity), so a redefined key never
+    # hits an old entry; the memo dies with this compiled config.
+    memo: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def simple(self) -> bool:
+        """One rule, no booleanExpr, no cookie to rewrite: the answer depends only on the
+        key, so it can be memoized per key."""
+        return len(self.rules) == 1 and self.expr is None and not self.rules[0].strip_cookies
 
 
 @dataclass(frozen=True)

@@ -128,13 +128,15 @@ class FileSource:
         wake = asyncio.Event()
         watcher = asyncio.create_task(self._watch(wake))
         try:
-            yield self.scan()
+            # Parsing runs in a worker thread: a large file must not stall the event loop,
+            # which keeps answering Checks from the current policy meanwhile.
+            yield await asyncio.to_thread(self.scan)
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._resync_seconds)
                 wake.clear()
                 try:
-                    change = self.scan()
+                    change = await asyncio.to_thread(self.scan)
                 except ConfigDirError as exc:
                     if not self._missing:
                         log.error("config: %s; keeping the last good state", exc)
