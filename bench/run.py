@@ -11,6 +11,7 @@
 3. Keys: load time and RSS of extauth with --keys (default 100,000; 1,000,000 with
    `--keys 1000000`), Check throughput there against 10 keys, and how long revoking one
    key takes to show in Check.
+4. Workers: Check throughput with `--workers 2` against one process.
 
 Everything runs on loopback; tools come from Debian (installed with apt if missing).
 Figures are printed as a table (with the core count) and written to .bench/bench.json.
@@ -350,6 +351,19 @@ def main() -> int:
             for p in ("p50", "p99")
         }
 
+    # 4. workers: one process per core, sharing the port (h2load opens 8 connections)
+    with extauth_server(config_dir, work, "--workers", "2") as two:
+        time.sleep(1)  # both workers up
+        two_rps = h2load(h2, two.port, frame, args.requests, 8, 32)
+    with extauth_server(config_dir, work) as one:
+        one_rps = h2load(h2, one.port, frame, args.requests, 8, 32)
+    results["workers"] = {
+        "one_rps": one_rps,
+        "two_rps": two_rps,
+        "ratio": round(two_rps / one_rps, 3),
+    }
+    print(f"workers: 1 -> {one_rps:.0f}/s, 2 -> {two_rps:.0f}/s", flush=True)
+
     # 3. scale: many keys
     big = work / "config-big"
     small = work / "config-small"
@@ -439,6 +453,11 @@ def print_table(r: dict[str, Any]) -> None:
             f"ratio {s['ratio']:.2f} (target >= 0.95)",
         ),
         (f"revoking one key among {s['keys']:,}", f"{s['revoke_one_seconds']} s", "target <= 1 s"),
+        (
+            "Check throughput, --workers 1 / 2 (8 connections)",
+            f"{r['workers']['one_rps']:.0f} / {r['workers']['two_rps']:.0f} req/s",
+            f"ratio {r['workers']['ratio']:.2f} ({r['cores']} cores, h2load on the same machine)",
+        ),
     ]
     width = max(len(a) for a, _, _ in rows)
     for a, b, c in rows:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from extauth import __version__, keys, manifests
+from extauth import __version__, keys, manifests, workers
 from extauth.manifests import Problem
 from extauth.policy import compile_policy
 from extauth.server import Settings, serve
@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="log only this fraction of decisions (0..1)",
     )
     run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes sharing the gRPC port (SO_REUSEPORT); worker i serves "
+        "--http-address on its port + i",
+    )
+    run.add_argument(
         "--shutdown-grace",
         type=float,
         default=5.0,
@@ -208,6 +216,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_status=not args.no_status,
         kube_watch_timeout=args.kube_watch_timeout,
     )
+    if args.workers < 1:
+        print("extauth serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return workers.run_workers(settings, args.workers, _serve_one)
+    return _serve_one(settings)
+
+
+def _serve_one(settings: Settings) -> int:
     try:
         asyncio.run(serve(settings))
     except ConfigDirError as exc:

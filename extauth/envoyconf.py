@@ -139,7 +139,11 @@ def _cluster(
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                explicit_http_config={"http2_protocol_options": {}},
+                # Recycled connections and a stream cap per connection: with
+                # `extauth serve --workers N`, the kernel spreads connections (not
+                # requests) over the workers, so Envoy must keep opening new ones.
+                common_http_protocol_options={"max_requests_per_connection": 1000},
+                explicit_http_config={"http2_protocol_options": {"max_concurrent_streams": 64}},
             )
         }
     if tls:

@@ -55,6 +55,9 @@ class Settings:
     kubeconfig: str | None = None
     write_status: bool = True
     kube_watch_timeout: int = 300
+    # --workers: every worker binds the same gRPC port (SO_REUSEPORT).
+    reuse_port: bool = False
+    worker: int | None = None
 
 
 def sources_for(settings: Settings) -> list[Source]:
@@ -213,8 +216,11 @@ class Server:
         self._update(list(initial.result()))
 
         # grpc turns SO_REUSEPORT on by default: a second extauth on the same port would
-        # silently share traffic (with a different config, perhaps). Refuse instead.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # silently share traffic (with a different config, perhaps). Refuse instead,
+        # unless this process is one of --workers, which share the port on purpose.
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 1 if self.settings.reuse_port else 0)]
+        )
         decision_log = (
             DecisionLog(self.settings.decision_log_sample) if self.settings.decision_log else None
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +157,54 @@ def test_keys_new_rejects_bad_input(args: list[str], message: str) -> None:
     assert result.returncode == 2
     assert message in result.stderr
     assert not result.stdout
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    )
+    return [int(p) for p in found.stdout.split()]
+
+
+def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
+    http = harness.free_port()
+    server = harness.Extauth(
+        ROOT / "authconfigs",
+        tmp_path / "workers.log",
+        "--workers",
+        "2",
+        "--http-address",
+        f"127.0.0.1:{http}",
+    )
+    try:
+        server.wait_ready()
+        workers = _children(server.proc.pid)
+        assert len(workers) == 2
+        for port in (http, http + 1):  # worker i: the HTTP port + i
+
+            def ready(port: int = port) -> bool | None:
+                return True if harness.request(port, "/readyz").status == 200 else None
+
+            harness.wait_until(ready, 20, f"worker on {port} to be ready")
+    finally:
+        assert server.stop() == 0
+    log = server.log()
+    assert "[worker 0]" in log
+    assert "[worker 1]" in log
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_a_dead_worker_stops_the_others(tmp_path: Path) -> None:
+    server = harness.Extauth(ROOT / "authconfigs", tmp_path / "workers.log", "--workers", "2")
+    try:
+        server.wait_ready()
+        first, second = _children(server.proc.pid)
+        os.kill(first, signal.SIGKILL)
+        assert server.proc.wait(20) == 1
+    finally:
+        server.stop()
+    assert "stopping the others" in server.log()
+    assert (
+        not Path(f"/proc/{second}").exists()
+        or "Z" in Path(f"/proc/{second}/stat").read_text().split()[2]
+    )
