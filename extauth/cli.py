@@ -7,8 +7,10 @@ import asyncio
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -224,9 +226,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve_one(settings)
 
 
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop when it is installed (Linux): the same code, a faster event loop (measured:
+    +16 % Check throughput for a no-op gRPC handler, see BENCHMARKS.md)."""
+    try:
+        import uvloop
+    except ImportError:
+        log.info("event loop: asyncio")
+        asyncio.run(main)
+        return
+    log.info("event loop: uvloop %s", metadata.version("uvloop"))
+    uvloop.run(main)
+
+
 def _serve_one(settings: Settings) -> int:
     try:
-        asyncio.run(serve(settings))
+        _run(serve(settings))
     except ConfigDirError as exc:
         log.error("cannot start: %s", exc)
         return 2
