@@ -222,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("extauth serve: --workers must be at least 1", file=sys.stderr)
         return 2
     if args.workers > 1:
+        if args.grpc_address.endswith(":0"):
+            print("extauth serve: --workers needs a fixed --grpc-address port", file=sys.stderr)
+            return 2
         return workers.run_workers(settings, args.workers, _serve_one)
     return _serve_one(settings)
 
@@ -249,6 +252,9 @@ def _serve_one(settings: Settings) -> int:
         if "bind" not in str(exc).lower():
             raise
         log.error("cannot listen on %s: %s", settings.grpc_address, exc)
+        return 2
+    except OSError as exc:  # the --http-address port
+        log.error("cannot listen on %s: %s", settings.http_address, exc.strerror or exc)
         return 2
     return 0
 

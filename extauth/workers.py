@@ -51,6 +51,8 @@ def run_workers(settings: Settings, count: int, serve_one: Callable[[Settings], 
             code = 1
             try:
                 code = serve_one(worker_settings(settings, index))
+            except BaseException as exc:  # os._exit below would swallow the traceback
+                log.error("worker %d failed: %s: %s", index, type(exc).__name__, exc)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -80,6 +80,14 @@ def test_serve_rejects_bad_arguments() -> None:
     result = run_cli("serve", "--config-dir", ".", "--grpc-address", "nowhere")
     assert result.returncode == 2
     assert "is not HOST:PORT" in result.stderr
+    result = run_cli(
+        "serve", "--config-dir", ".", "--grpc-address", "127.0.0.1:0", "--workers", "2"
+    )
+    assert result.returncode == 2
+    assert "--workers needs a fixed --grpc-address port" in result.stderr
+    result = run_cli("serve", "--config-dir", ".", "--workers", "0")
+    assert result.returncode == 2
+    assert "--workers must be at least 1" in result.stderr
 
 
 def test_serve_missing_config_dir_exits_with_message(tmp_path: Path) -> None:
@@ -102,6 +110,26 @@ def test_serve_port_in_use_exits_with_message(tmp_path: Path) -> None:
         assert f"cannot listen on {first.address}" in result.stderr
     finally:
         first.stop()
+
+
+def test_http_port_in_use_exits_with_message(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "serve",
+            "--config-dir",
+            str(ROOT / "authconfigs"),
+            "--grpc-address",
+            "127.0.0.1:0",
+            "--http-address",
+            f"127.0.0.1:{port}",
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
 def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -166,8 +194,22 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
+def _free_pair() -> int:
+    """A port p with p + 1 free too: worker i serves HTTP on p + i."""
+    import socket
+
+    while True:
+        port = harness.free_port()
+        with socket.socket() as neighbour:
+            try:
+                neighbour.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
 def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
-    http = harness.free_port()
+    http = _free_pair()
     server = harness.Extauth(
         ROOT / "authconfigs",
         tmp_path / "workers.log",
