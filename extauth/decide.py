@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from extauth import credentials
 from extauth.policy import CompiledConfig, Grant, KeyRule, Policy
-from extauth.snapshot import digest
+from extauth.snapshot import ApiKey, digest
 
 CONFIG_ID = "config_id"
 
@@ -80,16 +80,28 @@ _Outcome = Grant | None | Deny
 _SPECIFIC = (Reason.INVALID, Reason.EXPIRED, Reason.MISSING_METADATA)
 
 
-def _evaluate(
-    policy: Policy, rule: KeyRule, headers: Mapping[str, str], path: str, now: float | None
-) -> _Outcome:
+def _lookup(
+    policy: Policy, rule: KeyRule, headers: Mapping[str, str], path: str
+) -> tuple[str | None, ApiKey | None]:
+    """The credential a rule finds in the request, and the key it names (if loaded)."""
     key = credentials.extract(rule.sources, headers, path)
+    return key, (policy.keys.get(digest(key)) if key is not None else None)
+
+
+def _expired(found: ApiKey, now: float | None) -> bool:
+    return found.expires_at is not None and found.expires_at <= (
+        time.time() if now is None else now
+    )
+
+
+def _outcome(
+    policy: Policy, rule: KeyRule, key: str | None, found: ApiKey | None, now: float | None
+) -> _Outcome:
     if key is None:
         return None if rule.optional else Deny(Reason.MISSING, "", rule.hint)
-    found = policy.keys.get(digest(key))
     if found is None or not rule.admits(found):
         return Deny(Reason.INVALID, "", rule.hint)
-    if found.expires_at is not None and found.expires_at <= (now or time.time()):
+    if _expired(found, now):
         return Deny(Reason.EXPIRED, "", rule.hint)
     grant = rule.grant(found, policy.usage_label)
     if grant.missing_required:
@@ -101,50 +113,6 @@ def _evaluate(
 MEMO_LIMIT = 100_000
 
 
-def _check_simple(
-    policy: Policy,
-    config: CompiledConfig,
-    headers: Mapping[str, str],
-    path: str,
-    now: float | None,
-) -> Decision | None:
-    """The common case, fast: the Allow for a key is built once and then reused.
-    None: not a plain allow (the general path decides, and says why)."""
-    rule = config.rules[0]
-    key = credentials.extract(rule.sources, headers, path)
-    if key is None:
-        return None
-    found = policy.keys.get(digest(key))
-    if found is None or not rule.admits(found):
-        return Deny(Reason.INVALID, config.config_id, rule.hint)
-    if found.expires_at is not None and found.expires_at <= (now or time.time()):
-        return None
-    allow = config.memo.get(found)
-    if isinstance(allow, Allow):
-        return allow
-    grant = rule.grant(found, policy.usage_label)
-    if grant.missing_required:
-        return None
-    allow = Allow(
-        config_id=config.config_id,
-        identity=grant.identity,
-        set_headers=grant.set_headers,
-        remove_headers=tuple(
-            dict.fromkeys(
-                h
-                for h in (*grant.remove_headers, *rule.strip_headers)
-                if h not in dict(grant.set_headers)
-            )
-        ),
-        remove_query=rule.strip_query,
-        usage=grant.usage,
-    )
-    if len(config.memo) >= MEMO_LIMIT:
-        config.memo.clear()
-    config.memo[found] = allow
-    return allow
-
-
 def _check_keys(
     policy: Policy,
     config: CompiledConfig,
@@ -152,11 +120,17 @@ def _check_keys(
     path: str,
     now: float | None,
 ) -> Decision:
-    if config.simple:
-        fast = _check_simple(policy, config, headers, path, now)
-        if fast is not None:
-            return fast
-    outcomes = [_evaluate(policy, rule, headers, path, now) for rule in config.rules]
+    looked_up = [_lookup(policy, rule, headers, path) for rule in config.rules]
+    memo_key = looked_up[0][1] if config.simple else None
+    if memo_key is not None and not _expired(memo_key, now):
+        # A simple config's allow depends only on which key it is: once built, reused.
+        cached = config.memo.get(memo_key)
+        if isinstance(cached, Allow):
+            return cached
+    outcomes = [
+        _outcome(policy, rule, key, found, now)
+        for rule, (key, found) in zip(config.rules, looked_up, strict=True)
+    ]
     if config.expr is None:
         passed = not any(isinstance(o, Deny) for o in outcomes)
     else:
@@ -172,7 +146,19 @@ def _check_keys(
         # booleanExpr can fail with every rule passing (`!a`): that is a missing key.
         chosen = (specific or denials or [Deny(Reason.MISSING, "", config.rules[0].hint)])[0]
         return Deny(chosen.reason, config.config_id, chosen.hint)
+    allow = _assemble_allow(config, outcomes, headers)
+    if memo_key is not None and isinstance(outcomes[0], Grant):
+        if len(config.memo) >= MEMO_LIMIT:
+            config.memo.clear()
+        config.memo[memo_key] = allow
+    return allow
 
+
+def _assemble_allow(
+    config: CompiledConfig, outcomes: list[_Outcome], headers: Mapping[str, str]
+) -> Allow:
+    """The one place an Allow is built: what passing rules set, and everything else
+    removed (identity headers nobody set, credentials, the key's cookie)."""
     identity = usage = ""
     set_headers: dict[str, str] = {}
     remove: list[str] = []
