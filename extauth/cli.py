@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import sys
 from collections.abc import Coroutine, Sequence
 from importlib import metadata
@@ -14,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from extauth import __version__, keys, manifests, workers
+from extauth import __version__, keys, manifests, resources, workers
 from extauth.manifests import Problem
 from extauth.policy import compile_policy
 from extauth.server import Settings, serve
@@ -23,12 +22,15 @@ from extauth.sources.files import ConfigDirError
 
 log = logging.getLogger("extauth")
 
-_CONFIG_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-
 
 def _config_id(value: str) -> str:
-    if not _CONFIG_ID_RE.match(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not NAMESPACE.NAME")
+    """NAMESPACE.NAME, each part as resources.py defines it (namespaces have no dots)."""
+    namespace, _, name = value.partition(".")
+    try:
+        resources.check_namespace(namespace)
+        resources.check_name(name)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAMESPACE.NAME") from None
     return value
 
 

@@ -56,7 +56,7 @@ class _Model(BaseModel):
     )
 
 
-def _check_name(value: str) -> str:
+def check_name(value: str) -> str:
     if not _NAME_RE.match(value):
         raise ValueError(
             f"{value!r} is not a valid resource name "
@@ -65,7 +65,7 @@ def _check_name(value: str) -> str:
     return value
 
 
-def _check_namespace(value: str) -> str:
+def check_namespace(value: str) -> str:
     if not _NAMESPACE_RE.match(value):
         raise ValueError(
             f"{value!r} is not a valid namespace "
@@ -98,8 +98,8 @@ def header_value_problem(value: str) -> str | None:
     return None
 
 
-ResourceName = Annotated[str, AfterValidator(_check_name)]
-Namespace = Annotated[str, AfterValidator(_check_namespace)]
+ResourceName = Annotated[str, AfterValidator(check_name)]
+Namespace = Annotated[str, AfterValidator(check_namespace)]
 HeaderName = Annotated[str, AfterValidator(check_header_name)]
 
 
