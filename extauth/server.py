@@ -57,7 +57,6 @@ class Settings:
     kube_watch_timeout: int = 300
     # --workers: every worker binds the same gRPC port (SO_REUSEPORT).
     reuse_port: bool = False
-    worker: int | None = None
 
 
 def sources_for(settings: Settings) -> list[Source]:

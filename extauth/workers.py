@@ -32,7 +32,7 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     if http is not None:
         host, _, port = http.rpartition(":")
         http = f"{host}:{int(port) + index}" if int(port) else http
-    return replace(settings, http_address=http, reuse_port=True, worker=index)
+    return replace(settings, http_address=http, reuse_port=True)
 
 
 def run_workers(settings: Settings, count: int, serve_one: Callable[[Settings], int]) -> int:

@@ -36,7 +36,15 @@ from pydantic import ValidationError
 from extauth import manifests
 from extauth.manifests import Origin
 from extauth.resources import APIKEY_SECRET_TYPE, AuthConfig, Secret
-from extauth.snapshot import ApiKey, Change, Definition, Owner, PlacedAuthConfig, Removal
+from extauth.snapshot import (
+    ApiKey,
+    Change,
+    Definition,
+    Owner,
+    PlacedAuthConfig,
+    Removal,
+    removal_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +178,7 @@ class _Watcher:
         for owner in sorted(set(self._known) - set(items)):
             gone = self._known.pop(owner)
             if gone.definition is not None:
-                removed.append(Removal(self.kind, owner, _origin(self.kind, owner).path))
+                removed.append(removal_of(gone.definition))
         for owner in sorted(items):
             definition = self._accept(items[owner])
             if definition is not None:
@@ -210,12 +218,7 @@ class _Watcher:
                 elif kind == "DELETED":
                     gone = self._known.pop(_owner(item), None)
                     if gone is not None and gone.definition is not None:
-                        owner = _owner(item)
-                        self._emit(
-                            Change(
-                                removed=(Removal(self.kind, owner, _origin(self.kind, owner).path),)
-                            )
-                        )
+                        self._emit(Change(removed=(removal_of(gone.definition),)))
         finally:
             self._response = None
             with contextlib.suppress(Exception):
