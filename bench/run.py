@@ -244,12 +244,12 @@ def hey(tool: str, port: int, seconds: int, rate: int, headers: dict[str, str]) 
 def envoy_config(mode: str, work: Path, extauth_port: int, keys: int) -> tuple[dict[str, Any], int]:
     """Envoy answering routes itself, guarded by: native api_key_auth, or ext_authz."""
     listen, admin = harness.free_port(), harness.free_port()
-    target = envoyconf.Target(
-        envoyconf.Endpoint("127.0.0.1", listen),
-        envoyconf.Endpoint("127.0.0.1", admin),
-        envoyconf.Endpoint("127.0.0.1", extauth_port),
-        "http://127.0.0.1:1",
-        str(work / "secrets"),
+    target = envoyconf.local(
+        listen=listen,
+        admin=admin,
+        extauth=extauth_port,
+        upstream="http://127.0.0.1:1",  # unused: Envoy answers routes itself
+        secrets_dir=str(work / "secrets"),
     )
     config = envoyconf.build(target, "passthrough")
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][

@@ -134,15 +134,12 @@ def main() -> int:
         "x-org",
         port=ports["extauth"],
     )
-    target = envoyconf.with_ports(
-        envoyconf.LOCAL, listen=ports["listen"], admin=ports["admin"], extauth=ports["extauth"]
-    )
-    target = envoyconf.Target(
-        target.listen,
-        target.admin,
-        target.extauth,
-        f"http://127.0.0.1:{ports['upstream']}",
-        str(work / "secrets"),
+    target = envoyconf.local(
+        listen=ports["listen"],
+        admin=ports["admin"],
+        extauth=ports["extauth"],
+        upstream=f"http://127.0.0.1:{ports['upstream']}",
+        secrets_dir=str(work / "secrets"),
     )
     harness.write_provider_key(work / "secrets", "Bearer sk-soak")
     config = yaml.safe_load(envoyconf.for_demo(target))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -395,13 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if stale else 0
 
 
-def with_ports(target: Target, **ports: int) -> Target:
-    """The same target on other ports (tests, the demo's --*-port options)."""
-    return replace(
-        target,
-        listen=replace(target.listen, port=ports.get("listen", target.listen.port)),
-        admin=replace(target.admin, port=ports.get("admin", target.admin.port)),
-        extauth=replace(target.extauth, port=ports.get("extauth", target.extauth.port)),
+def local(*, listen: int, admin: int, extauth: int, upstream: str, secrets_dir: str) -> Target:
+    """A loopback target on the given ports (the demo, the soak, the benchmarks)."""
+    return Target(
+        listen=Endpoint("127.0.0.1", listen),
+        admin=Endpoint("127.0.0.1", admin),
+        extauth=Endpoint("127.0.0.1", extauth),
+        upstream=upstream,
+        secrets_dir=secrets_dir,
     )
 
 

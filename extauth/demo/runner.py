@@ -109,13 +109,10 @@ def _envoy_binary() -> str:
 def build_children(args: argparse.Namespace, run: Path) -> list[Child]:
     mock = args.upstream is None
     upstream_url = args.upstream or f"http://127.0.0.1:{args.upstream_port}"
-    target = envoyconf.with_ports(
-        envoyconf.LOCAL, listen=args.port, admin=args.admin_port, extauth=args.extauth_port
-    )
-    target = envoyconf.Target(
-        listen=target.listen,
-        admin=target.admin,
-        extauth=target.extauth,
+    target = envoyconf.local(
+        listen=args.port,
+        admin=args.admin_port,
+        extauth=args.extauth_port,
         upstream=upstream_url,
         secrets_dir=str(run / "secrets"),
     )
