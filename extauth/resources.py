@@ -17,7 +17,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from extauth import boolexpr
@@ -229,19 +229,15 @@ def _check_selector(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
-LabelSelector = Annotated[dict[str, str], AfterValidator(_check_selector)]
+# Both spellings are unwrapped here, in the type, so every labelSelector field takes them.
+LabelSelector = Annotated[
+    dict[str, str], BeforeValidator(_selector), AfterValidator(_check_selector)
+]
 
 
 class K8sSecretApikeyStorage(_Model):
     label_selector: LabelSelector | None = None
     api_key_secret_refs: list[SecretRef] = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unwrap_selector(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "labelSelector" in data:
-            data = {**data, "labelSelector": _selector(data["labelSelector"])}
-        return data
 
 
 class KeySource(_Model):
@@ -284,13 +280,6 @@ class ApiKeyAuth(_Model):
     mode: Literal["Strict", "Optional"] = "Strict"
     # Admit only keys whose Secret stores a hash (api-key-hash), never the key itself.
     require_hashed_keys: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unwrap_selector(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "labelSelector" in data:
-            data = {**data, "labelSelector": _selector(data["labelSelector"])}
-        return data
 
     @model_validator(mode="after")
     def _check(self) -> ApiKeyAuth:
