@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -64,9 +65,8 @@ class StatusServer:
                 while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
                     pass
                 status, kind, body = self._route(method, path)
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(status, "")
             head = (
-                f"HTTP/1.1 {status} {reason}\r\ncontent-type: {kind}\r\n"
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: {kind}\r\n"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
             )
             writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))

@@ -9,6 +9,7 @@ field.path: message`. Values are never part of a message: they may be keys.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,29 +205,30 @@ def _structural_problems(root: yaml.Node) -> list[tuple[int, str]]:
     return problems
 
 
-def _describe(exc: ValidationError, node: yaml.Node) -> Iterator[tuple[int, str]]:
+def _describe(exc: ValidationError, node: yaml.Node | None) -> Iterator[tuple[int, str]]:
+    """(line, `field.path: message`) per error. Without a node (objects read from an API
+    server) the path comes from the error alone and the line is 0. Never quotes input."""
     for error in exc.errors(include_input=False, include_url=False):
-        line, field = _locate(node, error["loc"])
+        if node is not None:
+            line, field = _locate(node, error["loc"])
+        else:
+            line, field = 0, functools.reduce(_join, _fields(error["loc"]), "")
         message = str(error["msg"]).removeprefix("Value error, ")
         yield line, f"{field}: {message}" if field else message
 
 
 def error_messages(exc: ValidationError) -> list[str]:
-    """`field.path: message` for each error, for objects that have no YAML lines
-    (read from an API server). Never includes input values."""
-    messages = []
-    for error in exc.errors(include_input=False, include_url=False):
-        path = ""
-        loc = error["loc"]
-        for position, item in enumerate(loc):
-            # pydantic's own markers (union branches, validators) read like "function-after[...]"
-            internal = isinstance(item, str) and "[" in item
-            if internal and position < len(loc) - 1:
-                continue
-            path = _join(path, item)
-        message = str(error["msg"]).removeprefix("Value error, ")
-        messages.append(f"{path}: {message}" if path else message)
-    return messages
+    """`field.path: message` for each error, for objects that have no YAML lines."""
+    return [message for _, message in _describe(exc, None)]
+
+
+def _is_marker(item: int | str) -> bool:
+    """pydantic's own loc items (union branches, validators: `function-after[...]`)."""
+    return isinstance(item, str) and "[" in item
+
+
+def _fields(loc: Sequence[int | str]) -> Iterator[int | str]:
+    return (item for item in loc if not _is_marker(item))
 
 
 def _locate(node: yaml.Node, loc: Sequence[int | str]) -> tuple[int, str]:
@@ -241,7 +243,7 @@ def _locate(node: yaml.Node, loc: Sequence[int | str]) -> tuple[int, str]:
     for position, item in enumerate(loc):
         child = _child(current, item)
         if child is None:
-            if position == len(loc) - 1 and isinstance(item, str) and "[" not in item:
+            if position == len(loc) - 1 and isinstance(item, str) and not _is_marker(item):
                 path = _join(path, item)
             continue
         line, current = child
