@@ -40,23 +40,11 @@ sys.path.insert(0, str(ROOT))
 
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc  # noqa: E402
 
+from bench.loadtools import ensure_tool, hey  # noqa: E402
 from extauth import envoyconf  # noqa: E402
 from tests import harness  # noqa: E402
 
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
-
-
-def ensure_tool(name: str, package: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    print(f"installing {package} (apt) ...", flush=True)
-    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, capture_output=True)
-    found = shutil.which(name)
-    if not found:
-        raise SystemExit(f"{name} not available after installing {package}")
-    return found
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -225,20 +213,25 @@ def h2load(tool: str, port: int, frame: Path, requests: int, clients: int, strea
     return float(match.group(1))
 
 
-def hey(tool: str, port: int, seconds: int, rate: int, headers: dict[str, str]) -> dict[str, float]:
-    concurrency = 20
-    argv = [tool, "-z", f"{seconds}s", "-c", str(concurrency), "-q", str(rate / concurrency)]
-    for name, value in headers.items():
-        argv += ["-H", f"{name}: {value}"]
-    output = subprocess.run(
-        [*argv, f"http://127.0.0.1:{port}/openai"], capture_output=True, text=True, check=False
-    ).stdout
-    found = {p: float(v) * 1000 for p, v in re.findall(r"\s(\d+)% in ([\d.]+) secs", output)}
-    statuses = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", output))
-    if set(statuses) != {"200"}:
-        raise RuntimeError(f"hey saw statuses {statuses}:\n{output}")
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    return {"p50": found["50"], "p99": found["99"], "rps": float(rps.group(1)) if rps else 0.0}
+def measure_latency(
+    tool: str, port: int, seconds: int, rate: int, headers: dict[str, str]
+) -> dict[str, float]:
+    """p50 / p99 (ms) and the rate achieved through Envoy; every answer must be a 200."""
+    result = hey(
+        tool,
+        f"http://127.0.0.1:{port}/openai",
+        seconds=seconds,
+        concurrency=20,
+        headers=headers,
+        rate=rate,
+    )
+    if set(result.statuses) != {200}:
+        raise RuntimeError(f"hey saw statuses {result.statuses} ({result.errors})")
+    return {
+        "p50": result.latency_ms["50"],
+        "p99": result.latency_ms["99"],
+        "rps": result.requests_per_second,
+    }
 
 
 def envoy_config(mode: str, work: Path, extauth_port: int, keys: int) -> tuple[dict[str, Any], int]:
@@ -335,8 +328,8 @@ def main() -> int:
             envoy = harness.Envoy(config, work / mode)
             try:
                 envoy.wait_ready()
-                hey(hey_tool, listen, 3, args.rate, headers)  # warm-up
-                latency[mode] = hey(hey_tool, listen, args.seconds, args.rate, headers)
+                measure_latency(hey_tool, listen, 3, args.rate, headers)  # warm-up
+                latency[mode] = measure_latency(hey_tool, listen, args.seconds, args.rate, headers)
             finally:
                 envoy.stop()
             print(f"latency {mode}: {latency[mode]}", flush=True)

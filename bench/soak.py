@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,28 +33,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.loadtools import ensure_tool, hey  # noqa: E402
 from extauth import envoyconf  # noqa: E402
 from tests import harness  # noqa: E402
 
+BODY = '{"model":"m","messages":[]}'
 CHURN = """apiVersion: v1
 kind: Secret
 type: extauth.solo.io/apikey
 metadata: {{name: churn, namespace: agentgateway-system}}
 stringData: {{api-key: churn-key-{n}, x-org: churn-{n}}}
 """
-
-
-def ensure_tool(name: str, package: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    print(f"installing {package} (apt) ...", flush=True)
-    subprocess.run(["apt-get", "update", "-qq"], check=False)
-    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
-    found = shutil.which(name)
-    if not found:
-        raise SystemExit(f"{name} not available after installing {package}")
-    return found
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -70,42 +57,22 @@ def metrics(port: int) -> dict[str, float]:
     return found
 
 
-def hey(
+def run_hey(
     tool: str,
     url: str,
     seconds: float,
-    concurrency: int,
     rate: float | None,
     headers: dict[str, str],
+    concurrency: int,
 ) -> dict[str, Any]:
-    argv = [
-        tool,
-        "-z",
-        f"{seconds}s",
-        "-c",
-        str(concurrency),
-        "-m",
-        "POST",
-        "-T",
-        "application/json",
-        "-d",
-        '{"model":"m","messages":[]}',
-    ]
-    if rate is not None:
-        argv += ["-q", f"{rate / concurrency:.2f}"]
-    for name, value in headers.items():
-        argv += ["-H", f"{name}: {value}"]
-    output = subprocess.run([*argv, url], capture_output=True, text=True, check=False).stdout
-    statuses = {
-        int(code): int(count)
-        for code, count in re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)
-    }
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    errors = re.search(r"Error distribution:(.*)", output, re.S)
+    """hey's figures as the report records them."""
+    result = hey(
+        tool, url, seconds=seconds, concurrency=concurrency, headers=headers, rate=rate, body=BODY
+    )
     return {
-        "statuses": statuses,
-        "requests_per_second": float(rps.group(1)) if rps else 0.0,
-        "errors": errors.group(1).strip() if errors else "",
+        "statuses": result.statuses,
+        "requests_per_second": result.requests_per_second,
+        "errors": result.errors,
     }
 
 
@@ -158,7 +125,7 @@ def main() -> int:
         url = f"http://127.0.0.1:{ports['listen']}/openai"
         valid = {"vanity-auth": "team1-key"}
         print("measuring capacity (5 s, 32 connections) ...", flush=True)
-        capacity = hey(tool, url, 5, 32, None, valid)["requests_per_second"]
+        capacity = run_hey(tool, url, 5, None, valid, 32)["requests_per_second"]
         rate = capacity / 2
         print(
             f"capacity {capacity:.0f} req/s; soaking at {rate:.0f} req/s for {args.duration:.0f} s",
@@ -198,7 +165,7 @@ def main() -> int:
         results: dict[str, dict[str, Any]] = {}
 
         def run(name: str, share: float, headers: dict[str, str]) -> None:
-            results[name] = hey(tool, url, args.duration, 8, rate * share, headers)
+            results[name] = run_hey(tool, url, args.duration, rate * share, headers, 8)
 
         loads = [
             threading.Thread(target=run, args=("valid", 0.8, valid)),

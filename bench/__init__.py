@@ -1,0 +1,1 @@
+"""Benchmarks, the soak and their shared load tools (`make bench`, `make soak`)."""
