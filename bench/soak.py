@@ -109,7 +109,7 @@ def main() -> int:
         secrets_dir=str(work / "secrets"),
     )
     harness.write_provider_key(work / "secrets", "Bearer sk-soak")
-    config = yaml.safe_load(envoyconf.for_demo(target))
+    config = yaml.safe_load(envoyconf.config_text(target))
     # Envoy answers itself: the soak measures Envoy + extauth, not a Python upstream.
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     for route in hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:

@@ -371,7 +371,8 @@ def render(config: dict[str, Any], target: Target, provider_key: ProviderKey) ->
     return header + yaml.safe_dump(config, sort_keys=False, width=100)
 
 
-def for_demo(target: Target, provider_key: ProviderKey = "file") -> str:
+def config_text(target: Target, provider_key: ProviderKey = "file") -> str:
+    """The config as written to a file: generated-by header, then YAML."""
     return render(build(target, provider_key), target, provider_key)
 
 
@@ -382,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = []
     for relative, (target, mode) in FILES.items():
         path = ROOT / relative
-        text = render(build(target, mode), target, mode)
+        text = config_text(target, mode)
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(relative)

@@ -116,7 +116,7 @@ def build_children(args: argparse.Namespace, run: Path) -> list[Child]:
         upstream=upstream_url,
         secrets_dir=str(run / "secrets"),
     )
-    (run / "envoy.yaml").write_text(envoyconf.for_demo(target, "file"))
+    (run / "envoy.yaml").write_text(envoyconf.config_text(target, "file"))
     secrets = run / "secrets"
     secrets.mkdir(exist_ok=True)
     key = os.environ.get(envoyconf.ENV_VAR) or DEMO_KEY
