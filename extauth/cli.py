@@ -274,10 +274,8 @@ def new_key(args: argparse.Namespace) -> int:
             args.name, args.namespace, key, metadata, dict(args.label), hashed=args.hashed
         )
     except ValidationError as exc:
-        for error in exc.errors(include_input=False, include_url=False):
-            field = ".".join(str(part) for part in error["loc"])
-            message = str(error["msg"]).removeprefix("Value error, ")
-            print(f"error: {field}: {message}" if field else f"error: {message}", file=sys.stderr)
+        for message in manifests.error_messages(exc):
+            print(f"error: {message}", file=sys.stderr)
         return 2
     sys.stdout.write(text)
     print(f"# the key (shown once; give it to {args.name}'s holder): {key}", file=sys.stderr)
