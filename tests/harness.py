@@ -37,6 +37,20 @@ def free_port() -> int:
         return port
 
 
+def free_port_pair(gap: int) -> int:
+    """A free port p with p + gap free too (worker i's HTTP port, etcd's peer port)."""
+    while True:
+        port = free_port()
+        if port + gap > 65535:
+            continue
+        with socket.socket() as neighbour:
+            try:
+                neighbour.bind(("127.0.0.1", port + gap))
+            except OSError:
+                continue
+        return port
+
+
 def wait_until(probe: Callable[[], _T | None], timeout: float, what: str) -> _T:
     """Poll `probe` until it returns something other than None; fail after `timeout`."""
     deadline = time.monotonic() + timeout

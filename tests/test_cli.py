@@ -194,22 +194,8 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
-def _free_pair() -> int:
-    """A port p with p + 1 free too: worker i serves HTTP on p + i."""
-    import socket
-
-    while True:
-        port = harness.free_port()
-        with socket.socket() as neighbour:
-            try:
-                neighbour.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-
-
 def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
-    http = _free_pair()
+    http = harness.free_port_pair(1)  # worker i serves HTTP on port + i
     server = harness.Extauth(
         ROOT / "authconfigs",
         tmp_path / "workers.log",

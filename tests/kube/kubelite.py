@@ -8,7 +8,6 @@ extra flags (the watch cache off and fast compaction, for 410 Gone).
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -16,32 +15,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.harness import free_port, free_port_pair
+
 ROOT = Path(__file__).resolve().parents[2]
 KUBE_LITE = ROOT.parent / "shared" / "kube-lite" / "kube-lite"
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p+10 free (etcd's client and peer ports, as start.sh uses)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port + 10 > 65535:
-            continue
-        with socket.socket() as peer:
-            try:
-                peer.bind(("127.0.0.1", port + 10))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def unavailable_reason() -> str | None:
@@ -56,8 +33,8 @@ class KubeLite:
     def __init__(self, state: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.state = state
         self.extra_args = extra_args
-        self.etcd_port = _free_port_pair()
-        self.api_port = _free_port()
+        self.etcd_port = free_port_pair(10)  # client port, and +10 for peers as start.sh
+        self.api_port = free_port()
         self.kubeconfig = state / "kubeconfig"
         self._etcd: subprocess.Popen[bytes] | None = None
         self._api: subprocess.Popen[bytes] | None = None
