@@ -13,7 +13,7 @@ import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import ValidationError
@@ -28,9 +28,12 @@ MAX_EXPANDED_NODES = 1_000_000
 Resource = Secret | AuthConfig
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a resource was read: file, 1-based line of its document, 1-based index."""
+class Origin(NamedTuple):
+    """Where a resource was read: file, 1-based line of its document, 1-based index.
+
+    A named tuple, not a frozen dataclass: one is made per Secret, and at a million
+    Secrets a frozen dataclass's __init__ alone costs a second.
+    """
 
     path: str
     line: int
@@ -73,13 +76,19 @@ class FileResult:
 
 
 def load_file(path: Path) -> FileResult:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return FileResult((), (Problem(str(path), 1, "file is not UTF-8 text"),))
-    except OSError as exc:
-        return FileResult((), (Problem(str(path), 1, f"cannot read file: {exc.strerror}"),))
+    text = read_text(path)
+    if isinstance(text, Problem):
+        return FileResult((), (text,))
     return parse_text(text, str(path))
+
+
+def read_text(path: Path) -> str | Problem:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return Problem(str(path), 1, "file is not UTF-8 text")
+    except OSError as exc:
+        return Problem(str(path), 1, f"cannot read file: {exc.strerror}")
 
 
 def parse_text(text: str, path: str) -> FileResult:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -36,6 +37,8 @@ _HASH_RE = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Control characters but TAB: what Envoy refuses in a header value.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SECRET_ENTRY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 # RFC 9110 token characters: what Envoy accepts as a header name.
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -91,7 +94,7 @@ def header_value_problem(value: str) -> str | None:
     is stripped in transit, so a key or metadata value carrying it could never match
     or would arrive altered.
     """
-    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+    if _CONTROL_RE.search(value):
         return "contains control characters (CR, LF, NUL, ...) not allowed in HTTP headers"
     if value != value.strip(" \t"):
         return "has leading or trailing whitespace, which HTTP strips in transit"
@@ -150,31 +153,8 @@ class Secret(_Model):
 
     @model_validator(mode="after")
     def _check_entries(self) -> Secret:
-        for entry in (*self.data, *self.string_data):
-            if not _SECRET_ENTRY_RE.match(entry):
-                raise ValueError(f"entry name {entry!r} is not a valid Secret key")
-        entries = self.entries()  # raises on undecodable entries
-        for plain, hashed in (
-            (API_KEY_ENTRY, API_KEY_HASH_ENTRY),
-            (NEXT_KEY_ENTRY, NEXT_KEY_HASH_ENTRY),
-        ):
-            if plain in entries and hashed in entries:
-                raise ValueError(f"give '{plain}' or '{hashed}', not both")
-        if API_KEY_ENTRY not in entries and API_KEY_HASH_ENTRY not in entries:
-            raise ValueError(
-                f"an {APIKEY_SECRET_TYPE} Secret needs an '{API_KEY_ENTRY}' "
-                f"(or '{API_KEY_HASH_ENTRY}') entry"
-            )
-        for entry, value in entries.items():
-            if entry in KEY_ENTRIES and not value:
-                raise ValueError(f"entry {entry!r} is empty")
-            if entry in (API_KEY_HASH_ENTRY, NEXT_KEY_HASH_ENTRY) and not _HASH_RE.match(value):
-                raise ValueError(f"entry {entry!r} must be 'sha256:' and 64 hex digits")
-            problem = header_value_problem(value)
-            if problem:
-                raise ValueError(f"entry {entry!r} {problem}")
-        if EXPIRES_AT_ENTRY in entries:
-            parse_expiry(entries[EXPIRES_AT_ENTRY])
+        check_entry_names((*self.data, *self.string_data))
+        check_entries(self.entries())  # entries() raises on undecodable entries
         return self
 
     def entries(self) -> dict[str, str]:
@@ -187,6 +167,40 @@ class Secret(_Model):
                 raise ValueError(f"entry {entry!r} is not UTF-8 text") from None
         merged.update(self.string_data)
         return merged
+
+
+def check_entry_names(names: Iterable[str]) -> None:
+    for entry in names:
+        if not _SECRET_ENTRY_RE.match(entry):
+            raise ValueError(f"entry name {entry!r} is not a valid Secret key")
+
+
+def check_entries(entries: Mapping[str, str]) -> None:
+    """Raise ValueError unless a Secret's decoded entries make a usable key holder.
+
+    Shared by the model and the fast loader (`secretscan`), so both accept the same.
+    """
+    for plain, hashed in (
+        (API_KEY_ENTRY, API_KEY_HASH_ENTRY),
+        (NEXT_KEY_ENTRY, NEXT_KEY_HASH_ENTRY),
+    ):
+        if plain in entries and hashed in entries:
+            raise ValueError(f"give '{plain}' or '{hashed}', not both")
+    if API_KEY_ENTRY not in entries and API_KEY_HASH_ENTRY not in entries:
+        raise ValueError(
+            f"an {APIKEY_SECRET_TYPE} Secret needs an '{API_KEY_ENTRY}' "
+            f"(or '{API_KEY_HASH_ENTRY}') entry"
+        )
+    for entry, value in entries.items():
+        if entry in KEY_ENTRIES and not value:
+            raise ValueError(f"entry {entry!r} is empty")
+        if entry in (API_KEY_HASH_ENTRY, NEXT_KEY_HASH_ENTRY) and not _HASH_RE.match(value):
+            raise ValueError(f"entry {entry!r} must be 'sha256:' and 64 hex digits")
+        problem = header_value_problem(value)
+        if problem:
+            raise ValueError(f"entry {entry!r} {problem}")
+    if EXPIRES_AT_ENTRY in entries:
+        parse_expiry(entries[EXPIRES_AT_ENTRY])
 
 
 def parse_expiry(value: str) -> float:

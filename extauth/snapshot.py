@@ -12,10 +12,11 @@ definitions, and removing one leaves the other.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from extauth.manifests import Loaded, Origin
 from extauth.resources import (
@@ -38,8 +39,28 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class ApiKey:
+_KEY_ENTRIES = frozenset(KEY_ENTRIES)
+_SHARED_LIMIT = 100_000
+_shared: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
+
+
+def shared(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    """A read-only copy of `mapping`, the same object for every equal mapping.
+
+    A million keys typically carry a handful of distinct label sets and metadata (team,
+    org): sharing them saves ~500 bytes per key. Bounded: past the limit the table is
+    dropped and refilled, which costs sharing, never correctness.
+    """
+    items = tuple(mapping.items())
+    found = _shared.get(items)
+    if found is None:
+        if len(_shared) >= _SHARED_LIMIT:
+            _shared.clear()
+        found = _shared[items] = MappingProxyType(dict(items))
+    return found
+
+
+class ApiKey(NamedTuple):
     """One key holder (a Secret): its key digests and what is known about it.
 
     `digests` holds the key and, during a rotation, the next key (`api-key-next`); both
@@ -47,7 +68,9 @@ class ApiKey:
     (`api-key-hash`), so a leaked Secret does not leak a usable key.
 
     Compared by identity: a redefinition is a new object, and policies and caches can
-    tell "the same definition" from "an equal one" in O(1).
+    tell "the same definition" from "an equal one" in O(1). A named tuple rather than a
+    frozen dataclass for the cost of making a million of them (0.4 us each, not 2.4 us);
+    immutable all the same.
     """
 
     namespace: str
@@ -65,34 +88,65 @@ class ApiKey:
 
     @classmethod
     def from_secret(cls, secret: Secret, origin: Origin) -> ApiKey:
-        entries = secret.entries()
-        digests: list[bytes] = []
+        meta = secret.metadata
+        return cls.from_entries(meta.namespace, meta.name, meta.labels, secret.entries(), origin)
+
+    @classmethod
+    def from_entries(
+        cls,
+        namespace: str,
+        name: str,
+        labels: Mapping[str, str],
+        entries: Mapping[str, str],
+        origin: Origin,
+    ) -> ApiKey:
+        """From a Secret's validated, decoded entries (see `resources.check_entries`).
+
+        Called once per Secret read, a million times for a million keys: kept lean.
+        """
+        get = entries.get
         hashed = True
+        digests: tuple[bytes, ...] = ()
         for plain, stored_hash in (
             (API_KEY_ENTRY, API_KEY_HASH_ENTRY),
             (NEXT_KEY_ENTRY, NEXT_KEY_HASH_ENTRY),
         ):
-            if plain in entries:
-                digests.append(digest(entries[plain]))
+            value = get(plain)
+            if value is not None:
+                found = digest(value)
                 hashed = False
-            elif stored_hash in entries:
-                digests.append(bytes.fromhex(entries[stored_hash].removeprefix("sha256:")))
-        expiry = entries.get(EXPIRES_AT_ENTRY)
-        metadata = {k: v for k, v in entries.items() if k not in KEY_ENTRIES}
+            else:
+                value = get(stored_hash)
+                if value is None:
+                    continue
+                found = bytes.fromhex(value.removeprefix("sha256:"))
+            if found not in digests:
+                digests = (*digests, found)
+        expiry = get(EXPIRES_AT_ENTRY)
         return cls(
-            namespace=secret.metadata.namespace,
-            name=secret.metadata.name,
-            labels=MappingProxyType(dict(secret.metadata.labels)),
-            digests=tuple(dict.fromkeys(digests)),
-            metadata=MappingProxyType(metadata),
-            origin=origin,
-            hashed=hashed,
-            expires_at=parse_expiry(expiry) if expiry else None,
+            sys.intern(namespace),
+            name,
+            shared(labels),
+            digests,
+            shared({k: v for k, v in entries.items() if k not in _KEY_ENTRIES}),
+            origin,
+            hashed,
+            parse_expiry(expiry) if expiry else None,
         )
 
     def __repr__(self) -> str:
         # The digest is not secret, but nothing about a key needs to be in a log.
         return f"ApiKey({self.namespace}/{self.name} from {self.origin})"
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+
+# By identity, in C: a tuple's own hash would hash every field (and fail on the mappings).
+ApiKey.__hash__ = object.__hash__  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
