@@ -230,13 +230,20 @@ class PolicyBuilder:
     def __init__(self, default_config: str | None = None, usage_label: str | None = None) -> None:
         self.default_config = default_config
         self.usage_label = usage_label
-        # Definitions per owner in arrival order; the first is in effect.
-        self._secrets: dict[Owner, list[ApiKey]] = {}
+        # AuthConfig definitions per owner in arrival order; the first is in effect.
         self._configs: dict[Owner, list[PlacedAuthConfig]] = {}
-        # Owners whose key in effect has this digest, in claim order; the first holds it.
-        self._claims: dict[bytes, list[Owner]] = {}
+        # Secrets are kept flatter, for a million of them: the definition in effect by
+        # namespace and name (no owner tuple, no list per Secret), and apart, the rare
+        # later definitions of the same Secret from other sources, in arrival order.
+        self._secrets: dict[str, dict[str, ApiKey]] = {}
+        self._shadowed: dict[Owner, list[ApiKey]] = {}
+        # The key holding each digest; the rare later claimants of a held digest wait, in
+        # claim order, and the first of them takes over when the holder goes.
         self._admitted: dict[bytes, ApiKey] = {}
-        self._holders: set[Owner] = set()
+        self._waiting: dict[bytes, list[Owner]] = {}
+        # Secrets in effect, and those of them that hold none of their digests.
+        self._defined = 0
+        self._idle: set[Owner] = set()
         self._expiries: dict[Owner, float] = {}
         self._compiled: dict[str, CompiledConfig] = {}
         self._problems: dict[_ProblemKey, Problem] = {}
@@ -253,13 +260,13 @@ class PolicyBuilder:
 
     def _upsert(self, definition: Definition) -> None:
         if isinstance(definition, ApiKey):
-            self._define(self._secrets, definition, self._secret_effect)
+            self._define_secret(definition)
         else:
             self._define(self._configs, definition, self._config_effect)
 
     def _remove(self, removal: Removal) -> None:
         if removal.kind == "Secret":
-            self._undefine(self._secrets, removal, self._secret_effect)
+            self._undefine_secret(removal)
         else:
             self._undefine(self._configs, removal, self._config_effect)
 
@@ -317,18 +324,74 @@ class PolicyBuilder:
                 "this definition is refused",
             )
 
+    def _secret(self, owner: Owner) -> ApiKey | None:
+        names = self._secrets.get(owner[0])
+        return names.get(owner[1]) if names else None
+
+    def _define_secret(self, key: ApiKey) -> None:
+        names = self._secrets.get(key.namespace)
+        if names is None:
+            names = self._secrets[key.namespace] = {}
+        current = names.get(key.name)
+        if current is None or current.origin.path == key.origin.path:
+            # New, or redefined by the same source: the common cases, kept cheap.
+            names[key.name] = key
+            if current is None:
+                self._defined += 1
+            self._secret_effect(current, key)
+            return
+        owner = key.owner
+        later = self._shadowed.setdefault(owner, [])
+        for i, existing in enumerate(later):
+            if existing.origin.path == key.origin.path:
+                later[i] = key
+                break
+        else:
+            later.append(key)
+        self._report_duplicates(owner, [current, *later])
+
+    def _undefine_secret(self, removal: Removal) -> None:
+        owner = removal.owner
+        names = self._secrets.get(owner[0])
+        current = names.get(owner[1]) if names else None
+        if names is None or current is None:
+            return
+        later = self._shadowed.pop(owner, [])
+        for gone in later:
+            if gone.origin.path == removal.source:
+                self._problems.pop(("duplicate", owner, gone.origin.path), None)
+        kept = [d for d in later if d.origin.path != removal.source]
+        if current.origin.path != removal.source:
+            if kept:
+                self._shadowed[owner] = kept
+            self._report_duplicates(owner, [current, *kept])
+            return
+        after: ApiKey | None = None
+        if kept:
+            after = names[owner[1]] = kept.pop(0)
+            if kept:
+                self._shadowed[owner] = kept
+            self._report_duplicates(owner, [after, *kept])
+        else:
+            del names[owner[1]]
+            if not names:
+                del self._secrets[owner[0]]
+            self._defined -= 1
+        self._secret_effect(current, after)
+
     def _secret_effect(self, before: ApiKey | None, after: ApiKey | None) -> None:
-        if before is not None:
+        if before is not None and before.expires_at is not None:
             self._expiries.pop(before.owner, None)
         if after is not None and after.expires_at is not None:
             self._expiries[after.owner] = after.expires_at
         if before is not None and after is not None and before.digests == after.digests:
             # Same keys, new metadata or labels: keep their places among claimants.
             for key_digest in after.digests:
-                if self._admitted.get(key_digest) is before:
+                holder = self._admitted[key_digest]
+                if holder is before:
                     self._admitted[key_digest] = after
                 else:
-                    self._refuse(after, key_digest, self._claims[key_digest][0])
+                    self._refuse(after, key_digest, holder.owner)
             return
         if before is not None:
             self._release(before)
@@ -336,48 +399,63 @@ class PolicyBuilder:
             self._claim(after)
 
     def _claim(self, key: ApiKey) -> None:
+        holds = False
         for key_digest in key.digests:
-            claimants = self._claims.setdefault(key_digest, [])
-            claimants.append(key.owner)
-            if claimants[0] == key.owner:
+            holder = self._admitted.get(key_digest)
+            if holder is None:
                 self._admitted[key_digest] = key
+                holds = True
             else:
-                self._refuse(key, key_digest, claimants[0])
-        self._count(key.owner)
+                self._waiting.setdefault(key_digest, []).append(key.owner)
+                self._refuse(key, key_digest, holder.owner)
+        if holds:
+            if self._idle:
+                self._idle.discard(key.owner)
+        else:
+            self._idle.add(key.owner)
 
     def _release(self, key: ApiKey) -> None:
+        owner = key.owner
         for key_digest in key.digests:
-            claimants = self._claims.get(key_digest, [])
-            if key.owner not in claimants:
+            holder = self._admitted.get(key_digest)
+            if holder is None:
                 continue
-            held = claimants[0] == key.owner
-            claimants.remove(key.owner)
-            self._problems.pop(("conflict", key.owner, key_digest.hex()), None)
-            if not held:
+            self._problems.pop(("conflict", owner, key_digest.hex()), None)
+            waiting = self._waiting.pop(key_digest, [])
+            if holder.owner != owner:
+                # It was waiting for this digest: it waits no more.
+                if owner in waiting:
+                    waiting.remove(owner)
+                if waiting:
+                    self._waiting[key_digest] = waiting
                 continue
-            if not claimants:
-                del self._claims[key_digest]
+            if not waiting:
                 del self._admitted[key_digest]
                 continue
-            successor = self._secrets[claimants[0]][0]
+            successor = self._secret(waiting.pop(0))
+            assert successor is not None  # a waiting owner is defined
             self._admitted[key_digest] = successor
+            if waiting:
+                self._waiting[key_digest] = waiting
             self._problems.pop(("conflict", successor.owner, key_digest.hex()), None)
             self._count(successor.owner)
-            for waiting in claimants[1:]:
-                self._refuse(self._secrets[waiting][0], key_digest, successor.owner)
-        self._count(key.owner)
+            for later in waiting:
+                waiter = self._secret(later)
+                assert waiter is not None
+                self._refuse(waiter, key_digest, successor.owner)
+        self._count(owner)
 
     def _count(self, owner: Owner) -> None:
-        """Keep the set of owners that hold at least one admitted digest."""
-        definitions = self._secrets.get(owner)
-        key = definitions[0] if definitions else None
-        if key is not None and any(self._admitted.get(d) is key for d in key.digests):
-            self._holders.add(owner)
+        """Keep the set of defined Secrets that hold none of their digests."""
+        key = self._secret(owner)
+        if key is None or any(self._admitted.get(d) is key for d in key.digests):
+            self._idle.discard(owner)
         else:
-            self._holders.discard(owner)
+            self._idle.add(owner)
 
     def _refuse(self, key: ApiKey, key_digest: bytes, holder: Owner) -> None:
-        kept = self._secrets[holder][0]
+        kept = self._secret(holder)
+        assert kept is not None  # a holder is defined
         self._problems[("conflict", key.owner, key_digest.hex())] = _problem(
             key.origin,
             f"Secret {key.namespace}/{key.name} holds the same API key as "
@@ -411,7 +489,7 @@ class PolicyBuilder:
             problems=tuple(self._problems.values()) + tuple(self._config_warnings()),
             loaded=True,
             expiries=tuple(self._expiries.values()),
-            holders=len(self._holders),
+            holders=self._defined - len(self._idle),
         )
         self._published = policy
         return policy
@@ -428,8 +506,7 @@ class PolicyBuilder:
             compiled = self._compiled[placed.config.config_id]
             for rule in compiled.rules:
                 for owner in sorted(rule.refs):
-                    found = self._secrets.get(owner)
-                    key = found[0] if found else None
+                    key = self._secret(owner)
                     if key is None or not any(self._admitted.get(d) is key for d in key.digests):
                         yield _problem(
                             placed.origin,
