@@ -58,10 +58,11 @@ SHARD = 1000  # keys per file: a file is re-read whole, so real deployments shar
 
 
 def secret_doc(i: int, configs: int) -> str:
+    """A Secret in the layout `extauth keys new` writes (stringData, for a readable key)."""
     return (
         "---\napiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
-        f"metadata: {{name: key-{i}, namespace: bench, labels: {{group: g{i % configs}}}}}\n"
-        f"stringData: {{api-key: {key_of(i)}, x-org: team-{i % 50}}}\n"
+        f"metadata:\n  name: key-{i}\n  namespace: bench\n  labels:\n    group: g{i % configs}\n"
+        f"stringData:\n  api-key: {key_of(i)}\n  x-org: team-{i % 50}\n"
     )
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauth import decide, responses
+from extauth import decide, memory, responses
 from extauth.httpd import StatusServer
 from extauth.metrics import DecisionLog, Metrics
 from extauth.policy import Policy, PolicyHolder
@@ -188,7 +188,10 @@ class Server:
         return self.ready.is_set() and not self._stopping
 
     def _update(self, changes: list[Change]) -> None:
-        self.metrics.policy_loaded(self.holder.update(changes))
+        with memory.collector_paused():
+            self.metrics.policy_loaded(self.holder.update(changes))
+        if sum(len(c.upserted) for c in changes) >= memory.SETTLE_AFTER:
+            memory.settle()
 
     async def run(self, stop: asyncio.Event) -> None:
         self.metrics.track_tasks(asyncio.get_running_loop())

@@ -10,7 +10,8 @@ the last good state keeps serving until the directory is back.
 Files are re-read only when their (inode, size, mtime) changes, so a rescan after an
 event costs a directory walk and a few stat calls, and what is published is the
 difference: the definitions of the changed files only (see policy.py for why that matters
-at a million keys).
+at a million keys). Files of Secrets in the layout `extauth keys new` writes are read by
+`secretscan`'s fast path; anything else by the general loader.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import watchfiles
 
-from extauth import manifests
+from extauth import manifests, memory, secretscan
 from extauth.snapshot import Change, Definition, Removal, definitions, removal_of
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ class FileSource:
 
     def scan(self) -> Change:
         """What changed on disk since the last scan (everything, the first time)."""
+        with memory.collector_paused():
+            return self._scan()
+
+    def _scan(self) -> Change:
         if not self.root.exists():
             raise ConfigDirError(f"{self.root} does not exist")
         upserted: list[Definition] = []
@@ -99,7 +104,16 @@ class FileSource:
         self, path: Path, signature: _Signature, had_good: bool
     ) -> tuple[Definition, ...] | None:
         """The file's definitions, or None when it is rejected."""
-        result = manifests.load_file(path)
+        text = manifests.read_text(path)
+        if isinstance(text, str):
+            keys = secretscan.scan(text, str(path))
+            if keys is not None:
+                self._rejected.pop(path, None)
+                log.info("config: loaded %s (%d Secret(s))", path, len(keys))
+                return keys
+            result = manifests.parse_text(text, str(path))
+        else:
+            result = manifests.FileResult((), (text,))
         for note in result.ignored:
             log.info("config: %s: %s", path, note)
         for problem in result.problems:

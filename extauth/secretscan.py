@@ -1,0 +1,193 @@
+"""A fast path for files of API-key Secrets in the layout `extauth keys new` writes.
+
+The general loader (`manifests.py`) composes a YAML node tree, checks it, constructs it
+and validates it with pydantic: about 250 us per Secret, so a million keys would take
+minutes. Key files are machine-written and all look alike, so this module recognises
+that one layout with a few regular expressions and builds the `ApiKey`s directly (about
+10 us per Secret):
+
+    ---
+    apiVersion: v1
+    kind: Secret
+    type: extauth.solo.io/apikey
+    metadata:
+      name: team-a
+      namespace: default          # optional
+      labels:                     # optional
+        team: a
+    data:                         # or stringData
+      api-key: dGVhbS1hLWtleQ==
+      x-org: ZGV2ZWxvcGVycw==
+
+It only ever accepts: for a file it is not sure about (another layout, a flow mapping,
+a trailing comment, a value YAML would not read as a plain string, anything invalid)
+it answers None and the caller uses the general loader, which also produces the error
+messages. What it accepts, it must read exactly as the general loader would:
+`tests/test_secretscan.py` checks that on generated files, valid and broken.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import re
+from collections.abc import Mapping
+
+from yaml.resolver import Resolver
+
+from extauth.manifests import Origin
+from extauth.resources import check_entries, check_entry_names, check_name, check_namespace
+from extauth.snapshot import ApiKey, shared
+
+# A plain scalar this fast path reads itself: no spaces, no YAML indicator first, no ':'
+# last; whether YAML would resolve it to a non-string (`yes`, `12`, `1e3`, a date) is
+# checked against PyYAML's own resolvers below.
+_PLAIN = r"[A-Za-z0-9._/+=][A-Za-z0-9._/+=@:-]*(?<!:)|-[A-Za-z0-9._/+=@:-]*[A-Za-z0-9._/+=@-]"
+_DOUBLE = r'"([ !#-\[\]-~]*)"'  # printable ASCII without '"' and '\': no escapes to decode
+_SINGLE = r"'([ -&(-~]*)'"  # printable ASCII without "'": no '' to decode
+_VALUE = rf"(?:({_PLAIN})|{_DOUBLE}|{_SINGLE})"
+_KEY = r"([A-Za-z0-9_./-]+)"
+
+# Blank lines and whole-line comments.
+_GAP = re.compile(r"(?:(?:#[^\n]*)?\n)*")
+# One Secret with what precedes it: a gap, its `---` (which only the first may lack), a gap.
+_DOCUMENT = re.compile(
+    r"((?:(?:#[^\n]*)?\n)*(---\n)?(?:(?:#[^\n]*)?\n)*)"
+    r"apiVersion: v1\n"
+    r"kind: Secret\n"
+    r"type: extauth\.solo\.io/apikey\n"
+    r"metadata:\n"
+    r"  name: ([a-z0-9.-]+)\n"
+    r"(?:  namespace: ([a-z0-9-]+)\n)?"
+    r"(?:  labels:\n((?:    [^\n]*\n)+))?"
+    r"(data|stringData):\n"
+    r"((?:  [^\n]*\n)+)"
+)
+_LABELS = re.compile(rf"(?:    {_KEY}: {_VALUE}\n)+")
+_LABEL = re.compile(rf"    {_KEY}: {_VALUE}\n")
+_ENTRIES = re.compile(rf"(?:  {_KEY}: {_VALUE}\n)+")
+_ENTRY = re.compile(rf"  {_KEY}: {_VALUE}\n")
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_RESOLVERS = {
+    first: [pattern for tag, pattern in resolvers if tag != _STR_TAG]
+    for first, resolvers in Resolver.yaml_implicit_resolvers.items()
+    if first is not None
+}
+
+
+_RESOLVED_FIRST = frozenset(_RESOLVERS)
+
+
+class _NotCanonical(Exception):
+    """This file is for the general loader."""
+
+
+def scan(text: str, path: str) -> tuple[ApiKey, ...] | None:
+    """The file's keys, or None when the general loader must read it."""
+    if not text.endswith("\n"):
+        text += "\n"
+    try:
+        return tuple(_documents(text, path))
+    except _NotCanonical:
+        return None
+
+
+def _documents(text: str, path: str) -> list[ApiKey]:
+    found: list[ApiKey] = []
+    position = 0
+    line = 1  # of `position`
+    match = _DOCUMENT.match(text)
+    while match is not None:
+        prefix, marker = match.group(1, 2)
+        if marker is None and found:
+            raise _NotCanonical  # a second document needs its `---`
+        start = line + (1 if prefix == "---\n" else prefix.count("\n"))
+        # Documents are numbered as YAML does: one per `---`, or the implicit first.
+        document = len(found) + 1
+        found.append(_key(match, Origin(path, start, document)))
+        line += text.count("\n", position, match.end())
+        position = match.end()
+        match = _DOCUMENT.match(text, position)
+    if not found or _GAP.match(text, position).end() != len(text):  # type: ignore[union-attr]
+        # Something else follows (another kind, an empty document, `...`): the general
+        # loader knows what it means.
+        raise _NotCanonical
+    return found
+
+
+def _key(match: re.Match[str], origin: Origin) -> ApiKey:
+    name, namespace, labels_block, kind, entries_block = match.group(3, 4, 5, 6, 7)
+    namespace = namespace or "default"
+    labels = _labels(labels_block) if labels_block else _NO_LABELS
+    written = _mapping(_ENTRIES, _ENTRY, entries_block)
+    if kind == "data":
+        entries = {entry: _decode(value) for entry, value in written.items()}
+    else:
+        entries = written
+    if _resolves(name) or not _namespace_ok(namespace) or not all(map(_entry_ok, written)):
+        raise _NotCanonical
+    try:
+        check_name(name)
+        check_entries(entries)
+    except ValueError:
+        raise _NotCanonical from None
+    return ApiKey.from_entries(namespace, name, labels, entries, origin)
+
+
+# Label sets, namespaces and entry names repeat across a file's Secrets: each distinct
+# one is parsed and checked once.
+_NO_LABELS = shared({})
+
+
+@functools.lru_cache(maxsize=4096)
+def _labels(block: str) -> Mapping[str, str]:
+    return shared(_mapping(_LABELS, _LABEL, block))
+
+
+@functools.lru_cache(maxsize=1024)
+def _namespace_ok(namespace: str) -> bool:
+    try:
+        check_namespace(namespace)
+    except ValueError:
+        return False
+    return not _resolves(namespace)
+
+
+@functools.lru_cache(maxsize=1024)
+def _entry_ok(entry: str) -> bool:
+    try:
+        check_entry_names((entry,))
+    except ValueError:
+        return False
+    return not _resolves(entry)
+
+
+def _mapping(block: re.Pattern[str], line: re.Pattern[str], text: str) -> dict[str, str]:
+    if block.fullmatch(text) is None:
+        raise _NotCanonical
+    mapping: dict[str, str] = {}
+    for key, plain, double, single in line.findall(text):
+        if key in mapping or (key[0] in _RESOLVED_FIRST and _resolves(key)):
+            raise _NotCanonical  # a duplicate, or a key YAML reads as a bool or number
+        if plain:
+            if plain[0] in _RESOLVED_FIRST and _resolves(plain):
+                raise _NotCanonical
+            mapping[key] = plain
+        else:
+            mapping[key] = double or single
+    return mapping
+
+
+def _resolves(plain: str) -> bool:
+    """Whether YAML reads this plain scalar as something other than a string."""
+    patterns = _RESOLVERS.get(plain[0])
+    return patterns is not None and any(p.match(plain) for p in patterns)
+
+
+def _decode(value: str) -> str:
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        raise _NotCanonical from None
