@@ -333,7 +333,7 @@ class PolicyBuilder:
         if names is None:
             names = self._secrets[key.namespace] = {}
         current = names.get(key.name)
-        if current is None or current.origin.path == key.origin.path:
+        if current is None or current.path == key.path:
             # New, or redefined by the same source: the common cases, kept cheap.
             names[key.name] = key
             if current is None:
@@ -343,7 +343,7 @@ class PolicyBuilder:
         owner = key.owner
         later = self._shadowed.setdefault(owner, [])
         for i, existing in enumerate(later):
-            if existing.origin.path == key.origin.path:
+            if existing.path == key.path:
                 later[i] = key
                 break
         else:
@@ -358,10 +358,10 @@ class PolicyBuilder:
             return
         later = self._shadowed.pop(owner, [])
         for gone in later:
-            if gone.origin.path == removal.source:
-                self._problems.pop(("duplicate", owner, gone.origin.path), None)
-        kept = [d for d in later if d.origin.path != removal.source]
-        if current.origin.path != removal.source:
+            if gone.path == removal.source:
+                self._problems.pop(("duplicate", owner, gone.path), None)
+        kept = [d for d in later if d.path != removal.source]
+        if current.path != removal.source:
             if kept:
                 self._shadowed[owner] = kept
             self._report_duplicates(owner, [current, *kept])

@@ -76,15 +76,31 @@ class ApiKey(NamedTuple):
     namespace: str
     name: str
     labels: Mapping[str, str]
-    digests: tuple[bytes, ...]
+    digest: bytes
+    # During a rotation (`api-key-next`); None otherwise. Two fields rather than a tuple
+    # of digests, and the origin's parts rather than an Origin: at a million keys, every
+    # object per key is tens of megabytes.
+    next_digest: bytes | None
     metadata: Mapping[str, str]
-    origin: Origin
+    path: str
+    line: int
+    document: int
     hashed: bool = False
     expires_at: float | None = None
 
     @property
     def owner(self) -> Owner:
         return (self.namespace, self.name)
+
+    @property
+    def digests(self) -> tuple[bytes, ...]:
+        if self.next_digest is None:
+            return (self.digest,)
+        return (self.digest, self.next_digest)
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.path, self.line, self.document)
 
     @classmethod
     def from_secret(cls, secret: Secret, origin: Origin) -> ApiKey:
@@ -106,7 +122,7 @@ class ApiKey(NamedTuple):
         """
         get = entries.get
         hashed = True
-        digests: tuple[bytes, ...] = ()
+        digests: list[bytes] = []
         for plain, stored_hash in (
             (API_KEY_ENTRY, API_KEY_HASH_ENTRY),
             (NEXT_KEY_ENTRY, NEXT_KEY_HASH_ENTRY),
@@ -121,15 +137,19 @@ class ApiKey(NamedTuple):
                     continue
                 found = bytes.fromhex(value.removeprefix("sha256:"))
             if found not in digests:
-                digests = (*digests, found)
+                digests.append(found)
         expiry = get(EXPIRES_AT_ENTRY)
+        path, line, document = origin
         return cls(
             sys.intern(namespace),
             name,
             shared(labels),
-            digests,
+            digests[0],
+            digests[1] if len(digests) > 1 else None,
             shared({k: v for k, v in entries.items() if k not in _KEY_ENTRIES}),
-            origin,
+            path,
+            line,
+            document,
             hashed,
             parse_expiry(expiry) if expiry else None,
         )
