@@ -8,9 +8,9 @@
    filter with the same 10,000 keys, Envoy + ext_authz -> no-op, Envoy + ext_authz ->
    extauth; routes answered by Envoy itself. What each ext_authz variant adds over
    native at p50 and p99, and extauth's addition over the no-op's; target <= 1.15.
-3. Keys: load time and RSS of extauth with --keys (default 100,000; 1,000,000 with
-   `--keys 1000000`), Check throughput there against 10 keys, and how long revoking one
-   key takes to show in Check.
+3. Keys: load time and RSS of extauth with --keys (default 1,000,000, in Secrets of
+   the `extauth keys new` layout, 1,000 per file), Check throughput there against 10
+   keys, and how long revoking one key takes to show in Check.
 4. Workers: Check throughput with `--workers 2` against one process.
 
 Everything runs on loopback; tools come from Debian (installed with apt if missing).
@@ -276,7 +276,7 @@ def envoy_config(mode: str, work: Path, extauth_port: int, keys: int) -> tuple[d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, default=100_000, help="keys for the scale section")
+    parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the scale section")
     parser.add_argument("--requests", type=int, default=60_000, help="h2load requests per run")
     parser.add_argument("--seconds", type=int, default=15, help="hey duration per Envoy variant")
     parser.add_argument("--rate", type=int, default=1000, help="hey request rate")

@@ -198,6 +198,7 @@ class Server:
         if self.settings.http_address:
             # Up before the first sync: liveness answers and readiness says "not yet".
             await self.status.start(self.settings.http_address)
+        started = time.monotonic()
         streams = [aiter(source.changes()) for source in self.sources]
         # Every source's complete initial state, then serve; a stop signal before that
         # (an unreachable API server, say) ends the wait instead of being ignored.
@@ -216,6 +217,7 @@ class Server:
             return
         stopped.cancel()
         self._update(list(initial.result()))
+        log.info("initial state read and compiled in %.1f s", time.monotonic() - started)
 
         # grpc turns SO_REUSEPORT on by default: a second extauth on the same port would
         # silently share traffic (with a different config, perhaps). Refuse instead,
