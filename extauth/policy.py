@@ -333,11 +333,22 @@ class PolicyBuilder:
         if names is None:
             names = self._secrets[key.namespace] = {}
         current = names.get(key.name)
-        if current is None or current.path == key.path:
-            # New, or redefined by the same source: the common cases, kept cheap.
+        if current is None:
+            # A new Secret with an unclaimed key: the initial load's million times, so
+            # done here in a few dictionary operations.
             names[key.name] = key
-            if current is None:
-                self._defined += 1
+            self._defined += 1
+            if (
+                key.next_digest is None
+                and key.expires_at is None
+                and key.digest not in self._admitted
+            ):
+                self._admitted[key.digest] = key  # it holds its key: not idle
+            else:
+                self._secret_effect(None, key)
+            return
+        if current.path == key.path:
+            names[key.name] = key
             self._secret_effect(current, key)
             return
         owner = key.owner

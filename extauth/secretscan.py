@@ -32,13 +32,23 @@ import base64
 import binascii
 import functools
 import re
+import sys
 from collections.abc import Mapping
 
 from yaml.resolver import Resolver
 
 from extauth.manifests import Origin
-from extauth.resources import check_entries, check_entry_names, check_name, check_namespace
-from extauth.snapshot import ApiKey, shared
+from extauth.resources import (
+    API_KEY_ENTRY,
+    EXPIRES_AT_ENTRY,
+    KEY_ENTRIES,
+    check_entries,
+    check_entry_names,
+    check_name,
+    check_namespace,
+    header_value_problem,
+)
+from extauth.snapshot import ApiKey, digest, shared
 
 # A plain scalar this fast path reads itself: no spaces, no YAML indicator first, no ':'
 # last; whether YAML would resolve it to a non-string (`yes`, `12`, `1e3`, a date) is
@@ -64,6 +74,9 @@ _DOCUMENT = re.compile(
     r"(data|stringData):\n"
     r"((?:  [^\n]*\n)+)"
 )
+_FIRST_ENTRY = re.compile(rf"  (api-key|api-key-hash): {_VALUE}\n")
+_HASH = re.compile(r"sha256:[0-9a-fA-F]{64}\Z")
+_SPECIAL_ENTRIES = frozenset((*KEY_ENTRIES, EXPIRES_AT_ENTRY))
 _LABELS = re.compile(rf"(?:    {_KEY}: {_VALUE}\n)+")
 _LABEL = re.compile(rf"    {_KEY}: {_VALUE}\n")
 _ENTRIES = re.compile(rf"(?:  {_KEY}: {_VALUE}\n)+")
@@ -106,7 +119,7 @@ def _documents(text: str, path: str) -> list[ApiKey]:
         start = line + (1 if prefix == "---\n" else prefix.count("\n"))
         # Documents are numbered as YAML does: one per `---`, or the implicit first.
         document = len(found) + 1
-        found.append(_key(match, Origin(path, start, document)))
+        found.append(_key(match, path, start, document))
         line += text.count("\n", position, match.end())
         position = match.end()
         match = _DOCUMENT.match(text, position)
@@ -117,23 +130,97 @@ def _documents(text: str, path: str) -> list[ApiKey]:
     return found
 
 
-def _key(match: re.Match[str], origin: Origin) -> ApiKey:
+def _key(match: re.Match[str], path: str, line: int, document: int) -> ApiKey:
     name, namespace, labels_block, kind, entries_block = match.group(3, 4, 5, 6, 7)
     namespace = namespace or "default"
     labels = _labels(labels_block) if labels_block else _NO_LABELS
+    if _resolves(name) or not _namespace_ok(namespace):
+        raise _NotCanonical  # e.g. `name: 9`, an int to YAML
+    try:
+        check_name(name)
+    except ValueError:
+        raise _NotCanonical from None
+    common = _common_entries(kind, entries_block, namespace, name, labels, path, line, document)
+    if common is not None:
+        return common
     written = _mapping(_ENTRIES, _ENTRY, entries_block)
     if kind == "data":
         entries = {entry: _decode(value) for entry, value in written.items()}
     else:
         entries = written
-    if _resolves(name) or not _namespace_ok(namespace) or not all(map(_entry_ok, written)):
+    if not all(map(_entry_ok, written)):
         raise _NotCanonical
     try:
-        check_name(name)
         check_entries(entries)
     except ValueError:
         raise _NotCanonical from None
-    return ApiKey.from_entries(namespace, name, labels, entries, origin)
+    return ApiKey.from_entries(namespace, name, labels, entries, Origin(path, line, document))
+
+
+def _common_entries(
+    kind: str,
+    block: str,
+    namespace: str,
+    name: str,
+    labels: Mapping[str, str],
+    path: str,
+    line: int,
+    document: int,
+) -> ApiKey | None:
+    """The common case, cheaper: the key (`api-key` or `api-key-hash`) first, then
+    metadata entries that repeat across Secrets (checked once per distinct block). None
+    for anything else (a rotation, an expiry), which takes the general entries path.
+
+    Accepts exactly what `check_entries` accepts for such entries: a non-empty key that
+    can travel in a header, a well-formed hash, metadata that can travel in a header.
+    """
+    first = _FIRST_ENTRY.match(block)
+    if first is None:
+        return None
+    metadata = _metadata(kind, block[first.end() :])
+    if metadata is None:
+        return None
+    entry, plain, double, single = first.groups()
+    if plain and plain[0] in _RESOLVED_FIRST and _resolves(plain):
+        raise _NotCanonical
+    value = plain or double or single
+    if kind == "data":
+        value = _decode(value)
+    if not value or header_value_problem(value):
+        raise _NotCanonical
+    if entry == API_KEY_ENTRY:
+        key_digest, hashed = digest(value), False
+    elif _HASH.match(value):
+        key_digest, hashed = bytes.fromhex(value[7:]), True
+    else:
+        raise _NotCanonical
+    return ApiKey(
+        sys.intern(namespace),
+        name,
+        labels,
+        key_digest,
+        None,
+        metadata,
+        path,
+        line,
+        document,
+        hashed,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _metadata(kind: str, block: str) -> Mapping[str, str] | None:
+    """Shared, checked metadata from the entries after the key; None when they hold key
+    material or an expiry (the general entries path handles those)."""
+    written = _mapping(_ENTRIES, _ENTRY, block) if block else {}
+    if any(entry in _SPECIAL_ENTRIES for entry in written):
+        return None
+    if not all(map(_entry_ok, written)):
+        raise _NotCanonical
+    decoded = {k: _decode(v) for k, v in written.items()} if kind == "data" else written
+    if any(header_value_problem(value) for value in decoded.values()):
+        raise _NotCanonical
+    return shared(decoded)
 
 
 # Label sets, namespaces and entry names repeat across a file's Secrets: each distinct
