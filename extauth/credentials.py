@@ -19,7 +19,7 @@ _BEARER_LEN = len(_BEARER)
 def extract(sources: tuple[KeySource, ...], headers: Mapping[str, str], path: str) -> str | None:
     for source in sources:
         if source.kind == "header":
-            value = _from_header(headers.get(source.name))
+            value = from_header(headers.get(source.name))
         elif source.kind == "query":
             value = query_param(path, source.name)
         else:
@@ -29,7 +29,7 @@ def extract(sources: tuple[KeySource, ...], headers: Mapping[str, str], path: st
     return None
 
 
-def _from_header(raw: str | None) -> str | None:
+def from_header(raw: str | None) -> str | None:
     if raw is None:
         return None
     value = raw.strip()

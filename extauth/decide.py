@@ -69,6 +69,16 @@ def decide(
     config = policy.configs.get(config_id)
     if config is None:
         return Deny(Reason.UNKNOWN_CONFIG, config_id)
+    if config.memo_header is not None:
+        # The shortcut for the common case: one header, a key seen before, its Allow
+        # memoized by `_check_keys` below. Anything else goes the whole way.
+        key = credentials.from_header(headers.get(config.memo_header))
+        if key is not None:
+            found = policy.keys.get(digest(key))
+            if found is not None and not _expired(found, now):
+                cached = config.memo.get(found)
+                if cached is not None:
+                    return cached  # type: ignore[return-value]  # only Allows are memoized
     return _check_keys(policy, config, headers, path, now)
 
 

@@ -88,13 +88,14 @@ class Metrics:
         )
 
     def record(self, decision: Decision, seconds: float) -> None:
+        # Allows are counted once, by (config, usage label); their per-config totals are
+        # summed at scrape time. Denies by (config, reason).
         if isinstance(decision, Allow):
-            label = (decision.config_id, "allow")
             usage = (decision.config_id, decision.usage)
             self.usage_counts[usage] = self.usage_counts.get(usage, 0) + 1
         else:
             label = (decision.config_id or "", decision.reason.value)
-        self.decision_counts[label] = self.decision_counts.get(label, 0) + 1
+            self.decision_counts[label] = self.decision_counts.get(label, 0) + 1
         self.latency_counts[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
@@ -130,6 +131,12 @@ class _Collector:
             "Check decisions by AuthConfig and result (allow, or the deny reason).",
             labels=["config", "result"],
         )
+        allowed: dict[str, int] = {}
+        usage_counts = list(self._m.usage_counts.items())
+        for (config, _), count in usage_counts:
+            allowed[config] = allowed.get(config, 0) + count
+        for config, count in allowed.items():
+            decisions.add_metric([config, "allow"], count)
         for (config, result), count in list(self._m.decision_counts.items()):
             decisions.add_metric([config, result], count)
         yield decisions
@@ -138,7 +145,7 @@ class _Collector:
             "Allowed requests by AuthConfig and the --usage-label metadata of the key.",
             labels=["config", "team"],
         )
-        for (config, team), count in list(self._m.usage_counts.items()):
+        for (config, team), count in usage_counts:
             if team:
                 usage.add_metric([config, team], count)
         yield usage

@@ -139,12 +139,19 @@ class CompiledConfig:
     # state. Keys are ApiKey objects (compared by identity), so a redefined key never
     # hits an old entry; the memo dies with this compiled config.
     memo: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
+    # One rule, no booleanExpr, no cookie to rewrite: the answer depends only on the key,
+    # so it can be memoized per key.
+    simple: bool = field(init=False, compare=False)
+    # For a simple config whose one key source is a header: that header, which is all a
+    # request needs for a memo hit (decide.py's shortcut). None otherwise.
+    memo_header: str | None = field(init=False, compare=False)
 
-    @property
-    def simple(self) -> bool:
-        """One rule, no booleanExpr, no cookie to rewrite: the answer depends only on the
-        key, so it can be memoized per key."""
-        return len(self.rules) == 1 and self.expr is None and not self.rules[0].strip_cookies
+    def __post_init__(self) -> None:
+        simple = len(self.rules) == 1 and self.expr is None and not self.rules[0].strip_cookies
+        sources = self.rules[0].sources if simple else ()
+        header = sources[0].name if len(sources) == 1 and sources[0].kind == "header" else None
+        object.__setattr__(self, "simple", simple)
+        object.__setattr__(self, "memo_header", header)
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,23 @@ _DENIALS: dict[Reason, tuple[pb.StatusCode, int, str]] = {
 }
 
 
+# Allows are memoized per key (decide.py), so the same object comes back request after
+# request: its bytes are found by its identity, without hashing its fields each time.
+# Each entry holds the Allow itself, so its id cannot be reused while the entry lives.
+_BY_IDENTITY_LIMIT = 65_536
+_by_identity: dict[int, tuple[Allow, bytes]] = {}
+
+
 def encode(decision: Decision) -> bytes:
     if isinstance(decision, Allow):
-        return _allow(decision)
+        known = _by_identity.get(id(decision))
+        if known is not None and known[0] is decision:
+            return known[1]
+        encoded = _allow(decision)
+        if len(_by_identity) >= _BY_IDENTITY_LIMIT:
+            _by_identity.clear()
+        _by_identity[id(decision)] = (decision, encoded)
+        return encoded
     return deny_bytes(decision.reason, decision.config_id, decision.hint)
 
 

@@ -81,8 +81,9 @@ def sources_for(settings: Settings) -> list[Source]:
 def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:
     """Envoy sends `headers` (a map) unless the filter sets `encode_raw_headers`, in which
     case it sends `header_map` with possibly non-UTF-8 raw values."""
-    if http.headers or not http.header_map.headers:
-        return http.headers
+    headers = http.headers
+    if headers or not http.header_map.headers:
+        return headers
     merged: dict[str, str] = {}
     for item in http.header_map.headers:
         value = item.value or item.raw_value.decode("utf-8", errors="replace")
