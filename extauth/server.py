@@ -152,10 +152,6 @@ class AuthorizationService:
             log.warning("check: AuthConfig %r is not loaded; denying", decision.config_id)
 
 
-def _identity(response: bytes) -> bytes:
-    return response
-
-
 def authorization_handler(service: AuthorizationService) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         AUTHORIZATION_SERVICE,
@@ -163,7 +159,8 @@ def authorization_handler(service: AuthorizationService) -> grpc.GenericRpcHandl
             CHECK_METHOD: grpc.unary_unary_rpc_method_handler(
                 service.check,
                 request_deserializer=pb.CheckRequest.FromString,
-                response_serializer=_identity,
+                # None: the handler returns finished bytes, which grpc sends as they are.
+                response_serializer=None,
             )
         },
     )
