@@ -59,11 +59,13 @@ _SINGLE = r"'([ -&(-~]*)'"  # printable ASCII without "'": no '' to decode
 _VALUE = rf"(?:({_PLAIN})|{_DOUBLE}|{_SINGLE})"
 _KEY = r"([A-Za-z0-9_./-]+)"
 
-# Blank lines and whole-line comments.
-_GAP = re.compile(r"(?:(?:#[^\n]*)?\n)*")
+# Blank lines and whole-line comments. YAML also ends a line at NEL, LS and PS (and CR,
+# which reading the file already turned into LF): a comment must not hide one.
+_COMMENT = r"#[^\n\r\x85\u2028\u2029]*"
+_GAP = re.compile(rf"(?:(?:{_COMMENT})?\n)*")
 # One Secret with what precedes it: a gap, its `---` (which only the first may lack), a gap.
 _DOCUMENT = re.compile(
-    r"((?:(?:#[^\n]*)?\n)*(---\n)?(?:(?:#[^\n]*)?\n)*)"
+    rf"((?:(?:{_COMMENT})?\n)*(---\n)?(?:(?:{_COMMENT})?\n)*)"
     r"apiVersion: v1\n"
     r"kind: Secret\n"
     r"type: extauth\.solo\.io/apikey\n"
