@@ -95,6 +95,9 @@ _RESOLVERS = {
 _RESOLVED_FIRST = frozenset(_RESOLVERS)
 
 
+_new_tuple = tuple.__new__
+
+
 class _NotCanonical(Exception):
     """This file is for the general loader."""
 
@@ -188,7 +191,9 @@ def _common_entries(
     value = plain or double or single
     if kind == "data":
         value = _decode(value)
-    if not value or header_value_problem(value):
+    # A plain stringData value is made of _PLAIN's characters: no control character, no
+    # whitespace, so it can travel in a header as it is; anything else is checked.
+    if not value or ((not plain or kind == "data") and header_value_problem(value)):
         raise _NotCanonical
     if entry == API_KEY_ENTRY:
         key_digest, hashed = digest(value), False
@@ -196,17 +201,23 @@ def _common_entries(
         key_digest, hashed = bytes.fromhex(value[7:]), True
     else:
         raise _NotCanonical
-    return ApiKey(
-        sys.intern(namespace),
-        name,
-        labels,
-        key_digest,
-        None,
-        metadata,
-        path,
-        line,
-        document,
-        hashed,
+    # tuple.__new__ directly: the named tuple's own __new__ is a Python function, and
+    # this runs once per key.
+    return _new_tuple(
+        ApiKey,
+        (
+            sys.intern(namespace),
+            name,
+            labels,
+            key_digest,
+            None,
+            metadata,
+            path,
+            line,
+            document,
+            hashed,
+            None,
+        ),
     )
 
 
