@@ -11,6 +11,10 @@ event loop answers no Check, and loading a million Secrets triggers dozens of pa
 - `settle()` after a large state is published: collect what is garbage now, then move
   every surviving object out of the collector's sight (`gc.freeze`). Later passes walk
   only what was made since; frozen objects still die by reference counting.
+
+The price of freezing: a cycle that forms later among objects frozen now is never
+collected. Keys, policies and mappings form none; what else is alive at that moment (the
+server's own long-lived objects) is bounded and made once.
 """
 
 from __future__ import annotations

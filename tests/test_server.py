@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2
 
-from extauth import decide
+from extauth import decide, memory
 from extauth.server import AuthorizationService, Server, Settings
 from extauth.wire import ext_authz_pb2 as pb
 from tests.builders import authconfig, secret
@@ -169,3 +170,21 @@ def test_shutdown_drains_in_flight_checks(
             await asyncio.wait_for(task, 10)
 
     asyncio.run(main())
+
+
+def test_a_large_initial_state_is_frozen_out_of_the_collectors_sight(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "SETTLE_AFTER", 2)  # the fixture's Secret and AuthConfig
+    gc.unfreeze()
+
+    async def scenario(server: Server, stub: external_auth_pb2_grpc.AuthorizationStub) -> None:
+        assert gc.get_freeze_count() > 0
+        assert gc.isenabled()  # the pauses around loading and applying have ended
+        reply = await stub.Check(check_request({"x-key": "key-a"}))
+        assert reply.status.code == 0  # frozen keys still decide
+
+    try:
+        run_with_server(config_dir, scenario)
+    finally:
+        gc.unfreeze()
