@@ -51,7 +51,11 @@ def shared(mapping: Mapping[str, str]) -> Mapping[str, str]:
     org): sharing them saves ~500 bytes per key. Bounded: past the limit the table is
     dropped and refilled, which costs sharing, never correctness.
     """
-    items = tuple(mapping.items())
+    return shared_items(tuple(mapping.items()))
+
+
+def shared_items(items: tuple[tuple[str, str], ...]) -> Mapping[str, str]:
+    """`shared` for a mapping given as its items."""
     found = _shared.get(items)
     if found is None:
         if len(_shared) >= _SHARED_LIMIT:

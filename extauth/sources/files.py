@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import watchfiles
 
 from extauth import manifests, memory, secretscan
 from extauth.snapshot import Change, Definition, Removal, definitions, removal_of
+from extauth.sources import bulk
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class FileSource:
             removed.extend(removal_of(d) for d in self._accepted.pop(gone).definitions)
         for gone in set(self._rejected) - set(present):
             del self._rejected[gone]
+        changed: list[tuple[Path, _Signature]] = []
         for path in present:
             try:
                 stat = path.stat()
@@ -88,9 +90,15 @@ class FileSource:
                 continue
             if self._rejected.get(path) == signature:
                 continue
-            definitions = self._read(path, signature, accepted is not None)
+            changed.append((path, signature))
+        read = self._read_all(changed)
+        # Applied in directory order whoever read them: which of two Secrets claiming the
+        # same key came first must not depend on it.
+        for path, signature in changed:
+            definitions = read[path]
             if definitions is None:
                 continue
+            accepted = self._accepted.get(path)
             self._accepted[path] = _Accepted(signature, definitions)
             upserted.extend(definitions)
             if accepted is not None:
@@ -99,6 +107,47 @@ class FileSource:
                     removal_of(d) for d in accepted.definitions if (type(d), d.owner) not in kept
                 )
         return Change(tuple(upserted), tuple(removed))
+
+    def _read_all(
+        self, changed: list[tuple[Path, _Signature]]
+    ) -> dict[Path, tuple[Definition, ...] | None]:
+        """Each changed file's definitions (None: rejected); many files on two cores."""
+        read: dict[Path, tuple[Definition, ...] | None] = {}
+        reader = None
+        theirs: dict[str, tuple[Path, _Signature]] = {}
+        if bulk.worth_it(len(changed)):
+            half = changed[len(changed) // 2 :]
+            theirs = {str(path): (path, signature) for path, signature in half}
+            reader = bulk.start(list(theirs))
+        mine = changed[: len(changed) // 2] if reader else changed
+        try:
+            for path, signature in mine:
+                read[path] = self._read(path, signature, path in self._accepted)
+                if reader is not None:
+                    self._take(reader.results(wait=False), theirs, read)
+            if reader is not None:
+                self._take(reader.results(wait=True), theirs, read)
+        finally:
+            if reader is not None:
+                reader.close()
+        return read
+
+    def _take(
+        self,
+        results: Iterator[tuple[str, list[bulk.Row] | None]],
+        theirs: dict[str, tuple[Path, _Signature]],
+        read: dict[Path, tuple[Definition, ...] | None],
+    ) -> None:
+        """The child's files as keys; those it declined, read here."""
+        for name, rows in results:
+            path, signature = theirs[name]
+            if rows is None:
+                read[path] = self._read(path, signature, path in self._accepted)
+                continue
+            keys = bulk.keys_from_rows(rows, name)
+            self._rejected.pop(path, None)
+            log.info("config: loaded %s (%d Secret(s))", path, len(keys))
+            read[path] = keys
 
     def _read(
         self, path: Path, signature: _Signature, had_good: bool
