@@ -417,20 +417,14 @@ class PolicyBuilder:
             self._claim(after)
 
     def _claim(self, key: ApiKey) -> None:
-        holds = False
         for key_digest in key.digests:
             holder = self._admitted.get(key_digest)
             if holder is None:
                 self._admitted[key_digest] = key
-                holds = True
             else:
                 self._waiting.setdefault(key_digest, []).append(key.owner)
                 self._refuse(key, key_digest, holder.owner)
-        if holds:
-            if self._idle:
-                self._idle.discard(key.owner)
-        else:
-            self._idle.add(key.owner)
+        self._count(key.owner)
 
     def _release(self, key: ApiKey) -> None:
         owner = key.owner
