@@ -69,17 +69,21 @@ def decide(
     config = policy.configs.get(config_id)
     if config is None:
         return Deny(Reason.UNKNOWN_CONFIG, config_id)
+    if not config.simple:
+        looked_up = [_lookup(policy, rule, headers, path) for rule in config.rules]
+        return _check_keys(policy, config, looked_up, headers, now)
     if config.memo_header is not None:
-        # The shortcut for the common case: one header, a key seen before, its Allow
-        # memoized by `_check_keys` below. Anything else goes the whole way.
+        # One header: the same lookup as `_lookup`, without its general source loop.
         key = credentials.from_header(headers.get(config.memo_header))
-        if key is not None:
-            found = policy.keys.get(digest(key))
-            if found is not None and not _expired(found, now):
-                cached = config.memo.get(found)
-                if cached is not None:
-                    return cached  # type: ignore[return-value]  # only Allows are memoized
-    return _check_keys(policy, config, headers, path, now)
+        found = policy.keys.get(digest(key)) if key is not None else None
+    else:
+        key, found = _lookup(policy, config.rules[0], headers, path)
+    if found is not None and not _expired(found, now):
+        # A simple config's allow depends only on which key it is: once built, reused.
+        cached = config.memo.get(found)
+        if cached is not None:
+            return cached  # type: ignore[return-value]  # only Allows are memoized
+    return _check_keys(policy, config, [(key, found)], headers, now)
 
 
 # A rule's outcome: a Grant (passed with a key), None (passed anonymously: Optional mode,
@@ -126,17 +130,12 @@ MEMO_LIMIT = 100_000
 def _check_keys(
     policy: Policy,
     config: CompiledConfig,
+    looked_up: list[tuple[str | None, ApiKey | None]],
     headers: Mapping[str, str],
-    path: str,
     now: float | None,
 ) -> Decision:
-    looked_up = [_lookup(policy, rule, headers, path) for rule in config.rules]
+    """The decision from each rule's lookup; a simple config's Allow is memoized."""
     memo_key = looked_up[0][1] if config.simple else None
-    if memo_key is not None and not _expired(memo_key, now):
-        # A simple config's allow depends only on which key it is: once built, reused.
-        cached = config.memo.get(memo_key)
-        if isinstance(cached, Allow):
-            return cached
     outcomes = [
         _outcome(policy, rule, key, found, now)
         for rule, (key, found) in zip(config.rules, looked_up, strict=True)
