@@ -148,13 +148,7 @@ def _key(match: re.Match[str], path: str, line: int, document: int) -> ApiKey:
     common = _common_entries(kind, entries_block, namespace, name, labels, path, line, document)
     if common is not None:
         return common
-    written = _mapping(_ENTRIES, _ENTRY, entries_block)
-    if kind == "data":
-        entries = {entry: _decode(value) for entry, value in written.items()}
-    else:
-        entries = written
-    if not all(map(_entry_ok, written)):
-        raise _NotCanonical
+    entries = _entries(kind, entries_block)
     try:
         check_entries(entries)
     except ValueError:
@@ -225,15 +219,20 @@ def _common_entries(
 def _metadata(kind: str, block: str) -> Mapping[str, str] | None:
     """Shared, checked metadata from the entries after the key; None when they hold key
     material or an expiry (the general entries path handles those)."""
-    written = _mapping(_ENTRIES, _ENTRY, block) if block else {}
-    if any(entry in _SPECIAL_ENTRIES for entry in written):
+    entries = _entries(kind, block) if block else {}
+    if any(entry in _SPECIAL_ENTRIES for entry in entries):
         return None
+    if any(header_value_problem(value) for value in entries.values()):
+        raise _NotCanonical
+    return shared(entries)
+
+
+def _entries(kind: str, block: str) -> dict[str, str]:
+    """A `data` or `stringData` block's entries: names checked, values decoded."""
+    written = _mapping(_ENTRIES, _ENTRY, block)
     if not all(map(_entry_ok, written)):
         raise _NotCanonical
-    decoded = {k: _decode(v) for k, v in written.items()} if kind == "data" else written
-    if any(header_value_problem(value) for value in decoded.values()):
-        raise _NotCanonical
-    return shared(decoded)
+    return {k: _decode(v) for k, v in written.items()} if kind == "data" else written
 
 
 # Label sets, namespaces and entry names repeat across a file's Secrets: each distinct
@@ -257,11 +256,12 @@ def _namespace_ok(namespace: str) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _entry_ok(entry: str) -> bool:
+    """A valid entry name (that YAML reads it as a string, `_mapping` has checked)."""
     try:
         check_entry_names((entry,))
     except ValueError:
         return False
-    return not _resolves(entry)
+    return True
 
 
 def _mapping(block: re.Pattern[str], line: re.Pattern[str], text: str) -> dict[str, str]:
