@@ -26,7 +26,7 @@ from pathlib import Path
 import watchfiles
 
 from extauth import manifests, memory, secretscan
-from extauth.snapshot import Change, Definition, Removal, definitions, removal_of
+from extauth.snapshot import ApiKey, Change, Definition, Removal, definitions, removal_of
 from extauth.sources import bulk
 
 log = logging.getLogger(__name__)
@@ -144,10 +144,13 @@ class FileSource:
             if rows is None:
                 read[path] = self._read(path, signature, path in self._accepted)
                 continue
-            keys = bulk.keys_from_rows(rows, name)
-            self._rejected.pop(path, None)
-            log.info("config: loaded %s (%d Secret(s))", path, len(keys))
-            read[path] = keys
+            read[path] = self._fast(path, bulk.keys_from_rows(rows, name))
+
+    def _fast(self, path: Path, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+        """A file the fast path read (here or in the child): accepted whole."""
+        self._rejected.pop(path, None)
+        log.info("config: loaded %s (%d Secret(s))", path, len(keys))
+        return keys
 
     def _read(
         self, path: Path, signature: _Signature, had_good: bool
@@ -157,9 +160,7 @@ class FileSource:
         if isinstance(text, str):
             keys = secretscan.scan(text, str(path))
             if keys is not None:
-                self._rejected.pop(path, None)
-                log.info("config: loaded %s (%d Secret(s))", path, len(keys))
-                return keys
+                return self._fast(path, keys)
             result = manifests.parse_text(text, str(path))
         else:
             result = manifests.FileResult((), (text,))
