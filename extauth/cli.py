@@ -177,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RFC3339",
         help="add an expires-at entry, e.g. 2027-01-31T00:00:00Z",
     )
+    new.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="FILE",
+        help="write the manifest to FILE (mode 0600, only once it is complete and valid) "
+        "instead of standard output",
+    )
+    new.add_argument(
+        "--force",
+        action="store_true",
+        help="with --output: replace FILE if it exists",
+    )
     return parser
 
 
@@ -277,7 +290,18 @@ def new_key(args: argparse.Namespace) -> int:
         for message in manifests.error_messages(exc):
             print(f"error: {message}", file=sys.stderr)
         return 2
-    sys.stdout.write(text)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            keys.write_new(args.output, text, force=args.force)
+        except FileExistsError:
+            print(f"{args.output} exists; pass --force to replace it", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+            return 2
+        print(f"# wrote {args.output}", file=sys.stderr)
     print(f"# the key (shown once; give it to {args.name}'s holder): {key}", file=sys.stderr)
     return 0
 

@@ -101,6 +101,35 @@ def header_value_problem(value: str) -> str | None:
     return None
 
 
+# Kubernetes label syntax: a name of at most 63 characters, alphanumeric at both ends with
+# '-', '_' and '.' inside, optionally after a DNS-subdomain prefix and '/'; values are such a
+# name or empty. Anything else an API server refuses, so a file must not accept it either.
+_LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_PREFIX_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Refuse label keys and values a Kubernetes API server would refuse."""
+    for key, value in labels.items():
+        prefix, slash, name = key.rpartition("/")
+        if (
+            not name
+            or not _LABEL_NAME_RE.match(name)
+            or (slash and (len(prefix) > 253 or not _LABEL_PREFIX_RE.match(prefix)))
+        ):
+            raise ValueError(
+                f"label key {key!r} is not valid (at most 63 letters, digits, '-', '_' or "
+                "'.', starting and ending with a letter or digit, optionally after a "
+                "DNS-subdomain prefix and '/')"
+            )
+        if not _LABEL_NAME_RE.match(value):
+            raise ValueError(
+                f"label {key!r} has an invalid value (at most 63 letters, digits, '-', '_' "
+                "or '.', starting and ending with a letter or digit, or empty)"
+            )
+    return labels
+
+
 ResourceName = Annotated[str, AfterValidator(check_name)]
 Namespace = Annotated[str, AfterValidator(check_namespace)]
 HeaderName = Annotated[str, AfterValidator(check_header_name)]
@@ -112,7 +141,7 @@ class ObjectMeta(_Model):
 
     name: ResourceName
     namespace: Namespace = "default"
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Annotated[dict[str, str], AfterValidator(check_labels)] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     uid: Any = None
     resource_version: Any = None

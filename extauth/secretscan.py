@@ -44,6 +44,7 @@ from extauth.resources import (
     KEY_ENTRIES,
     check_entries,
     check_entry_names,
+    check_labels,
     check_name,
     check_namespace,
     header_value_problem,
@@ -242,7 +243,12 @@ _NO_LABELS = shared({})
 
 @functools.lru_cache(maxsize=4096)
 def _labels(block: str) -> Mapping[str, str]:
-    return shared(_mapping(_LABELS, _LABEL, block))
+    labels = _mapping(_LABELS, _LABEL, block)
+    try:
+        check_labels(labels)
+    except ValueError:
+        raise _NotCanonical from None  # the general loader reports it
+    return shared(labels)
 
 
 @functools.lru_cache(maxsize=1024)

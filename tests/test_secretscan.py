@@ -48,6 +48,9 @@ _TRICKY = [
     "é",
 ]
 _LABEL_KEYS = ["team", "group", "app.kubernetes.io/name", "tier_1", "-x"]
+# What Kubernetes accepts as label keys and values, among the above.
+_GOOD_LABEL_KEYS = ("team", "group", "app.kubernetes.io/name", "tier_1")
+_GOOD_LABEL_VALUES = ("team-a", "developers", "g1", "v1.2", "A")
 _scalar = st.sampled_from(_SAFE + _TRICKY)
 _written = st.one_of(
     _scalar,
@@ -88,7 +91,8 @@ def _document(draw: Any) -> tuple[str, bool]:
         for _ in range(draw(st.integers(1, 3))):
             label = draw(_written) if _rarely(draw) else draw(st.sampled_from(_LABEL_KEYS))
             value = draw(_written) if _rarely(draw) else draw(st.sampled_from(_SAFE))
-            valid &= label in _LABEL_KEYS and value in _SAFE and label not in seen
+            valid &= label in _GOOD_LABEL_KEYS and value in _GOOD_LABEL_VALUES
+            valid &= label not in seen
             seen.add(label)
             lines.append(f"    {label.strip(chr(34) + chr(39))}: {value}")
     encoded = draw(st.booleans())
