@@ -7,14 +7,24 @@ and stops everything on Ctrl-C. Everything it writes goes to `.demo/` (logs, the
 config, the provider-key file).
 
 The steps are data (`steps()`) so tests/e2e/test_demo.py can replay exactly what is printed.
+
+The demo must not lie: it refuses to start when a port it needs is taken (another demo,
+say, whose processes would otherwise answer its readiness checks), a child counts as ready
+only once the child itself listens on its port, and a closed terminal (SIGHUP) stops
+everything it started, as Ctrl-C does; children also get SIGTERM from the kernel if the
+runner dies without cleaning up (PR_SET_PDEATHSIG, on Linux).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import errno
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +57,8 @@ class Child:
     argv: list[str]
     log: Path
     ready: Callable[[], bool]
+    # The loopback port the child itself must be listening on before `ready` is believed.
+    port: int
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -135,6 +147,7 @@ def build_children(args: argparse.Namespace, run: Path) -> list[Child]:
                 [python, "-m", "extauth.demo.upstream", "--port", str(args.upstream_port)],
                 run / "upstream.log",
                 lambda: _http_ok(f"http://127.0.0.1:{args.upstream_port}/healthz"),
+                args.upstream_port,
             )
         )
     children.append(
@@ -158,6 +171,7 @@ def build_children(args: argparse.Namespace, run: Path) -> list[Child]:
             ],
             run / "extauth.log",
             lambda: _http_ok(f"http://127.0.0.1:{args.metrics_port}/readyz"),
+            args.extauth_port,
         )
     )
     children.append(
@@ -176,6 +190,7 @@ def build_children(args: argparse.Namespace, run: Path) -> list[Child]:
             ],
             run / "envoy.log",
             lambda: _http_ok(f"http://127.0.0.1:{args.admin_port}/ready"),
+            args.port,
         )
     )
     return children
@@ -192,8 +207,77 @@ def _table(children: list[Child]) -> str:
     )
 
 
+def taken_ports(ports: dict[str, int]) -> list[str]:
+    """Which of the demo's loopback ports cannot be bound now, as `--option PORT` texts."""
+    taken: list[str] = []
+    for option, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As servers bind: a port whose old connections linger in TIME_WAIT is free,
+            # one that something listens on is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                why = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or "error")
+                taken.append(f"--{option} {port} ({why})")
+    return taken
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on `port` (IPv4 and IPv6), from /proc/net."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                inodes.add(fields[9])
+    return inodes
+
+
+def owns_port(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on `port`.
+
+    Where /proc cannot tell (not Linux), assume it does: the port check at start-up
+    still stands.
+    """
+    if not Path("/proc/net/tcp").exists():
+        return True
+    inodes = _listening_inodes(port)
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the runner dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the runner's own signal handling still stops its children
+
+
 def _start(child: Child, timeout: float) -> None:
-    # Own session: Ctrl-C reaches the runner only, which stops children in order.
+    # Own session: Ctrl-C and a closed terminal reach the runner only, which stops the
+    # children in order.
     with child.log.open("wb") as log:
         child.proc = subprocess.Popen(
             child.argv,
@@ -201,9 +285,10 @@ def _start(child: Child, timeout: float) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=ROOT,
+            preexec_fn=_die_with_parent,  # the runner starts no threads
         )
     deadline = time.monotonic() + timeout
-    while not child.ready():
+    while not (owns_port(child.proc.pid, child.port) and child.ready()):
         if child.proc.poll() is not None:
             raise RuntimeError(f"{child.name} exited ({child.proc.returncode}); see {child.log}")
         if time.monotonic() > deadline:
@@ -231,15 +316,51 @@ def main(argv: list[str] | None = None) -> int:
         help="a real provider instead of the mock (e.g. https://api.openai.com); "
         f"the provider key comes from ${envoyconf.ENV_VAR}",
     )
-    parser.add_argument("--port", type=int, default=8080, help="Envoy's listener")
-    parser.add_argument("--admin-port", type=int, default=9901)
-    parser.add_argument("--extauth-port", type=int, default=9001)
-    parser.add_argument("--metrics-port", type=int, default=9090)
-    parser.add_argument("--upstream-port", type=int, default=8000)
-    parser.add_argument("--run-dir", type=Path, default=ROOT / ".demo")
+    defaults = "(default: %(default)s)"
+    parser.add_argument("--port", type=int, default=8080, help=f"Envoy's listener {defaults}")
+    parser.add_argument("--admin-port", type=int, default=9901, help=f"Envoy's admin {defaults}")
+    parser.add_argument(
+        "--extauth-port", type=int, default=9001, help=f"extauth's gRPC port {defaults}"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        help=f"extauth's /metrics, /healthz, /readyz {defaults}",
+    )
+    parser.add_argument(
+        "--upstream-port", type=int, default=8000, help=f"the mock upstream's port {defaults}"
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=ROOT / ".demo",
+        help="logs, the Envoy config and the provider-key file (default: .demo/)",
+    )
     args = parser.parse_args(argv)
     if args.upstream and not os.environ.get(envoyconf.ENV_VAR):
         parser.error(f"--upstream needs the provider key in ${envoyconf.ENV_VAR}")
+    ports = {
+        "port": args.port,
+        "admin-port": args.admin_port,
+        "extauth-port": args.extauth_port,
+        "metrics-port": args.metrics_port,
+    }
+    if args.upstream is None:
+        ports["upstream-port"] = args.upstream_port
+    if len(set(ports.values())) != len(ports):
+        print("demo: every port must be different", file=sys.stderr)
+        return 2
+    taken = taken_ports(ports)
+    if taken:
+        print(
+            "demo: cannot start, port(s) taken: "
+            + ", ".join(taken)
+            + ". Stop what holds them (another `make demo`?) or pick other ports, "
+            "e.g. make demo DEMO_ARGS='--port 8081'",
+            file=sys.stderr,
+        )
+        return 2
 
     run: Path = args.run_dir
     run.mkdir(parents=True, exist_ok=True)
@@ -250,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
     try:
         for child in children:
             print(f"starting {child.name} ...", flush=True)
@@ -282,6 +403,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo failed: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        print("\nstopping ...", flush=True)
+        _say("\nstopping ...")
         _stop(children)
-        print(_table(children), flush=True)
+        _say(_table(children))
+
+
+def _say(text: str) -> None:
+    """Print while stopping; the terminal may be gone (SIGHUP), which must not keep the
+    children running."""
+    with contextlib.suppress(OSError):
+        print(text, flush=True)

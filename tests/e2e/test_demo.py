@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from extauth.demo import runner
 from tests import harness
 from tests.harness import ROOT
 
@@ -70,3 +73,96 @@ def test_demo_commands_behave_as_printed(tmp_path: Path) -> None:
     envoy_log = (tmp_path / "envoy.log").read_text()
     assert '"identity":"team1-apikey"' in envoy_log
     assert "team1-key" not in envoy_log
+
+
+def _demo_ports() -> dict[str, int]:
+    return {
+        name: harness.free_port()
+        for name in ("port", "admin-port", "extauth-port", "metrics-port", "upstream-port")
+    }
+
+
+def _demo_argv(run_dir: Path, ports: dict[str, int]) -> list[str]:
+    argv = [sys.executable, "-m", "extauth.demo", "--run-dir", str(run_dir)]
+    for name, port in ports.items():
+        argv += [f"--{name}", str(port)]
+    return argv
+
+
+def test_demo_refuses_to_start_on_a_taken_port(tmp_path: Path) -> None:
+    ports = _demo_ports()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports["extauth-port"]))
+        holder.listen()
+        result = subprocess.run(
+            _demo_argv(tmp_path, ports), capture_output=True, text=True, timeout=30, check=False
+        )
+    assert result.returncode == 2
+    assert f"--extauth-port {ports['extauth-port']} (in use)" in result.stderr
+    assert "demo ready" not in result.stdout
+    assert not (tmp_path / "extauth.log").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGKILL])
+def test_a_closed_terminal_or_a_killed_runner_stops_every_child(
+    tmp_path: Path, how: signal.Signals
+) -> None:
+    ports = _demo_ports()
+    demo = subprocess.Popen(
+        _demo_argv(tmp_path, ports),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert demo.stdout is not None
+    lines: list[str] = []
+    for line in demo.stdout:
+        lines.append(line)
+        if "demo ready" in line:
+            break
+    assert "demo ready" in "".join(lines), "".join(lines)
+    children = [int(pid) for pid in _child_pids(demo.pid)]
+    assert len(children) == 3
+    demo.send_signal(how)
+    demo.wait(30)
+    demo.stdout.close()
+
+    def all_gone() -> bool | None:
+        return True if not any(_alive(pid) for pid in children) else None
+
+    harness.wait_until(all_gone, 20, "the demo's children to exit")
+    for port in ports.values():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))  # nothing listens there any more
+
+
+def _child_pids(pid: int) -> list[str]:
+    found = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    )
+    return found.stdout.split()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_port_counts_only_when_the_child_itself_listens() -> None:
+    with socket.socket() as mine:
+        mine.bind(("127.0.0.1", 0))
+        mine.listen()
+        port = mine.getsockname()[1]
+        assert runner.owns_port(os.getpid(), port)
+        other = subprocess.Popen(["sleep", "30"])
+        try:
+            assert not runner.owns_port(other.pid, port)
+        finally:
+            other.kill()
+            other.wait()
+    assert not runner.owns_port(os.getpid(), port)
