@@ -1,41 +1,44 @@
 """Secrets (type extauth.solo.io/apikey) and AuthConfigs from a Kubernetes API server.
 
-List, then watch from the list's resourceVersion, one watcher thread per (kind,
-namespace); the official client is synchronous, so the threads hand changes to the event
-loop. Each event becomes a one-definition `Change` (incremental: a Secret edit costs one
-index entry, whatever the number of keys). Watches resume from the last resourceVersion
-seen (events and bookmarks); a 410 Gone means that version was compacted away, so the
-watcher lists again and publishes the difference from what it knew. Errors (API server
-restarts, network) back off exponentially up to 30 s and resume.
+One watcher thread per (kind, namespace) turns its `watching.Watcher` events into
+one-definition `Change`s (incremental: a Secret edit costs one index entry, whatever the
+number of keys). A list (the first, or a relist after 410 Gone) is published as one change
+when its `Listed` marker arrives, with removals for what the list no longer holds. The
+source's first change, the initial state, waits for every watcher's first `Listed`: a
+watcher that lists and then sees events does not stand in for one that has not listed yet.
 
 Objects are read as raw JSON and validated with the same models as files. An object that
 does not validate is rejected with a log line; its last good version (if any) keeps
-serving. AuthConfigs get a `status` (Accepted or Rejected with the reason, and the
-observedGeneration); the write is skipped when the status is already right, so any number
-of replicas converge without a leader.
+serving. An object is known by uid and resourceVersion: an unchanged one (a relist) is not
+validated again, and a good version of a deleted object never stands in for a broken one
+recreated under its name.
+
+AuthConfigs get a `status` (state, reason, observedGeneration, and an `Accepted`
+condition). Replicas converge without a leader: the write is skipped when the status is
+already right, a transition time is kept while the condition holds, and every write is
+conditional on the resourceVersion it was computed from, so a replica that has not yet seen
+a newer spec cannot overwrite the status written for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 from pydantic import ValidationError
 
 from extauth import manifests
 from extauth.manifests import Origin
-from extauth.resources import APIKEY_SECRET_TYPE, AuthConfig, Secret
+from extauth.resources import AuthConfig, Secret
 from extauth.snapshot import (
     ApiKey,
     Change,
@@ -45,15 +48,28 @@ from extauth.snapshot import (
     Removal,
     removal_of,
 )
+from extauth.sources.watching import (
+    DEFAULT_PAGE_SIZE,
+    GROUP,
+    PLURAL,
+    VERSION,
+    Deleted,
+    Event,
+    Kind,
+    Listed,
+    RawObject,
+    Upserted,
+    Watcher,
+    describe,
+    key_of,
+    owner_of,
+    run_in_thread,
+)
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "extauth.solo.io", "v1", "authconfigs"
-Kind = Literal["Secret", "AuthConfig"]
-
-
-class Gone(Exception):
-    """The resourceVersion to watch from was compacted away (HTTP 410)."""
+# A condition message is bounded by the API (32 KiB); a reason this long is unreadable.
+_MESSAGE_LIMIT = 4096
 
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -73,175 +89,122 @@ def _origin(kind: Kind, owner: Owner) -> Origin:
     return Origin(f"kubernetes:{kind}/{owner[0]}/{owner[1]}", 0, 0)
 
 
-@dataclass
+def _path(definition: Definition) -> str:
+    return definition.path if isinstance(definition, ApiKey) else definition.origin.path
+
+
+class Folded:
+    """Changes folded into one: the last word on each definition wins.
+
+    A change applies its removals before its upserts, so concatenating two changes would
+    get "created, then deleted" backwards; folding keeps only what holds at the end.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, Definition | Removal] = {}
+
+    def add(self, change: Change) -> None:
+        for removal in change.removed:
+            self._last[removal.source] = removal
+        for definition in change.upserted:
+            self._last[_path(definition)] = definition
+
+    def __bool__(self) -> bool:
+        return bool(self._last)
+
+    def change(self) -> Change:
+        upserted = [d for d in self._last.values() if not isinstance(d, Removal)]
+        removed = [r for r in self._last.values() if isinstance(r, Removal)]
+        self._last = {}
+        return Change(tuple(upserted), tuple(removed))
+
+
+@dataclass(slots=True)
 class _Known:
+    uid: str
     resource_version: str
     generation: int | None
     definition: Definition | None  # None: never had a good version
+    problem: str | None  # why the latest version was rejected
 
 
-class _Watcher:
-    """List and watch one kind in one namespace (or all), emitting Changes."""
+Emit = Callable[[Change, bool], None]  # (change, whether it ends a complete list)
+
+
+class Translator:
+    """One watcher's events as Changes, and AuthConfig status written back."""
 
     def __init__(
         self,
-        api: client.ApiClient,
         kind: Kind,
-        namespace: str | None,
-        emit: Callable[[Change], None],
-        stop: threading.Event,
-        *,
-        write_status: bool,
-        watch_timeout: int,
+        emit: Emit,
+        custom: client.CustomObjectsApi | None,
     ) -> None:
         self.kind = kind
-        self.namespace = namespace
-        self._core = client.CoreV1Api(api)
-        self._custom = client.CustomObjectsApi(api)
         self._emit = emit
-        self._stop = stop
-        self._write_status = write_status
-        self._watch_timeout = watch_timeout
-        self._known: dict[Owner, _Known] = {}
-        self._response: Any = None
+        self._custom = custom  # None: write no status
+        self.known: dict[Owner, _Known] = {}
+        self._listing = 0
+        self._seen: set[Owner] = set()
+        self._pending = Folded()
+        self.listed = threading.Event()  # set at the first Listed
         self.relists = 0
-        self.synced = threading.Event()
 
-    @property
-    def where(self) -> str:
-        return f"{self.kind}s in {self.namespace or 'all namespaces'}"
+    def take(self, event: Event) -> None:
+        if isinstance(event, Upserted):
+            if event.listing:
+                if event.listing != self._listing:
+                    self._listing, self._seen = event.listing, set()
+                self._seen.add(owner_of(event.object))
+                self._pending.add(self._accept(event.object))
+            else:
+                change = self._accept(event.object)
+                if not change.empty:
+                    self._emit(change, False)
+        elif isinstance(event, Deleted):
+            gone = self.known.pop(owner_of(event.object), None)
+            if gone is not None and gone.definition is not None:
+                self._emit(Change(removed=(removal_of(gone.definition),)), False)
+        elif isinstance(event, Listed):
+            self._listed(event)
 
-    # -- the loop ------------------------------------------------------------------------
-
-    def run(self) -> None:
-        resource_version: str | None = None
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                if resource_version is None:
-                    resource_version = self._relist()
-                resource_version = self._watch(resource_version)
-                backoff = 0.5
-            except Gone:
-                log.info(
-                    "kubernetes: %s: resourceVersion expired (410 Gone); relisting", self.where
-                )
-                resource_version = None
-            except Exception as exc:
-                if self._stop.is_set():
-                    return
-                log.warning(
-                    "kubernetes: %s: %s; retrying in %.1fs", self.where, _describe(exc), backoff
-                )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-
-    def close(self) -> None:
-        """Unblock a watch that is waiting for events (called on shutdown)."""
-        response = self._response
-        if response is not None:
-            with contextlib.suppress(Exception):
-                response.shutdown()
-
-    def _list_call(self, **kwargs: Any) -> Any:
-        options = {"_preload_content": False, **kwargs}
-        if self.kind == "Secret":
-            options["field_selector"] = f"type={APIKEY_SECRET_TYPE}"
-            if self.namespace:
-                return self._core.list_namespaced_secret(self.namespace, **options)
-            return self._core.list_secret_for_all_namespaces(**options)
-        if self.namespace:
-            return self._custom.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, **options
-            )
-        return self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
-
-    def _relist(self) -> str:
-        items: dict[Owner, dict[str, Any]] = {}
-        token: str | None = None
-        resource_version = ""
-        while True:
-            kwargs: dict[str, Any] = {"limit": 500, "_request_timeout": 60}
-            if token:
-                kwargs["_continue"] = token
-            page = json.loads(self._list_call(**kwargs).data)
-            for item in page.get("items", []):
-                items[_owner(item)] = item
-            metadata = page.get("metadata", {})
-            resource_version = str(metadata.get("resourceVersion", resource_version))
-            token = metadata.get("continue")
-            if not token:
-                break
-
-        upserted: list[Definition] = []
+    def _listed(self, event: Listed) -> None:
+        seen = self._seen if event.listing == self._listing else set()
         removed: list[Removal] = []
-        for owner in sorted(set(self._known) - set(items)):
-            gone = self._known.pop(owner)
+        for owner in sorted(set(self.known) - seen):
+            gone = self.known.pop(owner)
             if gone.definition is not None:
                 removed.append(removal_of(gone.definition))
-        for owner in sorted(items):
-            definition = self._accept(items[owner])
-            if definition is not None:
-                upserted.append(definition)
-        first = not self.synced.is_set()
-        if not first:
+        self._pending.add(Change(removed=tuple(removed)))
+        self._seen = set()
+        if event.relist:
             self.relists += 1
-        log.info("kubernetes: %s: listed %d object(s)", self.where, len(items))
-        self._emit(Change(tuple(upserted), tuple(removed)))
-        self.synced.set()
-        return resource_version
-
-    def _watch(self, resource_version: str) -> str:
-        response = self._list_call(
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_timeout,
-            _request_timeout=(10, self._watch_timeout + 15),
-        )
-        self._response = response
-        try:
-            for line in _lines(response):
-                if self._stop.is_set():
-                    break
-                event = json.loads(line)
-                kind, item = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if item.get("code") == 410:
-                        raise Gone
-                    raise RuntimeError(f"watch error: {item.get('message', item)}")
-                resource_version = item.get("metadata", {}).get("resourceVersion", resource_version)
-                if kind in ("ADDED", "MODIFIED"):
-                    definition = self._accept(item)
-                    if definition is not None:
-                        self._emit(Change((definition,)))
-                elif kind == "DELETED":
-                    gone = self._known.pop(_owner(item), None)
-                    if gone is not None and gone.definition is not None:
-                        self._emit(Change(removed=(removal_of(gone.definition),)))
-        finally:
-            self._response = None
-            with contextlib.suppress(Exception):
-                response.release_conn()
-        return resource_version
+        self._emit(self._pending.change(), True)
+        self.listed.set()
 
     # -- one object ------------------------------------------------------------------------
 
-    def _accept(self, item: dict[str, Any]) -> Definition | None:
-        """The object's new definition, or None when nothing changes for the policy."""
-        owner = _owner(item)
-        metadata = item.get("metadata", {})
-        generation = metadata.get("generation")
-        known = self._known.get(owner)
-        if (
-            known is not None
-            and self.kind == "AuthConfig"
-            and generation is not None
-            and known.generation == generation
-        ):
-            # A status-only update (ours, most likely): the spec is unchanged.
-            known.resource_version = metadata.get("resourceVersion", "")
-            return None
+    def _accept(self, item: RawObject) -> Change:
+        """What changes for the policy with this version of the object."""
+        owner = owner_of(item)
+        uid, resource_version = key_of(item)
+        generation = (item.get("metadata") or {}).get("generation")
+        known = self.known.get(owner)
+        same_object = known is not None and known.uid == uid
+        if known is not None and same_object:
+            if known.resource_version == resource_version:
+                return Change()  # a relist of an object we hold as it is
+            if (
+                self.kind == "AuthConfig"
+                and generation is not None
+                and known.generation == generation
+            ):
+                # Status or metadata only: the spec is unchanged. Write the status only
+                # if no one has written it for this generation yet (a write of ours
+                # refused as a conflict, say).
+                known.resource_version = resource_version
+                self._set_status(item, owner, generation, known.problem, only_if_behind=True)
+                return Change()
         definition: Definition | None = None
         problem: str | None = None
         try:
@@ -255,11 +218,17 @@ class _Watcher:
                 )
         except ValidationError as exc:
             problem = "; ".join(manifests.error_messages(exc))
-        except ValueError as exc:  # a Secret entry that is not UTF-8 text, and the like
+        except (ValueError, TypeError) as exc:  # a Secret entry that is not UTF-8 text, ...
             problem = str(exc)
-        previous = known.definition if known else None
-        self._known[owner] = _Known(
-            metadata.get("resourceVersion", ""), generation, definition or previous
+        # A broken version keeps the last good one of the same object, never that of an
+        # object deleted meanwhile under the same name.
+        previous = known.definition if known is not None and same_object else None
+        self.known[owner] = _Known(
+            uid,
+            resource_version,
+            generation if isinstance(generation, int) else None,
+            definition or previous,
+            problem,
         )
         if problem is not None:
             keeping = "keeping its last good version" if previous else "not loaded"
@@ -268,21 +237,30 @@ class _Watcher:
             )
         if self.kind == "AuthConfig":
             self._set_status(item, owner, generation, problem)
-        return definition
+        if definition is not None:
+            return Change((definition,))
+        if known is not None and not same_object and known.definition is not None:
+            return Change(removed=(removal_of(known.definition),))
+        return Change()
 
     def _set_status(
-        self, item: dict[str, Any], owner: Owner, generation: int | None, problem: str | None
+        self,
+        item: RawObject,
+        owner: Owner,
+        generation: Any,
+        problem: str | None,
+        *,
+        only_if_behind: bool = False,
     ) -> None:
-        if not self._write_status:
+        if self._custom is None:
             return
-        status: dict[str, Any] = {
-            "state": "Rejected" if problem else "Accepted",
-            "reason": problem or "",
-            "observedGeneration": generation,
-        }
-        current = item.get("status") or {}
-        if all(current.get(k) == v for k, v in status.items()):
+        current: dict[str, Any] = dict(item.get("status") or {})
+        if only_if_behind and current.get("observedGeneration") == generation:
+            return
+        status = status_for(generation, problem, current)
+        if status is None:
             return  # already right: replicas converge without writing
+        resource_version = (item.get("metadata") or {}).get("resourceVersion", "")
         try:
             self._custom.patch_namespaced_custom_object_status(
                 GROUP,
@@ -290,33 +268,64 @@ class _Watcher:
                 owner[0],
                 PLURAL,
                 owner[1],
-                {"status": status},
+                # The resourceVersion makes the write conditional: if the object changed
+                # since (a newer spec, another replica's status), 409, and the event for
+                # that change decides again.
+                {"metadata": {"resourceVersion": resource_version}, "status": status},
                 _content_type="application/merge-patch+json",
                 _request_timeout=10,
             )
         except ApiException as exc:
+            if exc.status == 409:
+                log.debug("kubernetes: status of AuthConfig %s: changed meanwhile", owner)
+                return
             log.warning(
                 "kubernetes: cannot write status of AuthConfig %s: %s",
                 "/".join(owner),
-                _describe(exc),
+                describe(exc),
             )
 
 
-def _owner(item: dict[str, Any]) -> Owner:
-    metadata = item.get("metadata", {})
-    return (metadata.get("namespace", "default"), metadata.get("name", ""))
+def status_for(
+    generation: Any, problem: str | None, current: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The status to write, or None when `current` already says it.
 
-
-def _lines(response: Any) -> Iterator[str]:
-    for line in iter_resp_lines(response):
-        if line:
-            yield line if isinstance(line, str) else line.decode("utf-8")
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, ApiException):
-        return f"HTTP {exc.status} {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"
+    The condition's lastTransitionTime is kept while its status holds, so two replicas
+    computing the same status write the same bytes, and a second write is skipped.
+    """
+    accepted = problem is None
+    message = (problem or "loaded: every configs entry is in force")[:_MESSAGE_LIMIT]
+    condition: dict[str, Any] = {
+        "type": "Accepted",
+        "status": "True" if accepted else "False",
+        "reason": "Accepted" if accepted else "Rejected",
+        "message": message,
+        "observedGeneration": generation,
+    }
+    wanted: dict[str, Any] = {
+        "state": condition["reason"],
+        "reason": problem[:_MESSAGE_LIMIT] if problem else "",
+        "observedGeneration": generation,
+    }
+    conditions = current.get("conditions")
+    old = None
+    if isinstance(conditions, list):
+        old = next(
+            (c for c in conditions if isinstance(c, dict) and c.get("type") == "Accepted"), None
+        )
+    same_condition = old is not None and all(old.get(k) == v for k, v in condition.items())
+    if same_condition and all(current.get(k) == v for k, v in wanted.items()):
+        return None
+    if (
+        old is not None
+        and old.get("status") == condition["status"]
+        and old.get("lastTransitionTime")
+    ):
+        condition["lastTransitionTime"] = old["lastTransitionTime"]
+    else:
+        condition["lastTransitionTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {**wanted, "conditions": [condition]}
 
 
 class KubernetesSource:
@@ -324,62 +333,88 @@ class KubernetesSource:
 
     def __init__(
         self,
-        namespaces: list[str] | None = None,
+        namespaces: Iterable[str] | None = None,
         *,
         kubeconfig: str | None = None,
         write_status: bool = True,
         watch_timeout: int = 300,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> None:
-        self.namespaces: list[str | None] = list(namespaces) if namespaces else [None]
+        listed = list(namespaces or ())
+        self.namespaces: list[str | None] = list(listed) if listed else [None]
         self._kubeconfig = kubeconfig
         self._write_status = write_status
         self._watch_timeout = watch_timeout
-        self.watchers: list[_Watcher] = []
+        self._page_size = page_size
+        self.watchers: list[Watcher] = []
+        self.translators: list[Translator] = []
 
     @property
     def relists(self) -> int:
         """Relists after the initial one (410 Gone): for tests and metrics."""
-        return sum(w.relists for w in self.watchers)
+        return sum(t.relists for t in self.translators)
 
     async def changes(self) -> AsyncGenerator[Change, None]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Change] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, Change, bool]] = asyncio.Queue()
         stop = threading.Event()
         api = load_api_client(self._kubeconfig)
+        custom = client.CustomObjectsApi(api) if self._write_status else None
 
-        def emit(change: Change) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, change)
+        def emitter(index: int) -> Emit:
+            def emit(change: Change, listed: bool) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, (index, change, listed))
 
+            return emit
+
+        pairs = [(kind, namespace) for namespace in self.namespaces for kind in _KINDS]
         self.watchers = [
-            _Watcher(
+            Watcher(
                 api,
                 kind,
                 namespace,
-                emit,
                 stop,
-                write_status=self._write_status,
                 watch_timeout=self._watch_timeout,
+                page_size=self._page_size,
             )
-            for namespace in self.namespaces
-            for kind in ("Secret", "AuthConfig")
+            for kind, namespace in pairs
         ]
+        self.translators = [
+            Translator(kind, emitter(index), custom) for index, (kind, _) in enumerate(pairs)
+        ]
+
+        def pump(watcher: Watcher, translator: Translator) -> Callable[[], None]:
+            def run() -> None:
+                for event in watcher.events():
+                    try:
+                        translator.take(event)
+                    except Exception as exc:
+                        # Never expected; if it happens, one object is lost, not the
+                        # stream. The type only: a message could quote the object.
+                        log.error(
+                            "kubernetes: %s: an event could not be applied (%s)",
+                            watcher.where,
+                            type(exc).__name__,
+                        )
+
+            return run
+
         threads = [
-            threading.Thread(target=w.run, name=f"watch-{w.kind}-{w.namespace}", daemon=True)
-            for w in self.watchers
+            run_in_thread(f"watch-{w.kind}-{w.namespace}", pump(w, t))
+            for w, t in zip(self.watchers, self.translators, strict=True)
         ]
-        for thread in threads:
-            thread.start()
         try:
-            # The initial state: every watcher's first list, as one change.
-            initial: list[Change] = []
-            while len(initial) < len(self.watchers):
-                initial.append(await queue.get())
-            yield Change(
-                tuple(d for c in initial for d in c.upserted),
-                tuple(r for c in initial for r in c.removed),
-            )
+            # The initial state: everything until every watcher has listed once.
+            initial = Folded()
+            listed: set[int] = set()
+            while len(listed) < len(self.watchers):
+                index, change, complete = await queue.get()
+                initial.add(change)
+                if complete:
+                    listed.add(index)
+            yield initial.change()
             while True:
-                yield await queue.get()
+                yield (await queue.get())[1]
         finally:
             stop.set()
             for watcher in self.watchers:
@@ -387,3 +422,6 @@ class KubernetesSource:
             deadline = time.monotonic() + 2
             for thread in threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
+
+
+_KINDS: tuple[Kind, ...] = ("Secret", "AuthConfig")

@@ -132,6 +132,11 @@ def test_authconfig_edit_is_applied_and_status_written(service: Service) -> None
         assert status["state"] == "Accepted"
         generation = cluster.get_authconfig("editable")["metadata"]["generation"]
         assert status["observedGeneration"] == generation
+        (condition,) = status["conditions"]
+        assert condition["type"] == "Accepted"
+        assert (condition["status"], condition["reason"]) == ("True", "Accepted")
+        assert condition["observedGeneration"] == generation
+        assert condition["lastTransitionTime"]
 
         cluster.patch_authconfig("editable", {**AUTH, "headerName": "x-other"})
         becomes(service.address, config_id, "k-edit", False)  # x-api-key no longer read
@@ -194,6 +199,9 @@ def test_unworkable_authconfig_is_rejected_and_last_good_keeps_serving(service: 
         assert status
         reason = cluster.get_authconfig("fragile")["status"]["reason"]
         assert "empty label selector" in reason
+        (condition,) = cluster.get_authconfig("fragile")["status"]["conditions"]
+        assert (condition["status"], condition["reason"]) == ("False", "Rejected")
+        assert "empty label selector" in condition["message"]
         assert allowed(service.address, config_id, "k-steady")  # the last good version
         assert "rejected (keeping its last good version)" in service.extauth.log()
     finally:

@@ -1,0 +1,321 @@
+"""Listing and watching one kind of object in a Kubernetes API server, as typed events.
+
+The official client is synchronous, so a `Watcher` runs in a thread and yields events:
+`Upserted` for every object of a list and every ADDED/MODIFIED, `Deleted` for every
+DELETED, and `Listed` after every complete list (the first and every relist after a 410
+Gone). `Listed` means "the objects this list upserted are all there is": whoever consumes
+the stream removes what it knew and the list did not name, as client-go's `Replace` does.
+Readiness is "every watcher has said `Listed`", which no count of queued items can stand
+in for.
+
+Objects are identified by uid and resourceVersion (`ObjectKey`), never by name alone: an
+object deleted and recreated under the same name while the watch was down is a different
+object.
+
+List items are typed from the list they came in (as client-go does): kube-apiserver omits
+`apiVersion` and `kind` on list items (kubernetes/kubernetes#3030), and kube-lite sets them
+on the first page only.
+
+Pages are processed one at a time (`page_size` items each): at 100,000 Secrets the whole
+list as parsed JSON would be several hundred megabytes, one page is well under one.
+Errors (API server restarts, network) back off exponentially up to 30 s and resume from the
+last resourceVersion seen (events and bookmarks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from extauth.resources import APIKEY_SECRET_TYPE
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "extauth.solo.io", "v1", "authconfigs"
+Kind = Literal["Secret", "AuthConfig"]
+# What each kind is when a list or an event does not say (the models check the rest).
+API_VERSIONS: dict[Kind, str] = {"Secret": "v1", "AuthConfig": f"{GROUP}/{VERSION}"}
+DEFAULT_PAGE_SIZE = 500
+
+
+class RawMeta(TypedDict, total=False):
+    """The part of `metadata` extauth reads; the models validate the whole of it."""
+
+    name: str
+    namespace: str
+    uid: str
+    resourceVersion: str
+    generation: int
+    labels: dict[str, str]
+    creationTimestamp: str
+    deletionTimestamp: str
+
+
+class RawObject(TypedDict, total=False):
+    """A Secret or an AuthConfig as the API server sends it (JSON, not yet validated)."""
+
+    apiVersion: str
+    kind: str
+    metadata: RawMeta
+    # Secret
+    type: str
+    data: dict[str, str]
+    stringData: dict[str, str]
+    immutable: bool
+    # AuthConfig
+    spec: dict[str, object]
+    status: dict[str, object]
+
+
+RawListMeta = TypedDict(
+    "RawListMeta", {"resourceVersion": str, "continue": str, "remainingItemCount": int}, total=False
+)
+
+
+class RawList(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: RawListMeta
+    items: list[RawObject]
+
+
+class RawStatus(TypedDict, total=False):
+    """The object of a watch ERROR event (a metav1.Status)."""
+
+    code: int
+    message: str
+    reason: str
+
+
+class RawWatchEvent(TypedDict):
+    type: str
+    object: RawObject
+    # Not part of the wire format: ERROR events carry a Status where object is.
+    status: NotRequired[RawStatus]
+
+
+ObjectKey = tuple[str, str]  # (uid, resourceVersion)
+
+
+def key_of(item: RawObject) -> ObjectKey:
+    metadata = item.get("metadata") or {}
+    return (str(metadata.get("uid", "")), str(metadata.get("resourceVersion", "")))
+
+
+def owner_of(item: RawObject) -> tuple[str, str]:
+    """(namespace, name)."""
+    metadata = item.get("metadata") or {}
+    return (str(metadata.get("namespace", "default")), str(metadata.get("name", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class Upserted:
+    """An object as it is now: from a list, or an ADDED/MODIFIED event (`listing` 0).
+
+    `listing` numbers the list attempt (1, 2, ...): a list that fails halfway is retried
+    from its start, and what the failed attempt upserted says nothing about the next.
+    """
+
+    object: RawObject
+    listing: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    object: RawObject
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A complete list ended: what it did not upsert (under its `listing` number) is gone."""
+
+    resource_version: str
+    count: int
+    relist: bool
+    listing: int
+
+
+Event = Upserted | Deleted | Listed
+
+
+class Gone(Exception):
+    """The resourceVersion to watch from was compacted away (HTTP 410)."""
+
+
+def typed_items(page: RawList, kind: Kind) -> list[RawObject]:
+    """The page's items, each with the apiVersion and kind of the list it came in."""
+    api_version = page.get("apiVersion") or API_VERSIONS[kind]
+    item_kind = (page.get("kind") or f"{kind}List").removesuffix("List") or kind
+    items = page.get("items") or []
+    for item in items:
+        item["apiVersion"] = api_version
+        item["kind"] = item_kind
+    return items
+
+
+class Watcher:
+    """List and watch one kind in one namespace (or all), as a stream of `Event`s."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        kind: Kind,
+        namespace: str | None,
+        stop: threading.Event,
+        *,
+        watch_timeout: int,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self._core = client.CoreV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+        self._stop = stop
+        self._watch_timeout = watch_timeout
+        self._page_size = page_size
+        self._response: Any = None
+        self.lists = 0  # complete lists
+        self._attempts = 0  # lists begun
+
+    @property
+    def where(self) -> str:
+        return f"{self.kind}s in {self.namespace or 'all namespaces'}"
+
+    def events(self) -> Iterator[Event]:
+        """Until stopped: a list, then watch events; a relist after 410 Gone; retries."""
+        resource_version: str | None = None
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if resource_version is None:
+                    resource_version = yield from self._list()
+                resource_version = yield from self._watch(resource_version)
+                backoff = 0.5
+            except Gone:
+                log.info(
+                    "kubernetes: %s: resourceVersion expired (410 Gone); relisting", self.where
+                )
+                resource_version = None
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                log.warning(
+                    "kubernetes: %s: %s; retrying in %.1fs", self.where, describe(exc), backoff
+                )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def close(self) -> None:
+        """Unblock a watch that is waiting for events (called on shutdown)."""
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+    def _call(self, **kwargs: Any) -> Any:
+        options = {"_preload_content": False, **kwargs}
+        if self.kind == "Secret":
+            options["field_selector"] = f"type={APIKEY_SECRET_TYPE}"
+            if self.namespace:
+                return self._core.list_namespaced_secret(self.namespace, **options)
+            return self._core.list_secret_for_all_namespaces(**options)
+        if self.namespace:
+            return self._custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, **options
+            )
+        return self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
+
+    def _list(self) -> Generator[Event, None, str]:
+        """Page by page; returns the list's resourceVersion (to watch from)."""
+        token: str | None = None
+        resource_version = ""
+        count = 0
+        self._attempts += 1
+        listing = self._attempts
+        while True:
+            kwargs: dict[str, Any] = {"limit": self._page_size, "_request_timeout": 60}
+            if token:
+                kwargs["_continue"] = token
+            page = cast(RawList, json.loads(self._call(**kwargs).data))
+            items = typed_items(page, self.kind)
+            metadata = page.get("metadata") or {}
+            resource_version = str(metadata.get("resourceVersion", resource_version))
+            token = metadata.get("continue")
+            del page
+            count += len(items)
+            for item in items:
+                yield Upserted(item, listing)
+            del items
+            if not token:
+                break
+        relist = self.lists > 0
+        self.lists += 1
+        log.info("kubernetes: %s: listed %d object(s)", self.where, count)
+        yield Listed(resource_version, count, relist, listing)
+        return resource_version
+
+    def _watch(self, resource_version: str) -> Generator[Event, None, str]:
+        """Events from `resource_version` until the server ends the watch; returns the
+        last resourceVersion seen, to resume from."""
+        response = self._call(
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self._watch_timeout,
+            _request_timeout=(10, self._watch_timeout + 15),
+        )
+        self._response = response
+        api_version, kind = API_VERSIONS[self.kind], self.kind
+        try:
+            for line in _lines(response):
+                if self._stop.is_set():
+                    break
+                event = cast(RawWatchEvent, json.loads(line))
+                kind_of_event, item = event.get("type"), event.get("object") or {}
+                if kind_of_event == "ERROR":
+                    status = cast(RawStatus, item)
+                    if status.get("code") == 410:
+                        raise Gone
+                    raise RuntimeError(f"watch error: {status.get('message', 'no message')}")
+                metadata = item.get("metadata") or {}
+                resource_version = str(metadata.get("resourceVersion", resource_version))
+                if kind_of_event in ("ADDED", "MODIFIED", "DELETED"):
+                    item["apiVersion"], item["kind"] = api_version, kind
+                    if kind_of_event == "DELETED":
+                        yield Deleted(item)
+                    else:
+                        yield Upserted(item, 0)
+        finally:
+            self._response = None
+            with contextlib.suppress(Exception):
+                response.release_conn()
+        return resource_version
+
+
+def _lines(response: Any) -> Iterator[str]:
+    for line in iter_resp_lines(response):
+        if line:
+            yield line if isinstance(line, str) else line.decode("utf-8")
+
+
+def describe(exc: Exception) -> str:
+    """An exception for a log line: an API error's status, never its body (which can
+    quote the object, and so a Secret's data)."""
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_in_thread(name: str, target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
