@@ -88,8 +88,15 @@ def _allow(decision: Allow) -> bytes:
         )
     ok.headers_to_remove.extend(decision.remove_headers)
     ok.query_parameters_to_remove.extend(decision.remove_query)
+    # What was injected goes in the metadata too: Envoy's access log reads the team from
+    # here, from the decision, never from the request's own headers.
     response.dynamic_metadata.update(
-        {"config_id": decision.config_id, "identity": decision.identity}
+        {
+            "config_id": decision.config_id,
+            "identity": decision.identity,
+            # (Not the rewritten cookie: the client's other cookies are no one's business.)
+            "headers": {k: v for k, v in decision.set_headers if k != "cookie"},
+        }
     )
     return response.SerializeToString()
 
