@@ -22,7 +22,9 @@ from extauth.decide import Allow, Decision, Reason
 from extauth.wire import ext_authz_pb2 as pb
 
 GRPC_OK = 0
+GRPC_INVALID_ARGUMENT = 3
 GRPC_PERMISSION_DENIED = 7
+GRPC_RESOURCE_EXHAUSTED = 8
 GRPC_INTERNAL = 13
 GRPC_UNAVAILABLE = 14
 GRPC_UNAUTHENTICATED = 16
@@ -48,6 +50,16 @@ _DENIALS: dict[Reason, tuple[pb.StatusCode, int, str]] = {
         pb.Forbidden,
         GRPC_PERMISSION_DENIED,
         "the AuthConfig bound to this route is not loaded",
+    ),
+    Reason.AMBIGUOUS: (
+        pb.BadRequest,
+        GRPC_INVALID_ARGUMENT,
+        "the API key parameter appears twice or in an encoded spelling; send it once, as is",
+    ),
+    Reason.TOO_MANY_HEADERS: (
+        pb.RequestHeaderFieldsTooLarge,
+        GRPC_RESOURCE_EXHAUSTED,
+        "too many request headers",
     ),
     Reason.NOT_READY: (pb.ServiceUnavailable, GRPC_UNAVAILABLE, "authorization is starting"),
     Reason.INTERNAL: (pb.InternalServerError, GRPC_INTERNAL, "authorization failed"),
