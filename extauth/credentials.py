@@ -2,12 +2,18 @@
 
 Convention (from Starlette): `None` means "no credential here". A header value may carry
 a `Bearer ` prefix. Query and cookie parsing is deliberately minimal and exact: the key is
-compared as the client sent it (after percent-decoding for query strings).
+compared as the client sent it (after percent-decoding a query value).
+
+A query parameter is found by its raw name, exactly as Envoy's `query_parameters_to_remove`
+matches it (no decoding), so the parameter extauth reads is the one Envoy strips. Any
+other spelling of the name that an upstream might decode to the same parameter
+(`%61pi_key`, `API_KEY`, `api.key`, `api_key[]`, after a `;`), or the name twice, is
+`smuggled`: the request is denied rather than forwarded with a key Envoy would leave in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import unquote_plus
 
 from extauth.policy import KeySource
@@ -51,9 +57,44 @@ def query_param(path: str, name: str) -> str | None:
     query = query.partition("#")[0]
     for pair in query.split("&"):
         key, _, value = pair.partition("=")
-        if unquote_plus(key) == name:
+        if key == name:
             return unquote_plus(value) or None
     return None
+
+
+def _normal(name: str) -> str:
+    """A parameter name as lenient upstreams read it: percent-decoded (twice: some decode
+    again), case-folded, PHP's `a.b`/`a b`/`a[b` -> `a_b` and `a[]` -> `a`."""
+    for _ in range(2):
+        name = unquote_plus(name)
+    name = name.strip().casefold()
+    head, bracket, rest = name.partition("[")
+    if bracket and "]" in rest:
+        name = head
+    return name.replace(".", "_").replace(" ", "_").replace("[", "_")
+
+
+def smuggled(path: str, names: Iterable[str]) -> bool:
+    """Whether the query holds a key parameter Envoy would not strip, or one twice."""
+    _, sep, query = path.partition("?")
+    if not sep:
+        return False
+    exact = set(names)
+    normal = {_normal(n) for n in exact}
+    seen: set[str] = set()
+    for pair in query.split("&"):
+        # Envoy splits on "&" only; some upstreams also split on ";".
+        first, *more = pair.split(";")
+        raw = first.partition("=")[0]
+        if raw in exact:
+            if raw in seen:
+                return True
+            seen.add(raw)
+        elif _normal(raw) in normal:
+            return True
+        if any(_normal(part.partition("=")[0]) in normal for part in more):
+            return True
+    return False
 
 
 def cookie(header: str | None, name: str) -> str | None:

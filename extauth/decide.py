@@ -30,6 +30,18 @@ class Reason(StrEnum):
     UNKNOWN_CONFIG = "unknown_auth_config"
     NOT_READY = "not_ready"
     INTERNAL = "internal_error"
+    # The key parameter twice, or in a spelling Envoy would not strip (credentials.py).
+    AMBIGUOUS = "ambiguous_api_key"
+    # Allowing would push the request past Envoy's header limit (see MAX_REQUEST_HEADERS).
+    TOO_MANY_HEADERS = "too_many_headers"
+
+
+# Envoy's limit on request headers (its default, and what envoyconf writes). ext_authz
+# answers 500 when the headers an allow injects push a request past it, after extauth
+# counted the allow: so an allow that would not fit is a deny here. The Check request's
+# header map counts pseudo-headers and merges repeated names, so this is exact for
+# distinct names and may let a request with many repeated names through to Envoy's 500.
+MAX_REQUEST_HEADERS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,22 @@ def decide(
     path: str,
     now: float | None = None,
 ) -> Decision:
+    decision = _decide(policy, context_extensions, headers, path, now)
+    if (
+        decision.__class__ is Allow
+        and len(headers) + len(decision.set_headers) > MAX_REQUEST_HEADERS
+    ):
+        return Deny(Reason.TOO_MANY_HEADERS, decision.config_id)
+    return decision
+
+
+def _decide(
+    policy: Policy,
+    context_extensions: Mapping[str, str],
+    headers: Mapping[str, str],
+    path: str,
+    now: float | None,
+) -> Decision:
     config_id = context_extensions.get(CONFIG_ID) or policy.default_config
     if not policy.loaded:
         return Deny(Reason.NOT_READY, config_id)
@@ -69,6 +97,10 @@ def decide(
     config = policy.configs.get(config_id)
     if config is None:
         return Deny(Reason.UNKNOWN_CONFIG, config_id)
+    if config.memo_header is None and "?" in path:
+        names = [s.name for rule in config.rules for s in rule.sources if s.kind == "query"]
+        if names and credentials.smuggled(path, names):
+            return Deny(Reason.AMBIGUOUS, config.config_id)
     if not config.simple:
         looked_up = [_lookup(policy, rule, headers, path) for rule in config.rules]
         return _check_keys(policy, config, looked_up, headers, now)

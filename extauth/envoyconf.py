@@ -14,6 +14,18 @@ How Envoy puts the real provider key on the upstream request (`ProviderKey`):
 - "passthrough": no injection; the client's own `Authorization` goes upstream.
 In every mode the client's vanity key is stripped by extauth and any client-sent
 `Authorization` is overwritten (except in passthrough, where it is the point).
+
+What every config does to give an attacker nothing (issue 11):
+- the upstream's certificate is verified (a trusted CA bundle, the provider's host name in
+  its SAN): the provider key never goes to whoever answers on the path;
+- header names with underscores are refused (400): `x_org` would otherwise reach a WSGI or
+  CGI upstream as the same variable as the injected `x-org`;
+- the access log takes identity and team from ext_authz's dynamic metadata (what extauth
+  decided), never from request headers, and cuts client-chosen values short;
+- the ext_authz link is health checked over grpc.health.v1, failing endpoints are ejected,
+  and a Check that finds a connection refused or reset is retried on another endpoint;
+- Envoy's admin listens on 127.0.0.1 only; where something outside the pod or container
+  must reach readiness or stats, a separate listener exposes just those two paths.
 """
 
 from __future__ import annotations
@@ -37,6 +49,15 @@ ENV_VAR = "OPENAI_API_KEY"
 INLINE_PLACEHOLDER = "sk-REPLACE-ME-inline-keys-are-readable-by-anyone-with-the-config"
 CHAT_PATH = "/v1/chat/completions"
 EXT_AUTHZ_TIMEOUT = "0.5s"
+# The CA bundle of Debian/Ubuntu (and the official Envoy image): the provider's public CA.
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
+# Envoy's limit on request headers, written into every config: ext_authz fails a request
+# with 500 when the headers extauth injects would push it past this, so extauth checks the
+# same number before it allows (and counts) anything (decide.MAX_REQUEST_HEADERS).
+MAX_REQUEST_HEADERS = 100
+# Client-chosen values in the access log are cut to this many characters.
+LOG_VALUE_LIMIT = 256
+REQUEST_ID_LIMIT = 64
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,14 +73,35 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class GrpcTls:
+    """TLS on the ext_authz link: Envoy verifies extauth's certificate (against `ca`, with
+    `server_name` in its SAN) and presents its own client certificate."""
+
+    ca: str
+    cert: str
+    key: str
+    server_name: str
+
+
+@dataclass(frozen=True)
 class Target:
     """Where things are: the same config shape for localhost, compose and Kubernetes."""
 
     listen: Endpoint
     admin: Endpoint
-    extauth: Endpoint
+    extauth: Endpoint | tuple[Endpoint, ...]
     upstream: str  # URL: http://host:port or https://host
     secrets_dir: str
+    # CA bundle that must have signed an https upstream's certificate.
+    upstream_ca: str = SYSTEM_CA
+    # A listener serving only /ready and /stats/prometheus (from the admin on 127.0.0.1)
+    # for probes and scrapers outside the container; None: no such listener.
+    ops: Endpoint | None = None
+    grpc_tls: GrpcTls | None = None
+
+    @property
+    def extauth_endpoints(self) -> tuple[Endpoint, ...]:
+        return self.extauth if isinstance(self.extauth, tuple) else (self.extauth,)
 
     def upstream_endpoint(self) -> tuple[Endpoint, bool]:
         parts = urlsplit(self.upstream)
@@ -75,20 +117,40 @@ LOCAL = Target(
     upstream="http://127.0.0.1:8000",
     secrets_dir="envoy/secrets",
 )
+# Inside a container the admin stays on loopback; the ops listener takes the port that
+# Prometheus (compose) and the readiness probe (Kubernetes) already use.
 COMPOSE = Target(
     listen=Endpoint("0.0.0.0", 8080),  # noqa: S104 (inside a container)
-    admin=Endpoint("0.0.0.0", 9901),  # noqa: S104
+    admin=Endpoint("127.0.0.1", 9900),
     extauth=Endpoint("extauth", 9001),
     upstream="http://upstream:8000",
     secrets_dir="/etc/envoy/secrets",
+    ops=Endpoint("0.0.0.0", 9901),  # noqa: S104 (/ready and /stats/prometheus only)
 )
 
 KUBERNETES = Target(
     listen=Endpoint("0.0.0.0", 8080),  # noqa: S104 (inside a pod)
-    admin=Endpoint("0.0.0.0", 9901),  # noqa: S104 (the readiness probe; not in the Service)
+    admin=Endpoint("127.0.0.1", 9900),
     extauth=Endpoint("extauth.extauth-system.svc.cluster.local", 9001),  # headless Service
     upstream="https://api.openai.com",
     secrets_dir="/etc/envoy/secrets",
+    ops=Endpoint("0.0.0.0", 9901),  # noqa: S104 (the readiness probe; not in the Service)
+)
+
+# The ext_authz link over mutual TLS (`extauth serve --grpc-tls-cert ... --grpc-client-ca`).
+CERTS_DIR = "envoy/certs"
+LOCAL_MTLS = Target(
+    listen=LOCAL.listen,
+    admin=LOCAL.admin,
+    extauth=LOCAL.extauth,
+    upstream=LOCAL.upstream,
+    secrets_dir=LOCAL.secrets_dir,
+    grpc_tls=GrpcTls(
+        ca=f"{CERTS_DIR}/ca.crt",
+        cert=f"{CERTS_DIR}/envoy.crt",
+        key=f"{CERTS_DIR}/envoy.key",
+        server_name="extauth",
+    ),
 )
 
 # Committed files: path -> (target, provider-key mode).
@@ -106,53 +168,131 @@ def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/{type_name}", **fields}
 
 
-def _cluster(
-    name: str, endpoint: Endpoint, *, http2: bool = False, tls: bool = False
-) -> dict[str, Any]:
+def _address(endpoint: Endpoint) -> dict[str, Any]:
+    return {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
+
+
+def _cluster(name: str, endpoints: tuple[Endpoint, ...]) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": name,
-        "type": "STATIC" if endpoint.is_ip else "STRICT_DNS",
+        "type": "STATIC" if all(e.is_ip for e in endpoints) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": endpoint.host,
-                                        "port_value": endpoint.port,
-                                    }
-                                }
-                            }
-                        }
-                    ]
-                }
+                {"lb_endpoints": [{"endpoint": {"address": _address(e)}} for e in endpoints]}
             ],
         },
     }
-    if not endpoint.is_ip:
+    if cluster["type"] == "STRICT_DNS":
         cluster["dns_lookup_family"] = "V4_ONLY"
-    if http2:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                # Recycled connections and a stream cap per connection: with
-                # `extauth serve --workers N`, the kernel spreads connections (not
-                # requests) over the workers, so Envoy must keep opening new ones.
-                common_http_protocol_options={"max_requests_per_connection": 1000},
-                explicit_http_config={"http2_protocol_options": {"max_concurrent_streams": 64}},
-            )
+    return cluster
+
+
+def _upstream_tls(endpoint: Endpoint, ca: str) -> dict[str, Any]:
+    """Verified TLS to the provider: without a trusted CA and a name match, anyone on the
+    path with any certificate would receive `Authorization: Bearer <provider key>`."""
+    san_type = "IP_ADDRESS" if endpoint.is_ip else "DNS"
+    context: dict[str, Any] = {
+        "common_tls_context": {
+            "validation_context": {
+                "trusted_ca": {"filename": ca},
+                "match_typed_subject_alt_names": [
+                    {"san_type": san_type, "matcher": {"exact": endpoint.host}}
+                ],
+            }
         }
-    if tls:
+    }
+    if not endpoint.is_ip:
+        context["sni"] = endpoint.host
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": _typed(
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", **context
+        ),
+    }
+
+
+def _extauth_cluster(target: Target) -> dict[str, Any]:
+    """The ext_authz link: how Envoy notices an extauth endpoint going away before a
+    request does, and keeps sending Checks to the ones that are serving."""
+    cluster = _cluster("extauth", target.extauth_endpoints)
+    cluster["connect_timeout"] = "0.25s"  # a Check has 0.5 s in all
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            # Recycled connections and a stream cap per connection: with
+            # `extauth serve --workers N`, the kernel spreads connections (not
+            # requests) over the workers, so Envoy must keep opening new ones.
+            common_http_protocol_options={"max_requests_per_connection": 1000},
+            explicit_http_config={
+                "http2_protocol_options": {
+                    "max_concurrent_streams": 64,
+                    # A peer that vanished without a FIN (a killed pod) is found in
+                    # seconds, not at the kernel's TCP timeout.
+                    "connection_keepalive": {"interval": "10s", "timeout": "2s"},
+                }
+            },
+        )
+    }
+    # extauth answers grpc.health.v1 for its Authorization service, NOT_SERVING as soon
+    # as it starts draining: Envoy stops choosing it before its port closes.
+    cluster["health_checks"] = [
+        {
+            "timeout": "0.25s",
+            "interval": "1s",
+            "no_traffic_interval": "5s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": "envoy.service.auth.v3.Authorization"},
+        }
+    ]
+    # An endpoint whose connections fail is ejected for a while, even between checks.
+    cluster["outlier_detection"] = {
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 2,
+        "consecutive_gateway_failure": 3,
+        "interval": "1s",
+        "base_ejection_time": "5s",
+        "max_ejection_percent": 50,
+    }
+    cluster["circuit_breakers"] = {
+        "thresholds": [
+            {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 4096}
+        ]
+    }
+    tls = target.grpc_tls
+    if tls is not None:
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": _typed(
-                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", sni=endpoint.host
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                sni=tls.server_name,
+                common_tls_context={
+                    "alpn_protocols": ["h2"],
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": tls.cert},
+                            "private_key": {"filename": tls.key},
+                        }
+                    ],
+                    "validation_context": {
+                        "trusted_ca": {"filename": tls.ca},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
+                        ],
+                    },
+                },
             ),
         }
+    return cluster
+
+
+def _upstream_cluster(target: Target) -> dict[str, Any]:
+    upstream, tls = target.upstream_endpoint()
+    cluster = _cluster("upstream", (upstream,))
+    if tls:
+        cluster["transport_socket"] = _upstream_tls(upstream, target.upstream_ca)
     return cluster
 
 
@@ -189,10 +329,12 @@ def _routes(host_rewrite: str | None) -> list[dict[str, Any]]:
 
 
 def _access_log() -> list[dict[str, Any]]:
-    """One JSON line per request: who (identity, x-org) and what, never a key.
+    """One JSON line per request: who (identity, team) and what, never a key.
 
-    The path is logged without its query string (a key may travel there); neither the
-    client's key header nor Authorization is logged.
+    Identity, team and config come from ext_authz's dynamic metadata, that is from what
+    extauth decided: a client's own `x-org` never reaches the log (on a denied request the
+    fields are empty). The path is logged without its query string (a key may travel
+    there), and client-chosen values are cut short; Envoy's JSON formatter escapes them.
     """
     metadata = "envoy.filters.http.ext_authz"
     return [
@@ -203,9 +345,10 @@ def _access_log() -> list[dict[str, Any]]:
                 log_format={
                     "json_format": {
                         "time": "%START_TIME%",
-                        "request_id": "%REQ(X-REQUEST-ID)%",
-                        "method": "%REQ(:METHOD)%",
-                        "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                        "request_id": f"%REQ(X-REQUEST-ID):{REQUEST_ID_LIMIT}%",
+                        "method": "%REQ(:METHOD):16%",
+                        "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)"
+                        f":{LOG_VALUE_LIMIT}%",
                         "status": "%RESPONSE_CODE%",
                         # UAEX: denied by extauth; UAEX with 503: extauth unreachable or
                         # too slow; UF/URX: the upstream failed.
@@ -214,7 +357,8 @@ def _access_log() -> list[dict[str, Any]]:
                         "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
                         "config_id": f"%DYNAMIC_METADATA({metadata}:config_id)%",
                         "identity": f"%DYNAMIC_METADATA({metadata}:identity)%",
-                        "x_org": "%REQ(X-ORG)%",
+                        # The x-org extauth injected (from the key's Secret).
+                        "x_org": f"%DYNAMIC_METADATA({metadata}:headers:x-org)%",
                         "authz_reason": f"%DYNAMIC_METADATA({metadata}:reason)%",
                     },
                     "formatters": [
@@ -266,6 +410,47 @@ def _authorization_header(value: str) -> list[dict[str, Any]]:
     ]
 
 
+def _ops_listener(endpoint: Endpoint, admin: Endpoint) -> dict[str, Any]:
+    """Readiness and Prometheus stats for probes and scrapers, and nothing else of the
+    admin (which can drain listeners, change log levels and dump config)."""
+    routes = [
+        {"match": {"path": path}, "route": {"cluster": "admin"}}
+        for path in ("/ready", "/stats/prometheus")
+    ]
+    return {
+        "name": "ops",
+        "address": _address(endpoint),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": _typed(
+                            "envoy.extensions.filters.network."
+                            "http_connection_manager.v3.HttpConnectionManager",
+                            stat_prefix="ops",
+                            route_config={
+                                "name": "ops",
+                                "virtual_hosts": [
+                                    {"name": "ops", "domains": ["*"], "routes": routes}
+                                ],
+                            },
+                            http_filters=[
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": _typed(
+                                        "envoy.extensions.filters.http.router.v3.Router"
+                                    ),
+                                }
+                            ],
+                        ),
+                    }
+                ]
+            }
+        ],
+    }
+
+
 def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
     upstream, tls = target.upstream_endpoint()
     virtual_host: dict[str, Any] = {
@@ -291,7 +476,26 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
             failure_mode_allow=False,
             status_on_error={"code": "ServiceUnavailable"},
             grpc_service={
-                "envoy_grpc": {"cluster_name": "extauth"},
+                "envoy_grpc": {
+                    "cluster_name": "extauth",
+                    # A Check that could not reach an endpoint (refused, reset, draining)
+                    # is tried again on another one, inside the same timeout.
+                    "retry_policy": {
+                        "retry_on": "connect-failure,refused-stream,reset,unavailable",
+                        "num_retries": 2,
+                        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.05s"},
+                        "retry_host_predicate": [
+                            {
+                                "name": "envoy.retry_host_predicates.previous_hosts",
+                                "typed_config": _typed(
+                                    "envoy.extensions.retry.host.previous_hosts.v3."
+                                    "PreviousHostsPredicate"
+                                ),
+                            }
+                        ],
+                        "host_selection_retry_max_attempts": 3,
+                    },
+                },
                 "timeout": EXT_AUTHZ_TIMEOUT,
             },
         ),
@@ -306,45 +510,49 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
         }
     )
 
-    def address(endpoint: Endpoint) -> dict[str, Any]:
-        return {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
+    listeners = [
+        {
+            "name": "ingress",
+            "address": _address(target.listen),
+            "filter_chains": [
+                {
+                    "filters": [
+                        {
+                            "name": "envoy.filters.network.http_connection_manager",
+                            "typed_config": _typed(
+                                "envoy.extensions.filters.network."
+                                "http_connection_manager.v3.HttpConnectionManager",
+                                stat_prefix="ingress",
+                                # `x_org: admins` is refused (400), not forwarded beside
+                                # the injected `x-org`: CGI, WSGI and others read both
+                                # spellings as one variable.
+                                common_http_protocol_options={
+                                    "headers_with_underscores_action": "REJECT_REQUEST",
+                                    "max_headers_count": MAX_REQUEST_HEADERS,
+                                },
+                                access_log=_access_log(),
+                                route_config={
+                                    "name": "routes",
+                                    "virtual_hosts": [virtual_host],
+                                },
+                                http_filters=filters,
+                            ),
+                        }
+                    ]
+                }
+            ],
+        }
+    ]
+    clusters = [_extauth_cluster(target), _upstream_cluster(target)]
+    if target.ops is not None:
+        listeners.append(_ops_listener(target.ops, target.admin))
+        clusters.append(_cluster("admin", (target.admin,)))
 
     return {
         # SDS needs a node identity; harmless elsewhere.
         "node": {"id": "extauth-envoy", "cluster": "extauth-envoy"},
-        "admin": {"address": address(target.admin)},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "ingress",
-                    "address": address(target.listen),
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": _typed(
-                                        "envoy.extensions.filters.network."
-                                        "http_connection_manager.v3.HttpConnectionManager",
-                                        stat_prefix="ingress",
-                                        access_log=_access_log(),
-                                        route_config={
-                                            "name": "routes",
-                                            "virtual_hosts": [virtual_host],
-                                        },
-                                        http_filters=filters,
-                                    ),
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                _cluster("extauth", target.extauth, http2=True),
-                _cluster("upstream", upstream, tls=tls),
-            ],
-        },
+        "admin": {"address": _address(target.admin)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
     }
 
 
@@ -364,8 +572,9 @@ def sds_secret(value: str) -> dict[str, Any]:
 def render(config: dict[str, Any], target: Target, provider_key: ProviderKey) -> str:
     header = (
         "# Generated by `make envoy-configs` from extauth/envoyconf.py: edit that, not this.\n"
-        f"# Envoy in front of an upstream, asking extauth ({target.extauth.host}:"
-        f"{target.extauth.port}) about every request.\n"
+        "# Envoy in front of an upstream, asking extauth ("
+        + ", ".join(f"{e.host}:{e.port}" for e in target.extauth_endpoints)
+        + ") about every request.\n"
         f"# Provider key: {provider_key} (see extauth/envoyconf.py for the modes).\n"
     )
     return header + yaml.safe_dump(config, sort_keys=False, width=100)
@@ -396,14 +605,26 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if stale else 0
 
 
-def local(*, listen: int, admin: int, extauth: int, upstream: str, secrets_dir: str) -> Target:
-    """A loopback target on the given ports (the demo, the soak, the benchmarks)."""
+def local(
+    *,
+    listen: int,
+    admin: int,
+    extauth: int | tuple[int, ...],
+    upstream: str,
+    secrets_dir: str,
+    upstream_ca: str = SYSTEM_CA,
+    grpc_tls: GrpcTls | None = None,
+) -> Target:
+    """A loopback target on the given ports (the demo, the soak, the benchmarks, tests)."""
+    ports = extauth if isinstance(extauth, tuple) else (extauth,)
     return Target(
         listen=Endpoint("127.0.0.1", listen),
         admin=Endpoint("127.0.0.1", admin),
-        extauth=Endpoint("127.0.0.1", extauth),
+        extauth=tuple(Endpoint("127.0.0.1", p) for p in ports),
         upstream=upstream,
         secrets_dir=secrets_dir,
+        upstream_ca=upstream_ca,
+        grpc_tls=grpc_tls,
     )
 
 

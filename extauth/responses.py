@@ -22,7 +22,9 @@ from extauth.decide import Allow, Decision, Reason
 from extauth.wire import ext_authz_pb2 as pb
 
 GRPC_OK = 0
+GRPC_INVALID_ARGUMENT = 3
 GRPC_PERMISSION_DENIED = 7
+GRPC_RESOURCE_EXHAUSTED = 8
 GRPC_INTERNAL = 13
 GRPC_UNAVAILABLE = 14
 GRPC_UNAUTHENTICATED = 16
@@ -48,6 +50,16 @@ _DENIALS: dict[Reason, tuple[pb.StatusCode, int, str]] = {
         pb.Forbidden,
         GRPC_PERMISSION_DENIED,
         "the AuthConfig bound to this route is not loaded",
+    ),
+    Reason.AMBIGUOUS: (
+        pb.BadRequest,
+        GRPC_INVALID_ARGUMENT,
+        "the API key parameter appears twice or in an encoded spelling; send it once, as is",
+    ),
+    Reason.TOO_MANY_HEADERS: (
+        pb.RequestHeaderFieldsTooLarge,
+        GRPC_RESOURCE_EXHAUSTED,
+        "too many request headers",
     ),
     Reason.NOT_READY: (pb.ServiceUnavailable, GRPC_UNAVAILABLE, "authorization is starting"),
     Reason.INTERNAL: (pb.InternalServerError, GRPC_INTERNAL, "authorization failed"),
@@ -88,8 +100,15 @@ def _allow(decision: Allow) -> bytes:
         )
     ok.headers_to_remove.extend(decision.remove_headers)
     ok.query_parameters_to_remove.extend(decision.remove_query)
+    # What was injected goes in the metadata too: Envoy's access log reads the team from
+    # here, from the decision, never from the request's own headers.
     response.dynamic_metadata.update(
-        {"config_id": decision.config_id, "identity": decision.identity}
+        {
+            "config_id": decision.config_id,
+            "identity": decision.identity,
+            # (Not the rewritten cookie: the client's other cookies are no one's business.)
+            "headers": {k: v for k, v in decision.set_headers if k != "cookie"},
+        }
     )
     return response.SerializeToString()
 

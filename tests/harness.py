@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -86,17 +87,23 @@ def request(
 
 
 class _Echo(BaseHTTPRequestHandler):
+    """Answers with what it received: the raw request line and every header line, in
+    order and duplicates included; `Recorder.received` keeps the same for each request."""
+
+    server: _Recorder
+
     def _answer(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         if length:
             self.rfile.read(length)
-        body = json.dumps(
-            {
-                "method": self.command,
-                "path": self.path,
-                "headers": [[k.lower(), v] for k, v in self.headers.items()],
-            }
-        ).encode()
+        seen = {
+            "request_line": self.requestline,
+            "method": self.command,
+            "path": self.path,
+            "headers": [[k.lower(), v] for k, v in self.headers.items()],
+        }
+        self.server.received.append(seen)
+        body = json.dumps(seen).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -109,16 +116,46 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
+class _Recorder(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
+        super().__init__(("127.0.0.1", 0), _Echo)
+        self.received: list[dict[str, Any]] = []
+        self.handshake_failures = 0
+        if tls is not None:
+            self.socket = tls.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(5)
+                request.do_handshake()
+            except (ssl.SSLError, OSError):
+                self.handshake_failures += 1
+                return
+        super().finish_request(request, client_address)
+
+
 @contextlib.contextmanager
-def echo_upstream() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+def recording_upstream(tls: ssl.SSLContext | None = None) -> Iterator[_Recorder]:
+    """The echo upstream, optionally behind TLS; `.received` lists every request."""
+    server = _Recorder(tls)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server.server_address[1]
+        yield server
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def echo_upstream() -> Iterator[int]:
+    with recording_upstream() as server:
+        yield server.server_address[1]
 
 
 def upstream_headers(response: Response) -> dict[str, list[str]]:

@@ -106,9 +106,12 @@ def test_envoy_ports_and_secrets_mount(services: dict[str, Any]) -> None:
     config = _envoy(services)
     listen = config["static_resources"]["listeners"][0]["address"]["socket_address"]
     admin = config["admin"]["address"]["socket_address"]
+    ops = config["static_resources"]["listeners"][1]["address"]["socket_address"]
     published = [p.rsplit(":", 1)[1] for p in services["envoy"]["ports"]]
     assert str(listen["port_value"]) in published
-    assert str(admin["port_value"]) in published
+    # The admin stays inside the container; readiness and stats go through `ops`.
+    assert admin["address"] == "127.0.0.1"
+    assert str(ops["port_value"]) in published
     mounts = _mounts(services["envoy"])
     assert mounts[envoyconf.COMPOSE.secrets_dir] == ROOT / "envoy" / "secrets"
     assert (ROOT / "envoy" / "secrets" / "provider-key.example.yaml").exists()
@@ -148,8 +151,9 @@ def test_prometheus_scrapes_extauth_and_envoy(services: dict[str, Any]) -> None:
     }
     metrics_port = _port(_flag(services["extauth"]["command"], "--http-address"))
     assert targets["extauth"] == f"extauth:{metrics_port}"
-    admin = _envoy(services)["admin"]["address"]["socket_address"]["port_value"]
-    assert targets["envoy"] == f"envoy:{admin}"
+    ops = _envoy(services)["static_resources"]["listeners"][1]
+    assert ops["name"] == "ops"
+    assert targets["envoy"] == f"envoy:{ops['address']['socket_address']['port_value']}"
 
 
 def test_images_are_built_by_the_dockerfile(services: dict[str, Any]) -> None:

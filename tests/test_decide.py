@@ -95,6 +95,32 @@ def test_extract(headers: dict[str, str], path: str, expected: str | None) -> No
     assert credentials.extract((HEADER, QUERY, COOKIE), headers, path) == expected
 
 
+@pytest.mark.parametrize(
+    ("path", "smuggled"),
+    [
+        ("/p", False),
+        ("/p?k=1", False),
+        ("/p?a=1&k=1&kk=2&k-=3&x_k=4", False),
+        ("/p?%6B=1", True),  # Envoy strips "k" only as spelled
+        ("/p?K=1", True),
+        ("/p?k=1&k=2", True),
+        ("/p?k[]=1", True),
+        ("/p?k%5B0%5D=1", True),
+        ("/p?%256B=1", True),  # decoded twice
+        ("/p?a=1;k=2", True),  # an upstream that also splits on ";"
+        ("/p?+k=1", True),
+        ("/p?k=%6B", False),  # values are the key's business, not names
+    ],
+)
+def test_smuggled_query_keys(path: str, smuggled: bool) -> None:
+    assert credentials.smuggled(path, ["k"]) is smuggled
+
+
+def test_query_key_is_read_by_the_name_envoy_strips() -> None:
+    assert credentials.query_param("/p?%6B=v&k=w", "k") == "w"
+    assert credentials.query_param("/p?%6B=v", "k") is None
+
+
 def test_without_cookies() -> None:
     assert credentials.without_cookies("a=1; k=secret;b=2", frozenset({"k"})) == "a=1; b=2"
     assert credentials.without_cookies("k=secret", frozenset({"k"})) == ""
@@ -186,6 +212,8 @@ def test_every_config_entry_must_pass(policy: Policy) -> None:
         (Reason.UNKNOWN_CONFIG, 403, 7),
         (Reason.NOT_READY, 503, 14),
         (Reason.INTERNAL, 500, 13),
+        (Reason.AMBIGUOUS, 400, 3),
+        (Reason.TOO_MANY_HEADERS, 431, 8),
     ],
 )
 def test_deny_responses(reason: Reason, http: int, grpc: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from extauth import envoyconf
-from tests import harness
+from tests import certs, harness
 from tests.harness import ROOT
 
 
@@ -21,6 +21,10 @@ def test_committed_configs_are_current() -> None:
 def _validate(config: dict[str, object], tmp_path: Path) -> None:
     secrets = tmp_path / "secrets"
     harness.relocate_secrets(config, secrets)
+    if envoyconf.CERTS_DIR in str(config):
+        issuer = certs.ca(tmp_path / "certs", "ca")
+        certs.leaf(tmp_path / "certs", "envoy", issuer)
+        certs.relocate(config, envoyconf.CERTS_DIR, tmp_path / "certs")
     harness.write_provider_key(secrets, "Bearer sk-validate")
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -39,7 +43,13 @@ def test_envoy_accepts_a_real_provider_upstream_over_tls(tmp_path: Path) -> None
     config = envoyconf.build(target, "file")
     upstream = config["static_resources"]["clusters"][1]
     assert upstream["type"] == "STRICT_DNS"
-    assert upstream["transport_socket"]["typed_config"]["sni"] == "api.openai.com"
+    tls = upstream["transport_socket"]["typed_config"]
+    assert tls["sni"] == "api.openai.com"
+    validation = tls["common_tls_context"]["validation_context"]
+    assert validation["trusted_ca"] == {"filename": envoyconf.SYSTEM_CA}
+    assert validation["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "api.openai.com"}}
+    ]
     _validate(config, tmp_path)
 
 

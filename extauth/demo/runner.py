@@ -127,6 +127,7 @@ def build_children(args: argparse.Namespace, run: Path) -> list[Child]:
         extauth=args.extauth_port,
         upstream=upstream_url,
         secrets_dir=str(run / "secrets"),
+        upstream_ca=str(args.upstream_ca),
     )
     (run / "envoy.yaml").write_text(envoyconf.config_text(target, "file"))
     secrets = run / "secrets"
@@ -315,6 +316,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="URL",
         help="a real provider instead of the mock (e.g. https://api.openai.com); "
         f"the provider key comes from ${envoyconf.ENV_VAR}",
+    )
+    parser.add_argument(
+        "--upstream-ca",
+        type=Path,
+        default=Path(envoyconf.SYSTEM_CA),
+        metavar="PEM",
+        help="CA bundle an https upstream's certificate must chain to (its host name must "
+        "also be in the certificate)",
     )
     defaults = "(default: %(default)s)"
     parser.add_argument("--port", type=int, default=8080, help=f"Envoy's listener {defaults}")

@@ -16,14 +16,18 @@ class StatusCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     Empty: _ClassVar[StatusCode]
     OK: _ClassVar[StatusCode]
+    BadRequest: _ClassVar[StatusCode]
     Unauthorized: _ClassVar[StatusCode]
     Forbidden: _ClassVar[StatusCode]
+    RequestHeaderFieldsTooLarge: _ClassVar[StatusCode]
     InternalServerError: _ClassVar[StatusCode]
     ServiceUnavailable: _ClassVar[StatusCode]
 Empty: StatusCode
 OK: StatusCode
+BadRequest: StatusCode
 Unauthorized: StatusCode
 Forbidden: StatusCode
+RequestHeaderFieldsTooLarge: StatusCode
 InternalServerError: StatusCode
 ServiceUnavailable: StatusCode
 

@@ -1,0 +1,295 @@
+"""What an attacker can slip past Envoy and extauth to the upstream, tried through a real
+Envoy (envoy/envoy.yaml as shipped) and an upstream that records the raw request line and
+every header line it receives.
+
+- The vanity key never reaches the upstream, whatever spelling of its query parameter
+  Envoy forwards: extauth reads the parameter Envoy strips, and denies (400) a request
+  that carries it twice or in a spelling Envoy would leave in; it is not in
+  `x-envoy-original-path` after a prefix rewrite either.
+- An injected identity header arrives once, with extauth's value, in every spelling a
+  client can send it; underscore spellings (`x_org`) are refused with 400.
+- A request whose headers plus the injected ones would pass Envoy's header limit is
+  denied by extauth (431) and not counted as usage, instead of being counted and then
+  failed by Envoy with a 500.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests import harness
+from tests.harness import ROOT, request
+
+pytestmark = pytest.mark.e2e
+
+KEY = "smuggle-key-7f3a"
+KEY_2 = "smuggle-key-second"
+RESOURCES = f"""
+apiVersion: v1
+kind: Secret
+type: extauth.solo.io/apikey
+metadata: {{name: smuggler, namespace: tests, labels: {{tier: q}}}}
+stringData: {{api-key: {KEY}, x-org: developers}}
+---
+apiVersion: v1
+kind: Secret
+type: extauth.solo.io/apikey
+metadata: {{name: smuggler-2, namespace: tests, labels: {{tier: q}}}}
+stringData: {{api-key: {KEY_2}, x-org: second}}
+---
+apiVersion: extauth.solo.io/v1
+kind: AuthConfig
+metadata: {{name: query-auth, namespace: tests}}
+spec:
+  configs:
+    - apiKeyAuth:
+        keySources: [{{header: x-api-key}}, {{query: api_key}}]
+        clientIdHeader: x-client-id
+        k8sSecretApikeyStorage: {{labelSelector: {{tier: q}}}}
+        headersFromMetadataEntry:
+          x-org: {{name: x-org}}
+"""
+
+
+def _route(prefix: str, rewrite: str | None = None) -> dict[str, Any]:
+    action: dict[str, Any] = {"cluster": "upstream"}
+    if rewrite:
+        action["prefix_rewrite"] = rewrite
+    return {
+        "match": {"prefix": prefix},
+        "route": action,
+        "typed_per_filter_config": {
+            "envoy.filters.http.ext_authz": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                "check_settings": {"context_extensions": {"config_id": "tests.query-auth"}},
+            }
+        },
+    }
+
+
+@dataclass
+class Stack:
+    port: int
+    upstream: Any
+    extauth: harness.Extauth
+    metrics_port: int
+
+    def raw(self, head: str) -> int:
+        """Send `head` (request line and headers, CRLF-separated) as is; the status."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(head.encode("latin-1") + b"\r\n\r\n")
+            data = b""
+            while b"\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        return int(data.split(b" ", 2)[1])
+
+    def received(self) -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = list(self.upstream.received)
+        self.upstream.received.clear()
+        return seen
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("smuggling")
+    config_dir = work / "config"
+    shutil.copytree(ROOT / "authconfigs", config_dir)
+    (config_dir / "tests.yaml").write_text(RESOURCES)
+    metrics_port = harness.free_port()
+    with harness.recording_upstream() as upstream:
+        extauth = harness.Extauth(
+            config_dir,
+            work / "extauth.log",
+            "--http-address",
+            f"127.0.0.1:{metrics_port}",
+            "--usage-label",
+            "x-org",
+        )
+        envoy: harness.Envoy | None = None
+        try:
+            extauth.wait_ready()
+            config, listen = harness.envoy_config(
+                extauth=extauth.port, upstream=upstream.server_address[1], work=work
+            )
+            hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            vhost = hcm["typed_config"]["route_config"]["virtual_hosts"][0]
+            vhost["routes"] = [_route("/rewrite", "/v1/rewritten"), _route("/q")] + vhost["routes"]
+            envoy = harness.Envoy(config, work)
+            envoy.wait_ready()
+            yield Stack(listen, upstream, extauth, metrics_port)
+        finally:
+            if envoy:
+                envoy.stop()
+            extauth.stop()
+
+
+def _everything(seen: list[dict[str, Any]]) -> str:
+    return repr(seen)
+
+
+# The key in the query string ---------------------------------------------------------------
+
+
+def test_plain_query_key_is_stripped_from_the_line_and_the_original_path(stack: Stack) -> None:
+    stack.received()
+    response = request(stack.port, f"/rewrite/x?model=m&api_key={KEY}&n=1")
+    assert response.status == 200
+    (seen,) = stack.received()
+    assert seen["request_line"].startswith("GET /v1/rewritten/x?")
+    assert "model=m" in seen["request_line"]
+    original = [v for k, v in seen["headers"] if k == "x-envoy-original-path"]
+    assert original
+    assert original[0].startswith("/rewrite/x?")
+    assert KEY not in _everything([seen])
+    assert "api_key" not in _everything([seen])
+
+
+SPELLINGS = [
+    f"%61pi_key={KEY}",
+    f"api%5Fkey={KEY}",
+    f"api_key={KEY_2}&%61pi_key={KEY}",
+    f"api_key={KEY_2}&api_key={KEY}",
+    f"api_key={KEY}&api_key={KEY_2}",
+    f"API_KEY={KEY}",
+    f"Api_Key={KEY}",
+    f"api.key={KEY}",
+    f"api+key={KEY}",
+    f"api%20key={KEY}",
+    f"api_key[]={KEY}",
+    f"api_key%5B%5D={KEY}",
+    f"%2561pi_key={KEY}",
+    f"x=1;api_key={KEY}",
+    f"api_key={KEY_2};api_key={KEY}",
+    f"+api_key={KEY}",
+]
+
+
+@pytest.mark.parametrize("route", ["/q", "/rewrite"])
+@pytest.mark.parametrize("query", SPELLINGS)
+def test_key_in_a_spelling_envoy_would_not_strip_is_denied(
+    stack: Stack, route: str, query: str
+) -> None:
+    stack.received()
+    response = request(stack.port, f"{route}?a=1&{query}")
+    assert response.status == 400
+    assert response.json()["error"] == "ambiguous_api_key"
+    assert stack.received() == []
+
+
+@pytest.mark.parametrize("query", SPELLINGS)
+def test_key_in_header_does_not_carry_a_smuggled_query_key_upstream(
+    stack: Stack, query: str
+) -> None:
+    # The header decides, but the query parameter is still there: denied all the same.
+    stack.received()
+    response = request(stack.port, f"/q?{query}", {"x-api-key": KEY_2})
+    assert response.status == 400
+    assert stack.received() == []
+
+
+def test_unrelated_parameters_that_look_alike_pass(stack: Stack) -> None:
+    stack.received()
+    response = request(stack.port, f"/q?api_keys=1&my_api_key=2&api-key=3&api_key={KEY}")
+    assert response.status == 200
+    (seen,) = stack.received()
+    assert KEY not in _everything([seen])
+    assert "api_keys=1" in seen["request_line"]
+
+
+# Injected headers in every spelling -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["x_org", "X_Org", "x_client_id", "x-org_"])
+def test_underscore_spelling_of_an_injected_header_is_refused(stack: Stack, name: str) -> None:
+    stack.received()
+    status = stack.raw(
+        f"GET /q HTTP/1.1\r\nHost: h\r\nx-api-key: {KEY}\r\n{name}: admins\r\nConnection: close"
+    )
+    assert status == 400
+    assert stack.received() == []
+
+
+@pytest.mark.parametrize(
+    "spoof",
+    [
+        "X-Org: admins",
+        "X-ORG: admins",
+        "x-org: admins\r\nx-org: root",
+        "x-org: admins\r\nX-Org: root",
+        "x-org: admins, root",
+        "X-Client-Id: someone\r\nx-client-id: other",
+    ],
+)
+def test_injected_header_arrives_once_with_the_injected_value(stack: Stack, spoof: str) -> None:
+    stack.received()
+    status = stack.raw(
+        f"GET /q HTTP/1.1\r\nHost: h\r\nx-api-key: {KEY}\r\n{spoof}\r\nConnection: close"
+    )
+    assert status == 200
+    (seen,) = stack.received()
+    headers = [tuple(pair) for pair in seen["headers"]]
+    assert [v for k, v in headers if k == "x-org"] == ["developers"]
+    assert [v for k, v in headers if k == "x-client-id"] == ["smuggler"]
+    assert "admins" not in _everything([seen])
+    assert "root" not in _everything([seen])
+
+
+def test_folded_header_line_stays_in_the_header_it_continues(stack: Stack) -> None:
+    # Envoy unfolds obs-fold into the previous value: no header of its own comes out.
+    stack.received()
+    status = stack.raw(
+        f"GET /q HTTP/1.1\r\nHost: h\r\nx-api-key: {KEY}\r\nx-note: a\r\n x-org: admins\r\n"
+        "Connection: close"
+    )
+    assert status in (200, 400)
+    for seen in stack.received():
+        assert [v for k, v in seen["headers"] if k == "x-org"] == ["developers"]
+
+
+# Usage counts what was served ------------------------------------------------------------
+
+
+def _usage(stack: Stack) -> float:
+    text = request(stack.metrics_port, "/metrics").body.decode()
+    wanted = 'extauth_usage_total{config="tests.query-auth",team="developers"}'
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _with_headers(count: int) -> str:
+    extra = "".join(f"x-h{i}: v\r\n" for i in range(count))
+    return f"GET /q HTTP/1.1\r\nHost: h\r\nx-api-key: {KEY}\r\n{extra}Connection: close"
+
+
+def test_93_headers_and_a_valid_key_is_denied_and_not_counted(stack: Stack) -> None:
+    before = _usage(stack)
+    stack.received()
+    assert stack.raw(_with_headers(93)) == 431
+    assert stack.received() == []
+    assert _usage(stack) == before
+    assert stack.raw(_with_headers(10)) == 200
+    assert _usage(stack) == before + 1
+
+
+def test_no_header_count_gets_a_500_or_an_uncounted_allow(stack: Stack) -> None:
+    # Around the limit, every answer is either served (and counted) or denied by extauth.
+    for count in range(80, 100):
+        before = _usage(stack)
+        stack.received()
+        status = stack.raw(_with_headers(count))
+        served = len(stack.received())
+        assert status in (200, 431), (count, status)
+        assert served == (1 if status == 200 else 0)
+        assert _usage(stack) == before + served, count
