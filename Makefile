@@ -5,13 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GRPC_ADDRESS ?= 127.0.0.1:9001
+HTTP_ADDRESS ?= 127.0.0.1:9090
 
 .PHONY: demo test serve validate protos envoy-configs bench fuzz soak clean
 
+# PYTHONWARNINGS: setuptools warns on every editable install of a flat layout that a folder
+# named like the package may shadow it; that is this checkout, on purpose. Other warnings show.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # The vanity-key story on localhost: mock upstream, extauth and a real Envoy on :8080.
@@ -27,6 +30,7 @@ test: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/extauth serve --config-dir authconfigs --grpc-address $(GRPC_ADDRESS) \
+		--http-address $(HTTP_ADDRESS) --usage-label x-org \
 		--default-config agentgateway-system.apikey-auth
 
 validate: $(STAMP)

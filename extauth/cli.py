@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import shtab
 from pydantic import ValidationError
 
 from extauth import __version__, keys, manifests, resources, workers
@@ -51,17 +53,114 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _namespace(value: str) -> str:
+    try:
+        return resources.check_namespace(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bounded(kind: type[int] | type[float], low: float, high: float) -> Any:
+    """An argparse type: a number of `kind` in [low, high], refused with the range."""
+
+    def parse(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if number < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g} (got {value})")
+        if number > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g} (got {value})")
+        return number
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth showing (not None, False or [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+ENV_PREFIX = "EXTAUTH_"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def environment_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> list[str]:
+    """Take `serve`'s defaults from EXTAUTH_<OPTION> variables; the command line wins.
+
+    Every option has one (`--config-dir` is EXTAUTH_CONFIG_DIR); flags take 1/true/yes/on
+    or 0/false/no/off; repeatable options take a comma-separated list. Returns the
+    problems, each naming its variable.
+    """
+    problems: list[str] = []
+    defaults: dict[str, Any] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "log_level"):
+            continue
+        name = ENV_PREFIX + action.dest.upper()
+        raw = environ.get(name)
+        if raw is None:
+            continue
+        try:
+            defaults[action.dest] = _from_environment(action, raw)
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            problems.append(f"{name}: {exc}")
+    parser.set_defaults(**defaults)
+    return problems
+
+
+def _from_environment(action: argparse.Action, raw: str) -> Any:
+    if isinstance(action, argparse._StoreTrueAction):
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ValueError(f"{raw!r} is not one of 1/true/yes/on or 0/false/no/off")
+    convert = action.type if callable(action.type) else str
+    if isinstance(action, argparse._AppendAction):
+        return [convert(part.strip()) for part in raw.split(",")]
+    value = convert(raw)
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"{raw!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="extauth", description="Envoy ext_authz service for API-key AuthConfigs."
+        prog="extauth",
+        description="Envoy ext_authz service for API-key AuthConfigs.",
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"extauth {__version__}")
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser.add_argument("--log-level", default="INFO", choices=levels, help="log verbosity")
+    # The same flag after the subcommand (`extauth serve --log-level DEBUG`); SUPPRESS
+    # keeps a subcommand's absent flag from overriding one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=levels,
+        help="log verbosity (default: INFO)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("serve", help="serve Envoy's Authorization/Check over gRPC")
+    run = commands.add_parser(
+        "serve",
+        help="serve Envoy's Authorization/Check over gRPC",
+        parents=[common],
+        formatter_class=_Formatter,
+        epilog=f"Every option can also be set in the environment as {ENV_PREFIX}<OPTION> "
+        f"({ENV_PREFIX}CONFIG_DIR, {ENV_PREFIX}GRPC_ADDRESS, ...; flags take true/false, "
+        f"{ENV_PREFIX}NAMESPACE a comma-separated list); the command line wins.",
+    )
     run.add_argument(
         "--config-dir",
         type=Path,
@@ -75,13 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--namespace",
         action="append",
+        type=_namespace,
         metavar="NS",
         help="with --kubernetes: watch only this namespace (repeatable; default: all)",
     )
     run.add_argument("--kubeconfig", metavar="PATH", help="with --kubernetes: kubeconfig file")
     run.add_argument(
         "--kube-watch-timeout",
-        type=int,
+        type=_bounded(int, 10, 3600),
         default=300,
         metavar="SECONDS",
         help="with --kubernetes: restart each watch this often (server-side timeout)",
@@ -91,7 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --kubernetes: do not write AuthConfig status",
     )
-    run.add_argument("--grpc-address", type=_address, default="127.0.0.1:9001")
+    run.add_argument(
+        "--grpc-address",
+        type=_address,
+        default="127.0.0.1:9001",
+        metavar="HOST:PORT",
+        help="where Envoy's ext_authz filter reaches the Authorization service",
+    )
     run.add_argument(
         "--default-config",
         type=_config_id,
@@ -123,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--workers",
-        type=int,
+        type=_bounded(int, 1, 64),
         default=1,
         metavar="N",
         help="processes sharing the gRPC port (SO_REUSEPORT); worker i serves "
@@ -131,23 +237,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=_bounded(float, 0, 3600),
         default=5.0,
         metavar="SECONDS",
         help="how long SIGTERM waits for in-flight checks",
     )
 
-    check = commands.add_parser("validate", help="check manifests; exit 1 on any problem")
+    check = commands.add_parser(
+        "validate",
+        help="check manifests; exit 1 on any problem",
+        parents=[common],
+        formatter_class=_Formatter,
+    )
     check.add_argument("paths", nargs="+", type=Path, metavar="PATH")
 
-    keys_cmd = commands.add_parser("keys", help="API key helpers")
+    keys_cmd = commands.add_parser("keys", help="API key helpers", parents=[common])
     keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
     new = keys_sub.add_parser(
         "new",
         help="generate a key and print its Secret manifest (the key itself goes to stderr)",
+        parents=[common],
+        formatter_class=_Formatter,
     )
     new.add_argument("name", help="Secret name: the identity of the key's holder")
-    new.add_argument("--namespace", "-n", default="default")
+    new.add_argument(
+        "--namespace", "-n", default="default", type=_namespace, help="the Secret's namespace"
+    )
     new.add_argument(
         "--meta",
         action="append",
@@ -165,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Secret label, for AuthConfig label selectors (repeatable)",
     )
     new.add_argument(
-        "--bytes", type=int, default=keys.DEFAULT_BYTES, help="random bytes in the key"
+        "--bytes",
+        type=_bounded(int, 16, 1024),
+        default=keys.DEFAULT_BYTES,
+        help="random bytes in the key (at least 16: 128 bits)",
     )
     new.add_argument(
         "--hashed",
@@ -190,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --output: replace FILE if it exists",
     )
+    completion = commands.add_parser(
+        "completion",
+        help='print a shell completion script (bash: eval "$(extauth completion bash)")',
+        parents=[common],
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     return parser
 
 
@@ -200,8 +324,15 @@ def _pair(value: str) -> tuple[str, str]:
     return name, text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = build_parser()
+    serve_parser = _subparser(parser, "serve")
+    problems = environment_defaults(serve_parser, os.environ if environ is None else environ)
+    args = parser.parse_args(argv)
+    if problems and args.command == "serve":
+        for problem in problems:
+            print(f"extauth serve: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -212,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return validate(args.paths)
     if args.command == "keys":
         return new_key(args)
+    if args.command == "completion":
+        sys.stdout.write(shtab.complete(parser, shell=args.shell))
+        return 0
     if args.config_dir is None and not args.kubernetes:
         print("extauth serve: give --config-dir DIR, --kubernetes, or both", file=sys.stderr)
         return 2
@@ -233,15 +367,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_status=not args.no_status,
         kube_watch_timeout=args.kube_watch_timeout,
     )
-    if args.workers < 1:
-        print("extauth serve: --workers must be at least 1", file=sys.stderr)
-        return 2
     if args.workers > 1:
         if args.grpc_address.endswith(":0"):
             print("extauth serve: --workers needs a fixed --grpc-address port", file=sys.stderr)
             return 2
         return workers.run_workers(settings, args.workers, _serve_one)
     return _serve_one(settings)
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise LookupError(name)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -275,9 +414,6 @@ def _serve_one(settings: Settings) -> int:
 
 
 def new_key(args: argparse.Namespace) -> int:
-    if args.bytes < 16:
-        print("--bytes must be at least 16 (128 bits)", file=sys.stderr)
-        return 2
     key = keys.new_key(args.bytes)
     try:
         metadata = dict(args.meta)

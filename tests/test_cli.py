@@ -87,7 +87,7 @@ def test_serve_rejects_bad_arguments() -> None:
     assert "--workers needs a fixed --grpc-address port" in result.stderr
     result = run_cli("serve", "--config-dir", ".", "--workers", "0")
     assert result.returncode == 2
-    assert "--workers must be at least 1" in result.stderr
+    assert "--workers: must be at least 1" in result.stderr
 
 
 def test_serve_missing_config_dir_exits_with_message(tmp_path: Path) -> None:
@@ -236,3 +236,101 @@ def test_a_dead_worker_stops_the_others(tmp_path: Path) -> None:
         not Path(f"/proc/{second}").exists()
         or "Z" in Path(f"/proc/{second}/stat").read_text().split()[2]
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kube-watch-timeout", "-1"], "--kube-watch-timeout: must be at least 10 (got -1)"),
+        (["--kube-watch-timeout", "0"], "--kube-watch-timeout: must be at least 10 (got 0)"),
+        (["--kube-watch-timeout", "soon"], "'soon' is not a number"),
+        (["--namespace", ""], "'' is not a valid namespace"),
+        (["--namespace", "Bad_NS"], "'Bad_NS' is not a valid namespace"),
+        (["--shutdown-grace", "-5"], "--shutdown-grace: must be at least 0"),
+        (["--workers", "1000"], "--workers: must be at most 64 (got 1000)"),
+    ],
+)
+def test_serve_refuses_out_of_range_flags(args: list[str], message: str) -> None:
+    result = run_cli("serve", "--kubernetes", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_global_flags_work_before_and_after_the_subcommand() -> None:
+    parser = cli.build_parser()
+    after = parser.parse_args(["serve", "--config-dir", "d", "--log-level", "DEBUG"])
+    assert after.log_level == "DEBUG"
+    before = parser.parse_args(["--log-level", "ERROR", "serve", "--config-dir", "d"])
+    assert before.log_level == "ERROR"
+    neither = parser.parse_args(["validate", "x.yaml"])
+    assert neither.log_level == "INFO"
+    assert parser.parse_args(["keys", "new", "t", "--log-level", "WARNING"]).log_level == (
+        "WARNING"
+    )
+    result = run_cli("serve", "--log-level", "LOUD")
+    assert result.returncode == 2
+    assert "invalid choice: 'LOUD'" in result.stderr
+
+
+def test_every_serve_option_is_explained_with_its_default() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "(default: 127.0.0.1:9001)" in text
+    assert "(default: 300)" in text
+    assert "EXTAUTH_CONFIG_DIR" in text
+    serve = cli._subparser(cli.build_parser(), "serve")
+    unexplained = [a.dest for a in serve._actions if a.option_strings and not a.help]
+    assert unexplained == []
+
+
+def test_serve_options_come_from_the_environment_and_the_command_line_wins() -> None:
+    parser = cli.build_parser()
+    serve = cli._subparser(parser, "serve")
+    problems = cli.environment_defaults(
+        serve,
+        {
+            "EXTAUTH_CONFIG_DIR": "/etc/extauth",
+            "EXTAUTH_KUBERNETES": "true",
+            "EXTAUTH_NAMESPACE": "team-a, team-b",
+            "EXTAUTH_GRPC_ADDRESS": "0.0.0.0:9001",
+            "EXTAUTH_WORKERS": "2",
+            "EXTAUTH_DECISION_LOG": "0",
+            "UNRELATED": "x",
+        },
+    )
+    assert problems == []
+    args = parser.parse_args(["serve", "--grpc-address", "127.0.0.1:7000"])
+    assert args.config_dir == Path("/etc/extauth")
+    assert args.kubernetes is True
+    assert args.namespace == ["team-a", "team-b"]
+    assert args.grpc_address == "127.0.0.1:7000"  # the command line wins
+    assert args.workers == 2
+    assert args.decision_log is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("EXTAUTH_WORKERS", "0", "EXTAUTH_WORKERS: must be at least 1 (got 0)"),
+        ("EXTAUTH_KUBERNETES", "maybe", "EXTAUTH_KUBERNETES: 'maybe' is not one of"),
+        ("EXTAUTH_GRPC_ADDRESS", "nowhere", "EXTAUTH_GRPC_ADDRESS: 'nowhere' is not HOST:PORT"),
+        ("EXTAUTH_NAMESPACE", "ok,Bad", "EXTAUTH_NAMESPACE: 'Bad' is not a valid namespace"),
+    ],
+)
+def test_a_bad_environment_variable_is_named(
+    variable: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", "--config-dir", "."], environ={variable: value}) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_shell_completion_covers_the_subcommands() -> None:
+    result = run_cli("completion", "bash")
+    assert result.returncode == 0, result.stderr
+    for word in ("serve", "validate", "keys", "--config-dir", "--grpc-address"):
+        assert word in result.stdout
+    checked = subprocess.run(
+        ["bash", "-n"], input=result.stdout, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stderr
