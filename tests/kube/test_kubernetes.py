@@ -184,10 +184,8 @@ def test_unworkable_authconfig_is_rejected_and_last_good_keeps_serving(service: 
     config_id = f"{cluster.namespace}.fragile"
     try:
         becomes(service.address, config_id, "k-steady", True)
-        # Passes the CRD schema, but would admit every key: extauth refuses it.
-        cluster.patch_authconfig(
-            "fragile", {"k8sSecretApikeyStorage": {"labelSelector": {}}, "headerName": "x-api-key"}
-        )
+        # Passes the CRD schema, but names a header Envoy manages: extauth refuses it.
+        cluster.patch_authconfig("fragile", {**AUTH, "headerName": "host"})
         status = wait_until(
             lambda: (
                 (cluster.get_authconfig("fragile").get("status") or {}).get("state") == "Rejected"
@@ -198,10 +196,10 @@ def test_unworkable_authconfig_is_rejected_and_last_good_keeps_serving(service: 
         )
         assert status
         reason = cluster.get_authconfig("fragile")["status"]["reason"]
-        assert "empty label selector" in reason
+        assert "managed by Envoy" in reason
         (condition,) = cluster.get_authconfig("fragile")["status"]["conditions"]
         assert (condition["status"], condition["reason"]) == ("False", "Rejected")
-        assert "empty label selector" in condition["message"]
+        assert "managed by Envoy" in condition["message"]
         assert allowed(service.address, config_id, "k-steady")  # the last good version
         assert "rejected (keeping its last good version)" in service.extauth.log()
     finally:
@@ -215,7 +213,7 @@ def test_status_of_a_new_unworkable_authconfig(service: Service) -> None:
     cluster = service.cluster
     cluster.create_authconfig(
         "both",
-        {"headerName": "a", "keySources": [{"header": "b"}], "apiKeySecretRefs": [{"name": "x"}]},
+        {"headerName": "x-id", "clientIdHeader": "x-id", "apiKeySecretRefs": [{"name": "x"}]},
     )
     try:
         wait_until(
@@ -227,8 +225,7 @@ def test_status_of_a_new_unworkable_authconfig(service: Service) -> None:
             "status Rejected",
         )
         assert (
-            "set either headerName or keySources"
-            in cluster.get_authconfig("both")["status"]["reason"]
+            "both a key source and injected" in cluster.get_authconfig("both")["status"]["reason"]
         )
         reply = check(service.address, f"{cluster.namespace}.both", "any")
         assert reply.denied_response.status.code == 403  # unknown config: fail closed
