@@ -132,8 +132,9 @@ def test_authconfig_edit_is_applied_and_status_written(service: Service) -> None
         assert status["state"] == "Accepted"
         generation = cluster.get_authconfig("editable")["metadata"]["generation"]
         assert status["observedGeneration"] == generation
-        (condition,) = status["conditions"]
-        assert condition["type"] == "Accepted"
+        conditions = {c["type"]: c for c in status["conditions"]}
+        condition = conditions["Accepted"]
+        assert conditions["SchemaCurrent"]["status"] == "True"  # the CRD is the current one
         assert (condition["status"], condition["reason"]) == ("True", "Accepted")
         assert condition["observedGeneration"] == generation
         assert condition["lastTransitionTime"]
@@ -197,7 +198,11 @@ def test_unworkable_authconfig_is_rejected_and_last_good_keeps_serving(service: 
         assert status
         reason = cluster.get_authconfig("fragile")["status"]["reason"]
         assert "managed by Envoy" in reason
-        (condition,) = cluster.get_authconfig("fragile")["status"]["conditions"]
+        (condition,) = (
+            c
+            for c in cluster.get_authconfig("fragile")["status"]["conditions"]
+            if c["type"] == "Accepted"
+        )
         assert (condition["status"], condition["reason"]) == ("False", "Rejected")
         assert "managed by Envoy" in condition["message"]
         assert allowed(service.address, config_id, "k-steady")  # the last good version
@@ -449,13 +454,24 @@ def test_rbac_is_least_privilege() -> None:
     documents = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "rbac.yaml").read_text()))
     (role,) = (d for d in documents if d["kind"] == "ClusterRole")
     rules = {
-        (tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"])))
+        (
+            tuple(r["apiGroups"]),
+            tuple(r["resources"]),
+            tuple(r.get("resourceNames", ())),
+            tuple(sorted(r["verbs"])),
+        )
         for r in role["rules"]
     }
     assert rules == {
-        (("",), ("secrets",), ("get", "list", "watch")),
-        (("extauth.solo.io",), ("authconfigs",), ("get", "list", "watch")),
-        (("extauth.solo.io",), ("authconfigs/status",), ("patch",)),
+        (("",), ("secrets",), (), ("get", "list", "watch")),
+        (("extauth.solo.io",), ("authconfigs",), (), ("get", "list", "watch")),
+        (("extauth.solo.io",), ("authconfigs/status",), (), ("patch",)),
+        (
+            ("apiextensions.k8s.io",),
+            ("customresourcedefinitions",),
+            ("authconfigs.extauth.solo.io",),
+            ("get",),
+        ),
     }
     (binding,) = (d for d in documents if d["kind"] == "ClusterRoleBinding")
     assert binding["subjects"] == [
