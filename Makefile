@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 GRPC_ADDRESS ?= 127.0.0.1:9001
 HTTP_ADDRESS ?= 127.0.0.1:9090
 
-.PHONY: demo test serve validate protos envoy-configs bench fuzz soak clean
+.PHONY: demo test serve validate protos envoy-configs crd bench fuzz soak clean
 
 # PYTHONWARNINGS: setuptools warns on every editable install of a flat layout that a folder
 # named like the package may shadow it; that is this checkout, on purpose. Other warnings show.
@@ -59,6 +59,10 @@ soak: $(STAMP)
 # Regenerate envoy/*.yaml from extauth/envoyconf.py; tests/test_envoyconf.py fails when stale.
 envoy-configs: $(STAMP)
 	$(BIN)/python -m extauth.envoyconf
+
+# Regenerate deploy/kubernetes/crd.yaml from the models; tests/kube/test_crd.py fails when stale.
+crd: $(STAMP)
+	$(BIN)/python -m extauth.crds
 
 clean:
 	rm -rf $(VENV) .demo .mypy_cache .pytest_cache .ruff_cache

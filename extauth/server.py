@@ -176,6 +176,10 @@ class Server:
         self.health = health.aio.HealthServicer()
         self.metrics = Metrics()
         self.metrics.track_expiries(lambda: self.holder.current.expiries)
+        for source in self.sources:  # a source's own metrics (the Kubernetes CRD check)
+            register = getattr(source, "register_metrics", None)
+            if register is not None:
+                register(self.metrics.registry)
         self.status = StatusServer(self.metrics.registry, self.is_ready)
         self.port: int | None = None
         # Set once every source's initial state is loaded and the port is listening.

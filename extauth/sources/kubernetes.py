@@ -23,20 +23,22 @@ a newer spec cannot overwrite the status written for it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry, Gauge
 from pydantic import ValidationError
 
-from extauth import manifests
+from extauth import crds, manifests
 from extauth.manifests import Origin
 from extauth.resources import AuthConfig, Secret
 from extauth.snapshot import (
@@ -143,6 +145,8 @@ class Translator:
         self.kind = kind
         self._emit = emit
         self._custom = custom  # None: write no status
+        # Model fields the installed CRD prunes (see check_crd), said in every status.
+        self.pruned: list[str] = []
         self.known: dict[Owner, _Known] = {}
         self._listing = 0
         self._seen: set[Owner] = set()
@@ -257,7 +261,7 @@ class Translator:
         current: dict[str, Any] = dict(item.get("status") or {})
         if only_if_behind and current.get("observedGeneration") == generation:
             return
-        status = status_for(generation, problem, current)
+        status = status_for(generation, problem, current, self.pruned)
         if status is None:
             return  # already right: replicas converge without writing
         resource_version = (item.get("metadata") or {}).get("resourceVersion", "")
@@ -287,45 +291,99 @@ class Translator:
 
 
 def status_for(
-    generation: Any, problem: str | None, current: dict[str, Any]
+    generation: Any,
+    problem: str | None,
+    current: dict[str, Any],
+    pruned: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """The status to write, or None when `current` already says it.
 
-    The condition's lastTransitionTime is kept while its status holds, so two replicas
+    A condition's lastTransitionTime is kept while its status holds, so two replicas
     computing the same status write the same bytes, and a second write is skipped.
+    `pruned`: model fields the installed CRD would drop, said in the reason (visible with
+    any CRD, `kubectl get -o wide`) and in a `SchemaCurrent` condition.
     """
     accepted = problem is None
-    message = (problem or "loaded: every configs entry is in force")[:_MESSAGE_LIMIT]
-    condition: dict[str, Any] = {
-        "type": "Accepted",
-        "status": "True" if accepted else "False",
-        "reason": "Accepted" if accepted else "Rejected",
-        "message": message,
-        "observedGeneration": generation,
-    }
+    outdated = (
+        f"the installed AuthConfig CRD prunes {', '.join(pruned)}: settings there are lost "
+        "before extauth sees them; apply deploy/kubernetes/crd.yaml"
+        if pruned
+        else ""
+    )
+    reason = (problem or outdated)[:_MESSAGE_LIMIT]
+    conditions: list[dict[str, Any]] = [
+        {
+            "type": "Accepted",
+            "status": "True" if accepted else "False",
+            "reason": "Accepted" if accepted else "Rejected",
+            "message": reason or "loaded: every configs entry is in force",
+            "observedGeneration": generation,
+        },
+        {
+            "type": "SchemaCurrent",
+            "status": "False" if pruned else "True",
+            "reason": "CRDOutdated" if pruned else "CRDCurrent",
+            "message": outdated[:_MESSAGE_LIMIT]
+            or "the installed CRD declares every field extauth reads",
+            "observedGeneration": generation,
+        },
+    ]
     wanted: dict[str, Any] = {
-        "state": condition["reason"],
-        "reason": problem[:_MESSAGE_LIMIT] if problem else "",
+        "state": "Accepted" if accepted else "Rejected",
+        "reason": reason,
         "observedGeneration": generation,
     }
-    conditions = current.get("conditions")
-    old = None
-    if isinstance(conditions, list):
-        old = next(
-            (c for c in conditions if isinstance(c, dict) and c.get("type") == "Accepted"), None
-        )
-    same_condition = old is not None and all(old.get(k) == v for k, v in condition.items())
-    if same_condition and all(current.get(k) == v for k, v in wanted.items()):
+    old_conditions = current.get("conditions")
+    old: dict[str, dict[str, Any]] = {}
+    if isinstance(old_conditions, list):
+        old = {str(c.get("type")): c for c in old_conditions if isinstance(c, dict)}
+    same = all(
+        all(old.get(c["type"], {}).get(k) == v for k, v in c.items()) for c in conditions
+    ) and all(current.get(k) == v for k, v in wanted.items())
+    if same and len(old) == len(conditions):
         return None
-    if (
-        old is not None
-        and old.get("status") == condition["status"]
-        and old.get("lastTransitionTime")
-    ):
-        condition["lastTransitionTime"] = old["lastTransitionTime"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for condition in conditions:
+        previous = old.get(condition["type"], {})
+        kept = previous.get("status") == condition["status"] and previous.get("lastTransitionTime")
+        condition["lastTransitionTime"] = kept or now
+    return {**wanted, "conditions": conditions}
+
+
+def check_crd(api: client.ApiClient) -> list[str] | None:
+    """The model fields the installed AuthConfig CRD would prune; None if it cannot be read.
+
+    An outdated CRD drops new settings (`requireHashedKeys`, `booleanExpr`) silently when a
+    client skips validation: extauth would then enforce less than the AuthConfig says.
+    """
+    try:
+        response: Any = client.ApiextensionsV1Api(api).read_custom_resource_definition(
+            crds.NAME, _preload_content=False, _request_timeout=10
+        )
+        found = json.loads(response.data)
+        versions = found.get("spec", {}).get("versions", [])
+        (served,) = [v for v in versions if v.get("name") == VERSION] or [None]
+        if served is None:
+            log.error("kubernetes: the installed AuthConfig CRD does not serve %s", VERSION)
+            return None
+        root = served.get("schema", {}).get("openAPIV3Schema", {})
+    except Exception as exc:
+        log.warning(
+            "kubernetes: cannot read the AuthConfig CRD to check that it is current (%s)",
+            describe(exc),
+        )
+        return None
+    pruned = crds.pruned_by(root)
+    if pruned:
+        log.error(
+            "kubernetes: the installed AuthConfig CRD is outdated: it prunes %s; AuthConfigs "
+            "using them lose those settings before extauth sees them. Apply "
+            "deploy/kubernetes/crd.yaml (`make crd` makes it)",
+            ", ".join(pruned),
+        )
     else:
-        condition["lastTransitionTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {**wanted, "conditions": [condition]}
+        log.info("kubernetes: the installed AuthConfig CRD declares every model field")
+    return pruned
 
 
 class KubernetesSource:
@@ -348,6 +406,16 @@ class KubernetesSource:
         self._page_size = page_size
         self.watchers: list[Watcher] = []
         self.translators: list[Translator] = []
+        # Model fields the installed CRD prunes; None until read (or if it cannot be).
+        self.pruned: list[str] | None = None
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        gauge = Gauge(
+            "extauth_crd_pruned_fields",
+            "AuthConfig fields the installed CRD would prune (-1: not checked).",
+            registry=registry,
+        )
+        gauge.set_function(lambda: -1 if self.pruned is None else len(self.pruned))
 
     @property
     def relists(self) -> int:
@@ -382,6 +450,10 @@ class KubernetesSource:
         self.translators = [
             Translator(kind, emitter(index), custom) for index, (kind, _) in enumerate(pairs)
         ]
+        # Before the first list, so the first status written already says it.
+        self.pruned = await asyncio.to_thread(check_crd, api)
+        for translator in self.translators:
+            translator.pruned = self.pruned or []
 
         def pump(watcher: Watcher, translator: Translator) -> Callable[[], None]:
             def run() -> None:

@@ -88,7 +88,11 @@ def authconfig_body(name: str, api_key_auth: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_crd(api: client.ApiClient) -> None:
-    body = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "crd.yaml").read_text())
+    apply_crd_body(api, yaml.safe_load((ROOT / "deploy" / "kubernetes" / "crd.yaml").read_text()))
+
+
+def apply_crd_body(api: client.ApiClient, body: dict[str, Any]) -> None:
+    """Create or replace the CRD, and wait until it is established."""
     extensions = client.ApiextensionsV1Api(api)
     try:
         extensions.create_custom_resource_definition(body)

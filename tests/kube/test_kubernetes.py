@@ -132,8 +132,9 @@ def test_authconfig_edit_is_applied_and_status_written(service: Service) -> None
         assert status["state"] == "Accepted"
         generation = cluster.get_authconfig("editable")["metadata"]["generation"]
         assert status["observedGeneration"] == generation
-        (condition,) = status["conditions"]
-        assert condition["type"] == "Accepted"
+        conditions = {c["type"]: c for c in status["conditions"]}
+        condition = conditions["Accepted"]
+        assert conditions["SchemaCurrent"]["status"] == "True"  # the CRD is the current one
         assert (condition["status"], condition["reason"]) == ("True", "Accepted")
         assert condition["observedGeneration"] == generation
         assert condition["lastTransitionTime"]
@@ -184,10 +185,8 @@ def test_unworkable_authconfig_is_rejected_and_last_good_keeps_serving(service: 
     config_id = f"{cluster.namespace}.fragile"
     try:
         becomes(service.address, config_id, "k-steady", True)
-        # Passes the CRD schema, but would admit every key: extauth refuses it.
-        cluster.patch_authconfig(
-            "fragile", {"k8sSecretApikeyStorage": {"labelSelector": {}}, "headerName": "x-api-key"}
-        )
+        # Passes the CRD schema, but names a header Envoy manages: extauth refuses it.
+        cluster.patch_authconfig("fragile", {**AUTH, "headerName": "host"})
         status = wait_until(
             lambda: (
                 (cluster.get_authconfig("fragile").get("status") or {}).get("state") == "Rejected"
@@ -198,10 +197,14 @@ def test_unworkable_authconfig_is_rejected_and_last_good_keeps_serving(service: 
         )
         assert status
         reason = cluster.get_authconfig("fragile")["status"]["reason"]
-        assert "empty label selector" in reason
-        (condition,) = cluster.get_authconfig("fragile")["status"]["conditions"]
+        assert "managed by Envoy" in reason
+        (condition,) = (
+            c
+            for c in cluster.get_authconfig("fragile")["status"]["conditions"]
+            if c["type"] == "Accepted"
+        )
         assert (condition["status"], condition["reason"]) == ("False", "Rejected")
-        assert "empty label selector" in condition["message"]
+        assert "managed by Envoy" in condition["message"]
         assert allowed(service.address, config_id, "k-steady")  # the last good version
         assert "rejected (keeping its last good version)" in service.extauth.log()
     finally:
@@ -215,7 +218,7 @@ def test_status_of_a_new_unworkable_authconfig(service: Service) -> None:
     cluster = service.cluster
     cluster.create_authconfig(
         "both",
-        {"headerName": "a", "keySources": [{"header": "b"}], "apiKeySecretRefs": [{"name": "x"}]},
+        {"headerName": "x-id", "clientIdHeader": "x-id", "apiKeySecretRefs": [{"name": "x"}]},
     )
     try:
         wait_until(
@@ -227,8 +230,7 @@ def test_status_of_a_new_unworkable_authconfig(service: Service) -> None:
             "status Rejected",
         )
         assert (
-            "set either headerName or keySources"
-            in cluster.get_authconfig("both")["status"]["reason"]
+            "both a key source and injected" in cluster.get_authconfig("both")["status"]["reason"]
         )
         reply = check(service.address, f"{cluster.namespace}.both", "any")
         assert reply.denied_response.status.code == 403  # unknown config: fail closed
@@ -452,13 +454,24 @@ def test_rbac_is_least_privilege() -> None:
     documents = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "rbac.yaml").read_text()))
     (role,) = (d for d in documents if d["kind"] == "ClusterRole")
     rules = {
-        (tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"])))
+        (
+            tuple(r["apiGroups"]),
+            tuple(r["resources"]),
+            tuple(r.get("resourceNames", ())),
+            tuple(sorted(r["verbs"])),
+        )
         for r in role["rules"]
     }
     assert rules == {
-        (("",), ("secrets",), ("get", "list", "watch")),
-        (("extauth.solo.io",), ("authconfigs",), ("get", "list", "watch")),
-        (("extauth.solo.io",), ("authconfigs/status",), ("patch",)),
+        (("",), ("secrets",), (), ("get", "list", "watch")),
+        (("extauth.solo.io",), ("authconfigs",), (), ("get", "list", "watch")),
+        (("extauth.solo.io",), ("authconfigs/status",), (), ("patch",)),
+        (
+            ("apiextensions.k8s.io",),
+            ("customresourcedefinitions",),
+            ("authconfigs.extauth.solo.io",),
+            ("get",),
+        ),
     }
     (binding,) = (d for d in documents if d["kind"] == "ClusterRoleBinding")
     assert binding["subjects"] == [
