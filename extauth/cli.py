@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from extauth import __version__, keys, manifests, resources, workers
 from extauth.manifests import Problem
 from extauth.policy import compile_policy
-from extauth.server import Settings, serve
+from extauth.server import Settings, grpc_credentials, serve
 from extauth.snapshot import Change, Definition, definitions
 from extauth.sources.files import ConfigDirError
 
@@ -236,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-address on its port + i",
     )
     run.add_argument(
+        "--grpc-tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="serve the gRPC port over TLS with this certificate (chain); needs --grpc-tls-key",
+    )
+    run.add_argument("--grpc-tls-key", type=Path, metavar="PEM", help="its private key")
+    run.add_argument(
+        "--grpc-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="with --grpc-tls-cert: require client certificates signed by this CA (Envoy's)",
+    )
+    run.add_argument(
         "--shutdown-grace",
         type=_bounded(float, 0, 3600),
         default=5.0,
@@ -352,6 +365,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.namespace and not args.kubernetes:
         print("extauth serve: --namespace needs --kubernetes", file=sys.stderr)
         return 2
+    if (args.grpc_tls_cert is None) != (args.grpc_tls_key is None):
+        print("extauth serve: --grpc-tls-cert and --grpc-tls-key go together", file=sys.stderr)
+        return 2
+    if args.grpc_client_ca is not None and args.grpc_tls_cert is None:
+        print("extauth serve: --grpc-client-ca needs --grpc-tls-cert", file=sys.stderr)
+        return 2
     settings = Settings(
         config_dir=args.config_dir,
         grpc_address=args.grpc_address,
@@ -366,7 +385,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         kubeconfig=args.kubeconfig,
         write_status=not args.no_status,
         kube_watch_timeout=args.kube_watch_timeout,
+        grpc_tls_cert=args.grpc_tls_cert,
+        grpc_tls_key=args.grpc_tls_key,
+        grpc_client_ca=args.grpc_client_ca,
     )
+    try:
+        # Read once here so that a missing or unreadable file stops the start, with
+        # its name, before any source is loaded.
+        grpc_credentials(settings)
+    except (OSError, RuntimeError) as exc:
+        print(f"extauth serve: cannot use the gRPC TLS files: {exc}", file=sys.stderr)
+        return 2
     if args.workers > 1:
         if args.grpc_address.endswith(":0"):
             print("extauth serve: --workers needs a fixed --grpc-address port", file=sys.stderr)

@@ -42,6 +42,8 @@ class Reason(StrEnum):
 # header map counts pseudo-headers and merges repeated names, so this is exact for
 # distinct names and may let a request with many repeated names through to Envoy's 500.
 MAX_REQUEST_HEADERS = 100
+# NAMESPACE.NAME: 63 + 1 + 253 characters at most.
+MAX_CONFIG_ID = 317
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,9 @@ def _decide(
         return Deny(Reason.NO_CONFIG, None)
     config = policy.configs.get(config_id)
     if config is None:
-        return Deny(Reason.UNKNOWN_CONFIG, config_id)
+        # Cut: no real config id is longer (a namespace and a name), and the id travels
+        # on into deny metadata and logs.
+        return Deny(Reason.UNKNOWN_CONFIG, config_id[:MAX_CONFIG_ID])
     if config.memo_header is None and "?" in path:
         names = [s.name for rule in config.rules for s in rule.sources if s.kind == "query"]
         if names and credentials.smuggled(path, names):

@@ -159,6 +159,7 @@ FILES: dict[str, tuple[Target, ProviderKey]] = {
     "envoy/envoy-key-env.yaml": (LOCAL, "env"),
     "envoy/envoy-key-inline.yaml": (LOCAL, "inline"),
     "envoy/envoy-passthrough.yaml": (LOCAL, "passthrough"),
+    "envoy/envoy-grpc-mtls.yaml": (LOCAL_MTLS, "file"),
     "envoy/compose/envoy.yaml": (COMPOSE, "file"),
     "deploy/kubernetes/envoy-config/envoy.yaml": (KUBERNETES, "file"),
 }
@@ -577,6 +578,13 @@ def render(config: dict[str, Any], target: Target, provider_key: ProviderKey) ->
         + ") about every request.\n"
         f"# Provider key: {provider_key} (see extauth/envoyconf.py for the modes).\n"
     )
+    if target.grpc_tls is not None:
+        header += (
+            f"# The ext_authz link is mutual TLS: Envoy trusts {target.grpc_tls.ca} for\n"
+            f"# extauth's certificate (name {target.grpc_tls.server_name!r}) and presents\n"
+            f"# {target.grpc_tls.cert}. Run extauth with --grpc-tls-cert, --grpc-tls-key\n"
+            "# and --grpc-client-ca (the CA that signed Envoy's certificate).\n"
+        )
     return header + yaml.safe_dump(config, sort_keys=False, width=100)
 
 

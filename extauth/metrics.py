@@ -24,10 +24,30 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from extauth.decide import Allow, Decision
+from extauth.decide import Allow, Decision, Reason
 from extauth.policy import Policy
 
 decision_log = logging.getLogger("extauth.decisions")
+
+# Denies for configs that do not exist share one label: config ids come from whoever
+# reaches the gRPC port, and a label per id would grow /metrics without bound.
+UNKNOWN_CONFIG_LABEL = "(unknown)"
+_UNLOADED = (Reason.UNKNOWN_CONFIG, Reason.NOT_READY)
+# Client-chosen values (request ids, paths, config ids) in log lines are cut to these.
+REQUEST_ID_LIMIT = 64
+PATH_LIMIT = 256
+SHOWN_LIMIT = 128
+
+
+def shown(value: str, limit: int = SHOWN_LIMIT) -> str:
+    """A client-chosen value as a log line may hold it: control and non-ASCII characters
+    escaped, at most `limit` characters of that, and how long it really was if cut."""
+    cut = value[:limit].replace("\\", "\\\\").encode("ascii", "backslashreplace").decode()
+    escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cut)
+    if len(escaped) <= limit and len(value) <= limit:
+        return escaped
+    return f"{escaped[:limit]}... ({len(value)} chars)"
+
 
 EXPIRY_WARNING = 7 * 24 * 3600.0
 
@@ -94,7 +114,10 @@ class Metrics:
             usage = (decision.config_id, decision.usage)
             self.usage_counts[usage] = self.usage_counts.get(usage, 0) + 1
         else:
-            label = (decision.config_id or "", decision.reason.value)
+            config = decision.config_id or ""
+            if decision.reason in _UNLOADED:
+                config = UNKNOWN_CONFIG_LABEL
+            label = (config, decision.reason.value)
             self.decision_counts[label] = self.decision_counts.get(label, 0) + 1
         self.latency_counts[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
@@ -168,6 +191,8 @@ class DecisionLog:
 
     A line carries the config, the result, the identity and usage label, Envoy's request
     id and the path without its query string (a key may travel in the query). Never a key.
+    Request id and path are the client's: cut to 64 and 256 characters (json.dumps
+    escapes them), so a caller cannot make a line longer than that.
     """
 
     def __init__(self, sample: float = 1.0) -> None:
@@ -178,9 +203,9 @@ class DecisionLog:
             return
         entry: dict[str, str | float] = {
             "ts": round(time.time(), 3),
-            "config": decision.config_id or "",
-            "request_id": headers.get("x-request-id", ""),
-            "path": path.partition("?")[0],
+            "config": (decision.config_id or "")[:SHOWN_LIMIT],
+            "request_id": headers.get("x-request-id", "")[:REQUEST_ID_LIMIT],
+            "path": path.partition("?")[0][:PATH_LIMIT],
         }
         if isinstance(decision, Allow):
             entry.update(result="allow", identity=decision.identity, team=decision.usage)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 import traceback
 from collections.abc import AsyncIterator, Mapping
@@ -28,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauth import decide, memory, responses
 from extauth.httpd import StatusServer
-from extauth.metrics import DecisionLog, Metrics
+from extauth.metrics import DecisionLog, Metrics, shown
 from extauth.policy import Policy, PolicyHolder
 from extauth.snapshot import Change
 from extauth.sources import Source
@@ -37,6 +38,12 @@ from extauth.wire import AUTHORIZATION_SERVICE, CHECK_METHOD
 from extauth.wire import ext_authz_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+# A Check request is Envoy's view of one request's headers (60 KiB by default): anything
+# far larger is refused by grpc before it is parsed.
+MAX_CHECK_BYTES = 256 * 1024
+# Distinct unknown config ids logged per policy version; the rest are counted only.
+WARN_LIMIT = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,30 @@ class Settings:
     kube_watch_timeout: int = 300
     # --workers: every worker binds the same gRPC port (SO_REUSEPORT).
     reuse_port: bool = False
+    # TLS on the gRPC port (PEM files); with grpc_client_ca, clients must present a
+    # certificate that CA signed (mutual TLS).
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    grpc_client_ca: Path | None = None
+
+
+def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The gRPC port's TLS credentials, or None for plaintext. Raises OSError (ssl.SSLError
+    included) when a file cannot be read or is not a matching PEM certificate and key:
+    grpc itself would only find out when it binds."""
+    if settings.grpc_tls_cert is None or settings.grpc_tls_key is None:
+        return None
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    check.load_cert_chain(settings.grpc_tls_cert, settings.grpc_tls_key)
+    ca = None
+    if settings.grpc_client_ca is not None:
+        check.load_verify_locations(settings.grpc_client_ca)
+        ca = settings.grpc_client_ca.read_bytes()
+    return grpc.ssl_server_credentials(
+        [(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
 
 
 def sources_for(settings: Settings) -> list[Source]:
@@ -143,13 +174,24 @@ class AuthorizationService:
         """Log a route's config problem once per policy version, not once per request."""
         if policy is not self._warned_policy:
             self._warned_policy, self._warned = policy, set()
-        if decision.config_id in self._warned:
+        if decision.config_id in self._warned or len(self._warned) > WARN_LIMIT:
+            return
+        if len(self._warned) == WARN_LIMIT:
+            # Config ids come from whoever reaches the port: a bounded number of lines.
+            self._warned.add(None)
+            log.warning(
+                "check: more than %d unknown config ids since the last policy change; "
+                "not logging more (extauth_decisions_total counts them)",
+                WARN_LIMIT,
+            )
             return
         self._warned.add(decision.config_id)
         if decision.reason is decide.Reason.NO_CONFIG:
             log.warning("check: route has no config_id and there is no --default-config; denying")
         else:
-            log.warning("check: AuthConfig %r is not loaded; denying", decision.config_id)
+            log.warning(
+                "check: AuthConfig '%s' is not loaded; denying", shown(decision.config_id or "")
+            )
 
 
 def authorization_handler(service: AuthorizationService) -> grpc.GenericRpcHandler:
@@ -225,7 +267,10 @@ class Server:
         # silently share traffic (with a different config, perhaps). Refuse instead,
         # unless this process is one of --workers, which share the port on purpose.
         server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 1 if self.settings.reuse_port else 0)]
+            options=[
+                ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
+                ("grpc.max_receive_message_length", MAX_CHECK_BYTES),
+            ]
         )
         decision_log = (
             DecisionLog(self.settings.decision_log_sample) if self.settings.decision_log else None
@@ -233,11 +278,24 @@ class Server:
         checks = AuthorizationService(self.holder, self.metrics, decision_log)
         server.add_generic_rpc_handlers((authorization_handler(checks),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.port = server.add_insecure_port(self.settings.grpc_address)
+        credentials = grpc_credentials(self.settings)
+        if credentials is None:
+            self.port = server.add_insecure_port(self.settings.grpc_address)
+        else:
+            self.port = server.add_secure_port(self.settings.grpc_address, credentials)
         await server.start()
         for service in ("", AUTHORIZATION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving Check on %s (port %d)", self.settings.grpc_address, self.port)
+        log.info(
+            "serving Check on %s (port %d, %s)",
+            self.settings.grpc_address,
+            self.port,
+            "plaintext"
+            if credentials is None
+            else "TLS, client certificates required"
+            if self.settings.grpc_client_ca
+            else "TLS",
+        )
         self.ready.set()
         self.metrics.ready.set(1)
 
