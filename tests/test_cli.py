@@ -50,7 +50,7 @@ def test_validate_reports_file_line_problems_and_exits_1(
         f"{tmp_path}/c.yaml:7: document 1 (AuthConfig ns/cfg): "
         "spec.configs[0].apiKeyAuth.headerNmae: Extra inputs are not permitted",
         f"{tmp_path}/b.yaml:1: Secret ns/b holds the same API key as Secret ns/a "
-        f"({tmp_path}/a.yaml:1); refused",
+        f"({tmp_path}/a.yaml:1), which comes first; refused",
     ]
     assert "shared" not in captured.out
     assert "2 error(s) in 3 file(s)" in captured.err
