@@ -176,6 +176,8 @@ class Server:
         self.health = health.aio.HealthServicer()
         self.metrics = Metrics()
         self.metrics.track_expiries(lambda: self.holder.current.expiries)
+        files = [s for s in self.sources if isinstance(s, FileSource)]
+        self.metrics.track_unreadable(lambda: sum(s.unreadable for s in files))
         self.status = StatusServer(self.metrics.registry, self.is_ready)
         self.port: int | None = None
         # Set once every source's initial state is loaded and the port is listening.
