@@ -21,6 +21,7 @@ from extauth.policy import compile_policy
 from extauth.server import Settings, grpc_credentials, serve
 from extauth.snapshot import Change, Definition, definitions
 from extauth.sources.files import ConfigDirError
+from extauth.sources.listing import ListingError, walk
 
 log = logging.getLogger("extauth")
 
@@ -478,10 +479,15 @@ def validate(paths: Sequence[Path]) -> int:
     found: list[Definition] = []
     files = 0
     for path in paths:
-        if not path.exists():
-            problems.append(Problem(str(path), 0, "no such file or directory"))
+        # The files serve would read, by the same rule (listing.py), and the same errors.
+        try:
+            listing = walk(path)
+        except ListingError as exc:
+            problems.append(Problem(str(exc.path), 0, exc.reason))
             continue
-        for file in manifests.yaml_files(path):
+        problems.extend(Problem(str(p), 0, reason) for p, reason in listing.unreadable.items())
+        problems.extend(Problem(str(p), 0, note, warning=True) for p, note in listing.notes)
+        for file in listing.files:
             files += 1
             result = manifests.load_file(file)
             problems.extend(result.problems)
@@ -495,9 +501,6 @@ def validate(paths: Sequence[Path]) -> int:
     errors = sum(not p.warning for p in problems)
     if errors:
         print(f"{errors} error(s) in {files} file(s)", file=sys.stderr)
-        return 1
-    if files == 0:
-        print("no *.yaml or *.yml files found", file=sys.stderr)
         return 1
     print(
         f"OK: {files} file(s), {policy.key_count} API key Secret(s), "

@@ -283,21 +283,3 @@ def _child(node: yaml.Node, item: int | str) -> tuple[int, yaml.Node] | None:
         child: yaml.Node = node.value[item]
         return child.start_mark.line + 1, child
     return None
-
-
-def yaml_files(root: Path) -> list[Path]:
-    """Every `*.yaml`/`*.yml` below `root`, sorted, skipping hidden files and directories.
-
-    Hidden entries are skipped because a Kubernetes ConfigMap volume holds each file twice
-    (`x.yaml` and `..2024_01_01/x.yaml`) and editors leave `.x.yaml.swp` files behind.
-    """
-    if root.is_file():
-        return [root]
-    found: list[Path] = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root).parts
-        if any(part.startswith(".") for part in relative):
-            continue
-        if path.suffix in (".yaml", ".yml") and path.is_file():
-            found.append(path)
-    return sorted(found)

@@ -12,11 +12,13 @@ holding a copy of the index (`dict.copy()`, a memory copy: ~40 ms at 1M keys, an
 once per batch of changes, never per change). `PolicyHolder` swaps the reference in one
 assignment; a Check that started on the old policy finishes on it.
 
-Conflicts are refused here, deterministically:
-- the same Secret or AuthConfig (namespace/name) defined twice: the first definition wins,
-  the later is refused; if the first goes, the next takes over;
-- the same key in two Secrets: the Secret that claimed it first keeps it, the newcomer is
-  refused; if the holder goes or changes its key, the next claimant takes over.
+Conflicts are refused here, and the winner depends only on what is defined, never on
+the order it arrived in (`rank`: the lexically first path, then document order):
+- the same Secret or AuthConfig (namespace/name) defined twice: the definition of lowest
+  rank is in effect, the other is refused and reported with both places; if it goes, the
+  next in rank takes over;
+- the same key in two Secrets in effect: the Secret of lowest rank holds it, the other is
+  refused; if the holder goes or changes its key, the next in rank takes over.
 """
 
 from __future__ import annotations
@@ -231,21 +233,38 @@ _ProblemKey = tuple[str, Owner, str]  # (what, owner, source)
 _D = TypeVar("_D", ApiKey, PlacedAuthConfig)
 
 
+def rank(definition: Definition) -> tuple[str, int, str, str]:
+    """Which of two conflicting definitions wins: the lower rank, always.
+
+    Only what is present decides, never the order things arrived in: a restart, a second
+    replica and `extauth validate` all pick the same winner. For files that is the
+    lexically first path, then the first document in it. Kubernetes objects
+    (`kubernetes:Secret/ns/name`) are ranked the same way for now; this is the one place
+    to rank them otherwise (by creationTimestamp, say).
+    """
+    if isinstance(definition, ApiKey):
+        return (definition.path, definition.document, definition.namespace, definition.name)
+    path, _, document = definition.origin
+    namespace, name = definition.owner
+    return (path, document, namespace, name)
+
+
 class PolicyBuilder:
     """Mutable working state, changed incrementally; `build()` publishes a `Policy`."""
 
     def __init__(self, default_config: str | None = None, usage_label: str | None = None) -> None:
         self.default_config = default_config
         self.usage_label = usage_label
-        # AuthConfig definitions per owner in arrival order; the first is in effect.
+        # AuthConfig definitions per owner, by rank; the first is in effect.
         self._configs: dict[Owner, list[PlacedAuthConfig]] = {}
         # Secrets are kept flatter, for a million of them: the definition in effect by
         # namespace and name (no owner tuple, no list per Secret), and apart, the rare
-        # later definitions of the same Secret from other sources, in arrival order.
+        # other definitions of the same Secret from other sources, which rank after it.
         self._secrets: dict[str, dict[str, ApiKey]] = {}
         self._shadowed: dict[Owner, list[ApiKey]] = {}
-        # The key holding each digest; the rare later claimants of a held digest wait, in
-        # claim order, and the first of them takes over when the holder goes.
+        # The key holding each digest: of the Secrets in effect that claim it, the one
+        # of lowest rank; the rare other claimants wait, and the best of them takes over
+        # when the holder goes.
         self._admitted: dict[bytes, ApiKey] = {}
         self._waiting: dict[bytes, list[Owner]] = {}
         # Secrets in effect, and those of them that hold none of their digests.
@@ -256,14 +275,23 @@ class PolicyBuilder:
         self._problems: dict[_ProblemKey, Problem] = {}
         self._configs_changed = True
         self._published: Policy | None = None
+        # The change being applied, to tell a second definition of an owner in the same
+        # source (two documents of one file) from a new version of the source; the ids of
+        # its definitions are only collected when that question first comes up.
+        self._applying: tuple[Definition, ...] = ()
+        self._applying_ids: set[int] | None = None
 
     # -- applying changes ------------------------------------------------------------------
 
     def apply(self, change: Change) -> None:
-        for removal in change.removed:
-            self._remove(removal)
-        for definition in change.upserted:
-            self._upsert(definition)
+        self._applying, self._applying_ids = change.upserted, None
+        try:
+            for removal in change.removed:
+                self._remove(removal)
+            for definition in change.upserted:
+                self._upsert(definition)
+        finally:
+            self._applying, self._applying_ids = (), None
 
     def _upsert(self, definition: Definition) -> None:
         if isinstance(definition, ApiKey):
@@ -272,10 +300,31 @@ class PolicyBuilder:
             self._define(self._configs, definition, self._config_effect)
 
     def _remove(self, removal: Removal) -> None:
+        self._problems.pop(("twice", removal.owner, removal.source), None)
         if removal.kind == "Secret":
             self._undefine_secret(removal)
         else:
             self._undefine(self._configs, removal, self._config_effect)
+
+    def _same_source_twice(self, existing: _D, definition: _D) -> _D | None:
+        """`definition` and `existing` share a source. A new version of it replaces the
+        old one (None); two in the same change are two documents of one source: the
+        first wins, the loser is reported and returned."""
+        if self._applying_ids is None:
+            self._applying_ids = {id(d) for d in self._applying}
+        owner, path = definition.owner, definition.origin.path
+        if id(existing) not in self._applying_ids:
+            self._problems.pop(("twice", owner, path), None)
+            return None
+        winner, loser = sorted((existing, definition), key=rank)
+        kind = "Secret" if isinstance(definition, ApiKey) else "AuthConfig"
+        self._problems[("twice", owner, path)] = _problem(
+            loser.origin,
+            f"document {loser.origin.document}: {kind} {'/'.join(owner)} is already "
+            f"defined at {winner.origin} (document {winner.origin.document}); "
+            "this definition is refused",
+        )
+        return loser
 
     def _define(
         self,
@@ -287,10 +336,12 @@ class PolicyBuilder:
         before = definitions[0] if definitions else None
         for i, existing in enumerate(definitions):
             if existing.origin.path == definition.origin.path:
-                definitions[i] = definition
+                if self._same_source_twice(existing, definition) is not definition:
+                    definitions[i] = definition
                 break
         else:
             definitions.append(definition)
+        definitions.sort(key=rank)
         self._report_duplicates(definition.owner, definitions)
         if definitions[0] is not before:
             effect(before, definitions[0])
@@ -319,6 +370,7 @@ class PolicyBuilder:
             effect(before, after)
 
     def _report_duplicates(self, owner: Owner, definitions: Sequence[Definition]) -> None:
+        """`definitions` by rank: the first is in effect, every other one is refused."""
         if not definitions:
             return
         first = definitions[0]
@@ -327,8 +379,8 @@ class PolicyBuilder:
         for later in definitions[1:]:
             self._problems[("duplicate", owner, later.origin.path)] = _problem(
                 later.origin,
-                f"{kind} {'/'.join(owner)} is already defined at {first.origin}; "
-                "this definition is refused",
+                f"{kind} {'/'.join(owner)} is already defined at {first.origin}, which "
+                "comes first; this definition is refused",
             )
 
     def _secret(self, owner: Owner) -> ApiKey | None:
@@ -355,18 +407,28 @@ class PolicyBuilder:
                 self._secret_effect(None, key)
             return
         if current.path == key.path:
-            names[key.name] = key
-            self._secret_effect(current, key)
+            if self._same_source_twice(current, key) is not key:
+                names[key.name] = key
+                self._secret_effect(current, key)
             return
         owner = key.owner
         later = self._shadowed.setdefault(owner, [])
         for i, existing in enumerate(later):
             if existing.path == key.path:
-                later[i] = key
+                if self._same_source_twice(existing, key) is not key:
+                    later[i] = key
                 break
         else:
             later.append(key)
-        self._report_duplicates(owner, [current, *later])
+        best = min(later, key=rank)
+        if rank(best) < rank(current):
+            # A definition from a source that ranks first: it takes effect.
+            later.remove(best)
+            later.append(current)
+            names[key.name] = best
+            self._secret_effect(current, best)
+        later.sort(key=rank)
+        self._report_duplicates(owner, [names[key.name], *later])
 
     def _undefine_secret(self, removal: Removal) -> None:
         owner = removal.owner
@@ -386,7 +448,7 @@ class PolicyBuilder:
             return
         after: ApiKey | None = None
         if kept:
-            after = names[owner[1]] = kept.pop(0)
+            after = names[owner[1]] = kept.pop(0)  # kept by rank: the next in line
             if kept:
                 self._shadowed[owner] = kept
             self._report_duplicates(owner, [after, *kept])
@@ -402,14 +464,21 @@ class PolicyBuilder:
             self._expiries.pop(before.owner, None)
         if after is not None and after.expires_at is not None:
             self._expiries[after.owner] = after.expires_at
-        if before is not None and after is not None and before.digests == after.digests:
-            # Same keys, new metadata or labels: keep their places among claimants.
+        if (
+            before is not None
+            and after is not None
+            and before.digests == after.digests
+            and rank(before) == rank(after)
+        ):
+            # Same keys, same rank, new metadata or labels: the same claims, in place.
             for key_digest in after.digests:
                 holder = self._admitted[key_digest]
                 if holder is before:
                     self._admitted[key_digest] = after
+                    for waiter in self._waiting.get(key_digest, ()):
+                        self._refuse(key_digest, waiter, after)
                 else:
-                    self._refuse(after, key_digest, holder.owner)
+                    self._refuse(key_digest, after.owner, holder)
             return
         if before is not None:
             self._release(before)
@@ -421,9 +490,18 @@ class PolicyBuilder:
             holder = self._admitted.get(key_digest)
             if holder is None:
                 self._admitted[key_digest] = key
+                continue
+            waiting = self._waiting.setdefault(key_digest, [])
+            if rank(key) < rank(holder):
+                # The newcomer ranks first: it takes the key, the holder waits.
+                self._admitted[key_digest] = key
+                waiting.append(holder.owner)
+                for waiter in waiting:
+                    self._refuse(key_digest, waiter, key)
+                self._count(holder.owner)
             else:
-                self._waiting.setdefault(key_digest, []).append(key.owner)
-                self._refuse(key, key_digest, holder.owner)
+                waiting.append(key.owner)
+                self._refuse(key_digest, key.owner, holder)
         self._count(key.owner)
 
     def _release(self, key: ApiKey) -> None:
@@ -444,17 +522,16 @@ class PolicyBuilder:
             if not waiting:
                 del self._admitted[key_digest]
                 continue
-            successor = self._secret(waiting.pop(0))
-            assert successor is not None  # a waiting owner is defined
+            claimants = [self._secret(waiter) for waiter in waiting]
+            successor = min((c for c in claimants if c is not None), key=rank)
+            waiting.remove(successor.owner)
             self._admitted[key_digest] = successor
             if waiting:
                 self._waiting[key_digest] = waiting
             self._problems.pop(("conflict", successor.owner, key_digest.hex()), None)
             self._count(successor.owner)
-            for later in waiting:
-                waiter = self._secret(later)
-                assert waiter is not None
-                self._refuse(waiter, key_digest, successor.owner)
+            for waiter in waiting:
+                self._refuse(key_digest, waiter, successor)
         self._count(owner)
 
     def _count(self, owner: Owner) -> None:
@@ -465,13 +542,14 @@ class PolicyBuilder:
         else:
             self._idle.add(owner)
 
-    def _refuse(self, key: ApiKey, key_digest: bytes, holder: Owner) -> None:
-        kept = self._secret(holder)
-        assert kept is not None  # a holder is defined
-        self._problems[("conflict", key.owner, key_digest.hex())] = _problem(
+    def _refuse(self, key_digest: bytes, refused: Owner, holder: ApiKey) -> None:
+        key = self._secret(refused)
+        assert key is not None  # a claimant is defined
+        self._problems[("conflict", refused, key_digest.hex())] = _problem(
             key.origin,
             f"Secret {key.namespace}/{key.name} holds the same API key as "
-            f"Secret {kept.namespace}/{kept.name} ({kept.origin}); refused",
+            f"Secret {holder.namespace}/{holder.name} ({holder.origin}), which comes "
+            "first; refused",
         )
 
     def _config_effect(

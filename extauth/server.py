@@ -222,6 +222,8 @@ class Server:
             register = getattr(source, "register_metrics", None)
             if register is not None:
                 register(self.metrics.registry)
+        files = [s for s in self.sources if isinstance(s, FileSource)]
+        self.metrics.track_unreadable(lambda: sum(s.unreadable for s in files))
         self.status = StatusServer(self.metrics.registry, self.is_ready)
         self.port: int | None = None
         # Set once every source's initial state is loaded and the port is listening.

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -180,14 +180,21 @@ class Extauth:
     """`extauth serve` as a child process, logging to a file the tests can read."""
 
     def __init__(
-        self, config_dir: Path | None, log_path: Path, *extra: str, port: int | None = None
+        self,
+        config_dir: Path | None,
+        log_path: Path,
+        *extra: str,
+        port: int | None = None,
+        wrap: Sequence[str] = (),
     ) -> None:
+        """`wrap`: a command to run it under (`setpriv ...`, to run as another user)."""
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
             [
+                *wrap,
                 sys.executable,
                 "-m",
                 "extauth.cli",

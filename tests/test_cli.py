@@ -12,6 +12,7 @@ import pytest
 
 from extauth import cli, manifests
 from extauth.resources import Secret
+from extauth.sources.files import FileSource
 from tests import harness
 from tests.builders import authconfig, secret
 
@@ -50,7 +51,7 @@ def test_validate_reports_file_line_problems_and_exits_1(
         f"{tmp_path}/c.yaml:7: document 1 (AuthConfig ns/cfg): "
         "spec.configs[0].apiKeyAuth.headerNmae: Extra inputs are not permitted",
         f"{tmp_path}/b.yaml:1: Secret ns/b holds the same API key as Secret ns/a "
-        f"({tmp_path}/a.yaml:1); refused",
+        f"({tmp_path}/a.yaml:1), which comes first; refused",
     ]
     assert "shared" not in captured.out
     assert "2 error(s) in 3 file(s)" in captured.err
@@ -68,9 +69,41 @@ def test_validate_missing_path_and_empty_dir(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli.main(["validate", str(tmp_path / "nope")]) == 1
-    assert "no such file or directory" in capsys.readouterr().out
-    assert cli.main(["validate", str(tmp_path)]) == 1
-    assert "no *.yaml or *.yml files found" in capsys.readouterr().err
+    assert capsys.readouterr().out == f"{tmp_path / 'nope'}: does not exist\n"
+    # Empty: serve starts on it (and warns), so validate warns and passes.
+    assert cli.main(["validate", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path}: warning: no *.yaml or *.yml files whose names do not start with" in out
+    assert "OK: 0 file(s)" in out
+
+
+def test_validate_selects_the_files_serve_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One rule (listing.py) for both: what validate checks is what serve loads."""
+    (tmp_path / "team.YAML").write_text(secret("upper", "key-upper"))
+    (tmp_path / "notes.txt").write_text(secret("txt", "key-txt"))
+    (tmp_path / ".hidden.yaml").write_text(secret("hidden", "key-hidden"))
+    outside = tmp_path.parent / f"{tmp_path.name}-linked"
+    outside.mkdir()
+    (outside / "linked.yml").write_text(secret("linked", "key-linked"))
+    (tmp_path / "team").symlink_to(outside)
+    (tmp_path / "loop").symlink_to(tmp_path)
+    assert cli.main(["validate", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "OK: 2 file(s), 2 API key Secret(s)" in out
+    assert f"{tmp_path}/loop: warning: a symlink to a directory already read" in out
+    loaded = FileSource(tmp_path).scan()
+    assert sorted(d.owner[1] for d in loaded.upserted) == ["linked", "upper"]
+    # Named on the command line, a file serve would not read is an error, not an OK.
+    for name in ("notes.txt", ".hidden.yaml"):
+        assert cli.main(["validate", str(tmp_path / name)]) == 1
+        assert "not read: extauth reads only *.yaml or *.yml files" in capsys.readouterr().out
+    assert cli.main(["validate", str(tmp_path / "team.YAML")]) == 0
+    capsys.readouterr()
+    result = run_cli("serve", "--config-dir", str(tmp_path / "notes.txt"))
+    assert result.returncode == 2
+    assert "not read: extauth reads only" in result.stderr
 
 
 def test_serve_rejects_bad_arguments() -> None:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from extauth import keys, manifests, secretscan
 from extauth.policy import Policy, PolicyBuilder
 from extauth.snapshot import Change, digest
+from extauth.sources import bulk
 from extauth.sources.files import ConfigDirError, FileSource
+from extauth.sources.listing import walk
 from tests.builders import authconfig, secret
 
 CONFIG = authconfig("cfg", "k8sSecretApikeyStorage: {labelSelector: {t: x}}")
@@ -166,5 +172,198 @@ def test_watch_publishes_changes(tmp_path: Path) -> None:
         gone = await _next(changes)
         assert [r.owner for r in gone.removed] == [("ns", "a")]
         await changes.aclose()
+
+    asyncio.run(run())
+
+
+# One bad file never holds up the others --------------------------------------------------
+
+
+def test_a_file_that_fails_to_parse_is_rejected_alone_and_a_deletion_still_applies(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "a.yaml").write_text(secret("a", "key-a"))
+    (tmp_path / "b.yaml").write_text(secret("b", "key-b"))
+    applied = Applied(FileSource(tmp_path))
+    applied.scan()
+    # Nested 600 deep: the YAML loader raises RecursionError on it.
+    (tmp_path / "deep.yaml").write_text("x: " + "[" * 600 + "]" * 600 + "\n")
+    (tmp_path / "b.yaml").unlink()
+    (tmp_path / "c.yaml").write_text(secret("c", "key-c"))
+    with caplog.at_level(logging.ERROR):
+        policy = applied.scan()
+    assert names(policy) == {"a", "c"}
+    assert [r.owner for r in applied.last.removed] == [("ns", "b")]
+    assert f"{tmp_path / 'deep.yaml'}: nested too deeply" in caplog.text
+    # Once rejected, that version is not read again; the next change still applies.
+    (tmp_path / "a.yaml").unlink()
+    assert names(applied.scan()) == {"c"}
+
+
+def test_whatever_a_read_raises_only_that_file_is_rejected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.yaml").write_text(secret("a", "key-a"))
+    (tmp_path / "b.yaml").write_text(secret("b", "key-b"))
+    (tmp_path / "bad.yaml").write_text(authconfig("cfg", "apiKeySecretRefs: [{name: a}]"))
+    applied = Applied(FileSource(tmp_path))
+    applied.scan()
+    real = manifests.parse_text
+
+    def failing(text: str, path: str) -> manifests.FileResult:
+        if path.endswith("bad.yaml"):
+            raise KeyError("the-secret-key-value")  # as a mistyped tag once did
+        return real(text, path)
+
+    monkeypatch.setattr(manifests, "parse_text", failing)
+    (tmp_path / "bad.yaml").write_text(authconfig("cfg", "apiKeySecretRefs: [{name: b}]"))
+    (tmp_path / "a.yaml").unlink()
+    (tmp_path / "b.yaml").write_text(secret("b", "key-b", org="new"))
+    with caplog.at_level(logging.ERROR):
+        policy = applied.scan()
+    assert names(policy) == {"b"}
+    assert policy.keys[digest("key-b")].metadata["org"] == "new"
+    # bad.yaml keeps its last good version, and its log line says which file, not what.
+    assert policy.configs["ns.cfg"].rules[0].refs == frozenset({("ns", "a")})
+    assert f"{tmp_path / 'bad.yaml'}: cannot be read (KeyError at " in caplog.text
+    assert "the-secret-key-value" not in caplog.text
+
+
+def test_the_second_process_declines_a_file_it_fails_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In the layout `extauth keys new` writes, which the second process reads.
+    (tmp_path / "a.yaml").write_text(keys.manifest("a", "ns", "key-a", {}, {}))
+    (tmp_path / "b.yaml").write_text(keys.manifest("b", "ns", "key-b", {}, {}))
+    real = secretscan.scan
+
+    def failing(text: str, path: str) -> object:
+        if path.endswith("a.yaml"):
+            raise RecursionError
+        return real(text, path)
+
+    monkeypatch.setattr(secretscan, "scan", failing)
+    try:
+        rows = bulk.read_files([str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")])
+    finally:
+        gc.enable()  # the child's entry point turns the collector off for good
+    assert rows[0] is None  # the parent reads it itself, and reports it
+    assert rows[1] is not None
+    assert [row[1] for row in rows[1]] == ["b"]
+
+
+# Directories and their errors --------------------------------------------------------------
+
+
+def test_an_unlistable_subdirectory_keeps_its_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(secret("a", "key-a"))
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / "b.yaml").write_text(secret("b", "key-b"))
+    source = FileSource(tmp_path)
+    applied = Applied(source)
+    applied.scan()
+    assert not walk(tmp_path).unreadable
+    # Root reads any directory; what even root cannot examine is a loop of links (ELOOP).
+    # A directory without permissions is tested with `nobody` in test_watch.py.
+    (tmp_path / "team" / "b.yaml").unlink()
+    (tmp_path / "team").rmdir()
+    (tmp_path / "team").symlink_to(tmp_path / ".team-target")
+    (tmp_path / ".team-target").symlink_to(tmp_path / "team")
+    policy = applied.scan()
+    assert names(policy) == {"a", "b"}
+    assert source.unreadable == 1
+    assert applied.last.empty
+    (tmp_path / "team").unlink()  # gone for good now: its files are removed
+    assert names(applied.scan()) == {"a"}
+    assert source.unreadable == 0
+
+
+def test_files_that_cannot_be_opened_keep_their_last_good_version(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(secret("a", "key-a"))
+    source = FileSource(tmp_path)
+    applied = Applied(source)
+    applied.scan()
+    # Root reads every file; a FIFO named like a manifest is not a regular file and is
+    # not listed, so the case of a file that cannot be opened is tested as `nobody` in
+    # test_watch.py. Here: a file replaced by a dangling symlink is gone, not unreadable.
+    (tmp_path / "a.yaml").unlink()
+    (tmp_path / "a.yaml").symlink_to(tmp_path / "nowhere.yaml")
+    assert names(applied.scan()) == set()
+    assert source.unreadable == 0
+
+
+def test_unreadable_root_is_an_error_that_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(secret("a", "key-a"))
+    source = FileSource(tmp_path / "a.yaml" / "sub")
+    with pytest.raises(ConfigDirError, match="Not a directory"):
+        source.scan()
+
+
+# Only complete files apply -----------------------------------------------------------------
+
+
+class _Pump:
+    """Changes into a queue, so that a test can wait for one with a timeout without
+    cancelling (and so closing) the generator."""
+
+    def __init__(self, source: FileSource) -> None:
+        self.changes: asyncio.Queue[Change] = asyncio.Queue()
+        self._task = asyncio.ensure_future(self._run(source))
+
+    async def _run(self, source: FileSource) -> None:
+        async for change in source.changes():
+            await self.changes.put(change)
+
+    async def next(self, timeout: float = 5) -> Change:
+        return await asyncio.wait_for(self.changes.get(), timeout)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def test_a_file_written_in_place_applies_only_once_closed(tmp_path: Path) -> None:
+    async def run() -> None:
+        (tmp_path / "a.yaml").write_text(secret("a", "key-a"))
+        changes = _Pump(FileSource(tmp_path, resync_seconds=0.5))
+        await changes.next()
+        with (tmp_path / "b.yaml").open("w") as handle:
+            # Half written (a valid file by itself: the half would apply), for several
+            # resync periods: nothing is published.
+            handle.write(secret("b", "key-b") + "---\n")
+            handle.flush()
+            with pytest.raises(TimeoutError):
+                await changes.next(timeout=1.5)
+            handle.write(secret("c", "key-c"))
+        done = await changes.next(timeout=1)
+        assert sorted(d.owner[1] for d in done.upserted) == ["b", "c"]
+        # Renamed into place: applies at once.
+        (tmp_path / ".d.tmp").write_text(secret("d", "key-d"))
+        (tmp_path / ".d.tmp").rename(tmp_path / "d.yaml")
+        renamed = await changes.next(timeout=1)
+        assert [d.owner[1] for d in renamed.upserted] == ["d"]
+        await changes.close()
+
+    asyncio.run(run())
+
+
+def test_without_inotify_a_file_applies_once_stable_for_a_period(tmp_path: Path) -> None:
+    async def run() -> None:
+        changes = _Pump(FileSource(tmp_path, resync_seconds=0.5, use_inotify=False))
+        await changes.next()
+        with (tmp_path / "b.yaml").open("w") as handle:
+            text = secret("b", "key-b")
+            for i in range(0, len(text), 20):  # keeps changing: never applied meanwhile
+                handle.write(text[i : i + 20])
+                handle.flush()
+                await asyncio.sleep(0.3)
+                os.utime(handle.fileno())
+        done = await changes.next(timeout=3)
+        assert [d.owner[1] for d in done.upserted] == ["b"]
+        (tmp_path / "b.yaml").unlink()
+        gone = await changes.next(timeout=2)
+        assert [r.owner for r in gone.removed] == [("ns", "b")]
+        await changes.close()
 
     asyncio.run(run())

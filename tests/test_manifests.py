@@ -9,6 +9,7 @@ import pytest
 
 from extauth import manifests
 from extauth.resources import AuthConfig, Secret
+from extauth.sources import listing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +64,7 @@ def test_scenario_documents_load() -> None:
 
 
 def test_examples_in_authconfigs_are_valid() -> None:
-    for path in manifests.yaml_files(ROOT / "authconfigs"):
+    for path in listing.walk(ROOT / "authconfigs").files:
         result = manifests.load_file(path)
         assert result.ok, result.problems
         assert result.resources
@@ -286,14 +287,3 @@ def test_unreadable_files_are_problems(tmp_path: Path) -> None:
     assert "not UTF-8" in str(manifests.load_file(binary).problems[0])
     missing = manifests.load_file(tmp_path / "gone.yaml")
     assert "cannot read file" in str(missing.problems[0])
-
-
-def test_yaml_files_skips_hidden_entries(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text("")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.yml").write_text("")
-    (tmp_path / "notes.txt").write_text("")
-    (tmp_path / ".a.yaml.swp").write_text("")
-    (tmp_path / "..2024_01_01").mkdir()  # a ConfigMap volume's real directory
-    (tmp_path / "..2024_01_01" / "a.yaml").write_text("")
-    assert manifests.yaml_files(tmp_path) == [tmp_path / "a.yaml", tmp_path / "sub" / "b.yml"]

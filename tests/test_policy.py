@@ -135,29 +135,42 @@ def test_forward_credential_keeps_the_key_and_sources_are_split_by_kind() -> Non
 # Conflicts and succession ------------------------------------------------------------------
 
 
-def test_same_key_in_two_secrets_refuses_the_newcomer_until_the_holder_goes() -> None:
-    builder = PolicyBuilder()
-    builder.apply(snapshot(secret("a", "shared", org="a"), authconfig("cfg", REFS_AB)))
-    assert builder.build().grant("ns.cfg", "shared").identity == "a"  # type: ignore[union-attr]
+def test_same_key_in_two_secrets_goes_to_the_first_path_whatever_the_arrival_order() -> None:
+    a = snapshot(secret("a", "shared", org="a"), authconfig("cfg", REFS_AB))
+    b = snapshot(secret("b", "shared", org="b"), path="0.yaml")
+    for order in ((a, b), (b, a)):
+        builder = PolicyBuilder()
+        for change in order:
+            builder.apply(change)
+        policy = builder.build()
+        # 0.yaml comes before t.yaml: b holds the key, a is refused, naming both places.
+        assert policy.grant("ns.cfg", "shared").identity == "b"  # type: ignore[union-attr]
+        assert errors(policy.problems) == [
+            "t.yaml:1: Secret ns/a holds the same API key as Secret ns/b (0.yaml:1), "
+            "which comes first; refused"
+        ]
+        # b is revoked: a, waiting, takes the key over and the conflict is gone.
+        builder.apply(Change(removed=(Removal("Secret", ("ns", "b"), "0.yaml"),)))
+        policy = builder.build()
+        assert policy.grant("ns.cfg", "shared").identity == "a"  # type: ignore[union-attr]
+        assert errors(policy.problems) == []
 
-    # b arrives with the same key (from a file that sorts first): a keeps it.
-    builder.apply(snapshot(secret("b", "shared", org="b"), path="0.yaml"))
-    policy = builder.build()
-    assert policy.grant("ns.cfg", "shared").identity == "a"  # type: ignore[union-attr]
+
+def test_same_key_twice_in_one_file_goes_to_the_first_document() -> None:
+    policy = compile_policy(
+        snapshot(secret("z", "shared"), secret("a", "shared"), authconfig("cfg", REFS_AB))
+    )
+    assert policy.keys[digest("shared")].name == "z"
     assert errors(policy.problems) == [
-        "0.yaml:1: Secret ns/b holds the same API key as Secret ns/a (t.yaml:1); refused"
+        "t.yaml:8: Secret ns/a holds the same API key as Secret ns/z (t.yaml:1), "
+        "which comes first; refused"
     ]
-    # a is revoked: b, waiting, takes the key over and the conflict is gone.
-    builder.apply(Change(removed=(Removal("Secret", ("ns", "a"), "t.yaml"),)))
-    policy = builder.build()
-    assert policy.grant("ns.cfg", "shared").identity == "b"  # type: ignore[union-attr]
-    assert errors(policy.problems) == []
 
 
 def test_redefining_the_holder_keeps_its_claim() -> None:
     builder = PolicyBuilder()
     builder.apply(snapshot(secret("a", "shared", org="a1"), authconfig("cfg", REFS_AB)))
-    builder.apply(snapshot(secret("b", "shared"), path="0.yaml"))
+    builder.apply(snapshot(secret("b", "shared"), path="u.yaml"))
     builder.apply(snapshot(secret("a", "shared", org="a2")))  # same file, new metadata
     policy = builder.build()
     grant = policy.grant("ns.cfg", "shared")
@@ -165,6 +178,10 @@ def test_redefining_the_holder_keeps_its_claim() -> None:
     assert grant.identity == "a"
     assert grant.set_headers == ()  # REFS_AB injects nothing; a is still the holder
     assert policy.keys[digest("shared")].metadata["org"] == "a2"
+    assert errors(policy.problems) == [
+        "u.yaml:1: Secret ns/b holds the same API key as Secret ns/a (t.yaml:1), "
+        "which comes first; refused"
+    ]
 
 
 def test_changing_a_key_releases_the_old_one() -> None:
@@ -177,26 +194,57 @@ def test_changing_a_key_releases_the_old_one() -> None:
     assert policy.key_count == 1
 
 
-def test_duplicate_names_keep_the_first_definition_and_the_next_takes_over() -> None:
+def test_duplicate_names_keep_the_first_path_and_the_next_takes_over() -> None:
+    one = snapshot(secret("a", "one"), authconfig("cfg", REFS), path="1.yaml")
+    two = snapshot(secret("a", "two"), authconfig("cfg", REFS), path="2.yaml")
+    for order in ((one, two), (two, one), (merge(two, one),)):
+        builder = PolicyBuilder()
+        for change in order:
+            builder.apply(change)
+        policy = builder.build()
+        assert policy.grant("ns.cfg", "one") is not None
+        assert policy.grant("ns.cfg", "two") is None
+        assert sorted(errors(policy.problems)) == [
+            "2.yaml:1: Secret ns/a is already defined at 1.yaml:1, which comes first; "
+            "this definition is refused",
+            "2.yaml:8: AuthConfig ns/cfg is already defined at 1.yaml:8, which comes first; "
+            "this definition is refused",
+        ]
+        builder.apply(Change(removed=(Removal("Secret", ("ns", "a"), "1.yaml"),)))
+        policy = builder.build()
+        assert policy.grant("ns.cfg", "one") is None
+        assert policy.grant("ns.cfg", "two") is not None
+        assert len(errors(policy.problems)) == 1  # only the AuthConfig duplicate is left
+
+
+def test_a_config_from_a_path_that_comes_first_takes_over() -> None:
     builder = PolicyBuilder()
-    builder.apply(
-        merge(
-            snapshot(secret("a", "one"), authconfig("cfg", REFS), path="1.yaml"),
-            snapshot(secret("a", "two"), authconfig("cfg", REFS), path="2.yaml"),
-        )
-    )
+    builder.apply(snapshot(secret("a", "key-a"), authconfig("cfg", REFS_AB), path="2.yaml"))
+    assert builder.build().grant("ns.cfg", "key-a") is not None
+    builder.apply(snapshot(authconfig("cfg", "apiKeySecretRefs: [{name: b}]"), path="1.yaml"))
     policy = builder.build()
-    assert policy.grant("ns.cfg", "one") is not None
-    assert policy.grant("ns.cfg", "two") is None
+    assert policy.grant("ns.cfg", "key-a") is None
     assert errors(policy.problems) == [
-        "2.yaml:1: Secret ns/a is already defined at 1.yaml:1; this definition is refused",
-        "2.yaml:8: AuthConfig ns/cfg is already defined at 1.yaml:8; this definition is refused",
+        "2.yaml:8: AuthConfig ns/cfg is already defined at 1.yaml:1, which comes first; "
+        "this definition is refused"
     ]
-    builder.apply(Change(removed=(Removal("Secret", ("ns", "a"), "1.yaml"),)))
+
+
+def test_the_same_name_twice_in_one_file_keeps_the_first_document() -> None:
+    builder = PolicyBuilder()
+    builder.apply(snapshot(secret("a", "first"), secret("a", "second"), authconfig("cfg", REFS_AB)))
     policy = builder.build()
-    assert policy.grant("ns.cfg", "one") is None
-    assert policy.grant("ns.cfg", "two") is not None
-    assert len(errors(policy.problems)) == 1  # only the AuthConfig duplicate is left
+    assert policy.grant("ns.cfg", "first") is not None
+    assert policy.grant("ns.cfg", "second") is None
+    assert errors(policy.problems) == [
+        "t.yaml:8: document 2: Secret ns/a is already defined at t.yaml:1 (document 1); "
+        "this definition is refused"
+    ]
+    # A new version of the file without the duplicate clears it.
+    builder.apply(snapshot(secret("a", "second"), authconfig("cfg", REFS_AB)))
+    policy = builder.build()
+    assert policy.grant("ns.cfg", "second") is not None
+    assert errors(policy.problems) == []
 
 
 def test_editing_a_config_recompiles_it_alone() -> None:

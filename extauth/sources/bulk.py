@@ -93,9 +93,12 @@ def read_files(paths: list[str]) -> list[list[Row] | None]:
     gc.disable()  # a short-lived process that frees nothing: the collector would only walk
     out: list[list[Row] | None] = []
     for path in paths:
-        text = manifests.read_text(Path(path))
-        keys = secretscan.scan(text, path) if isinstance(text, str) else None
-        out.append(None if keys is None else _rows(keys))
+        try:
+            text = manifests.read_text(Path(path))
+            keys = secretscan.scan(text, path) if isinstance(text, str) else None
+            out.append(None if keys is None else _rows(keys))
+        except Exception:  # that file alone: the parent reads it, and reports why
+            out.append(None)
     return out
 
 

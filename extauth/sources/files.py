@@ -1,17 +1,29 @@
-"""A directory of YAML manifests, watched with inotify (watchfiles).
+"""A directory of YAML manifests, watched with inotify.
 
-Each file is accepted or rejected whole. A rejected file keeps contributing its last good
-version (or nothing, if it never had one), so a typo in one Secret never takes down the
-others, and never silently revokes the edited one either. Deleting a file removes what it
-held: that is how a key is revoked. If the directory itself disappears (an unmounted
-volume, a bad deploy), that is an error of the source, not a revocation of everything:
-the last good state keeps serving until the directory is back.
+Each file is accepted or rejected whole, and alone: whatever goes wrong while one file is
+read (a parse error, a RecursionError, a bug) rejects that file with a `file: message`
+log line and nothing else; every other file's change and every removal is published all
+the same. A rejected file keeps contributing its last good version (or nothing, if it
+never had one), so a typo in one Secret never takes down the others, and never silently
+revokes the edited one either. Deleting a file removes what it held: that is how a key
+is revoked. What cannot be read is not gone: if the directory itself disappears or
+cannot be listed, or a subdirectory or file cannot be read, the last good state of what
+is there keeps serving, the problem is logged and counted (`unreadable`, exported as a
+metric), and an unreadable directory at startup is an error (`ConfigDirError`).
 
-Files are re-read only when their (inode, size, mtime) changes, so a rescan after an
-event costs a directory walk and a few stat calls, and what is published is the
-difference: the definitions of the changed files only (see policy.py for why that matters
-at a million keys). Files of Secrets in the layout `extauth keys new` writes are read by
-`secretscan`'s fast path; anything else by the general loader.
+Only complete files apply. A file renamed into place is read at once; a file written in
+place is read once its writer closes it (inotify's IN_CLOSE_WRITE), never half-written.
+Where inotify cannot vouch for a file (no inotify, no watch left, a queue overflow, a
+directory watched only just now), a changed file is read once its (inode, size, mtime)
+has stayed the same for one resync period.
+
+Files are re-read only when their (inode, size, mtime) changes, so a rescan costs a
+directory walk and a few stat calls, and what is published is the difference: the
+definitions of the changed files only (see policy.py for why that matters at a million
+keys). While the service runs, each changed file is read in a worker thread of its own,
+and removals and other files' changes are published while a large file is still being
+read. Files of Secrets in the layout `extauth keys new` writes are read by `secretscan`'s
+fast path; anything else by the general loader.
 """
 
 from __future__ import annotations
@@ -19,29 +31,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Iterator
+import os
+import time
+import traceback
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import watchfiles
+from typing import Any
 
 from extauth import manifests, memory, secretscan
 from extauth.snapshot import ApiKey, Change, Definition, Removal, definitions, removal_of
-from extauth.sources import bulk
+from extauth.sources import bulk, inotify
+from extauth.sources.listing import Listing, ListingError, Signature, walk
 
 log = logging.getLogger(__name__)
-
-_Signature = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
 class _Accepted:
-    signature: _Signature
+    signature: Signature
     definitions: tuple[Definition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One read of one file: its definitions, or None when it is rejected; `unreadable`
+    says why the file could not even be opened (it then keeps its last good version)."""
+
+    definitions: tuple[Definition, ...] | None
+    unreadable: str | None = None
 
 
 class ConfigDirError(Exception):
     """The configured path is not a readable directory or YAML file."""
+
+
+def _always(path: Path, signature: Signature) -> bool:
+    return True
 
 
 class FileSource:
@@ -49,80 +75,131 @@ class FileSource:
         self,
         root: Path,
         *,
-        step_ms: int = 50,
-        debounce_ms: int = 400,
         resync_seconds: float = 2.0,
+        use_inotify: bool = True,
     ) -> None:
         self.root = root
-        self._step_ms = step_ms
-        self._debounce_ms = debounce_ms
         self._resync_seconds = resync_seconds
+        self._use_inotify = use_inotify
         self._missing = False
         self._accepted: dict[Path, _Accepted] = {}
         # Signature of files last seen broken, so each broken version is reported once.
-        self._rejected: dict[Path, _Signature] = {}
+        self._rejected: dict[Path, Signature] = {}
+        # What could not be read, and why: directories and entries from the last listing,
+        # files that could not be opened.
+        self._unreadable_entries: dict[Path, str] = {}
+        self._unreadable_files: dict[Path, str] = {}
+        self._notes: set[tuple[Path, str]] = set()
+        self.listing = Listing()
+
+    @property
+    def unreadable(self) -> int:
+        """Paths below the root that cannot be read now (their last good state serves)."""
+        return len(self._unreadable_entries) + len(self._unreadable_files)
+
+    # -- one scan, read in full (the initial state, tests) ---------------------------------
 
     def scan(self) -> Change:
-        """What changed on disk since the last scan (everything, the first time)."""
+        """What changed on disk since the last scan (everything, the first time), every
+        changed file read now. Raises ConfigDirError, changing nothing, when the root
+        cannot be read."""
         with memory.collector_paused():
-            return self._scan()
+            listing = self._list()
+            changed = list(self._changed(listing, _always))
+            read = self._read_all(changed)
+            upserted: list[Definition] = []
+            removed = self._remove_gone(listing)
+            for path, signature in changed:
+                self._commit(path, signature, read[path], upserted, removed)
+        return Change(tuple(upserted), tuple(removed))
 
-    def _scan(self) -> Change:
-        if not self.root.exists():
-            raise ConfigDirError(f"{self.root} does not exist")
-        upserted: list[Definition] = []
-        removed: list[Removal] = []
-        present = manifests.yaml_files(self.root)
-        for gone in sorted(set(self._accepted) - set(present)):
-            log.info("config: %s removed", gone)
-            removed.extend(removal_of(d) for d in self._accepted.pop(gone).definitions)
-        for gone in set(self._rejected) - set(present):
-            del self._rejected[gone]
-        changed: list[tuple[Path, _Signature]] = []
-        for path in present:
-            try:
-                stat = path.stat()
-            except OSError:
-                continue  # removed between listing and stat: the next event rescans
-            signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    def _list(self) -> Listing:
+        try:
+            listing = walk(self.root)
+        except ListingError as exc:
+            raise ConfigDirError(str(exc)) from None
+        for path, reason in listing.unreadable.items():
+            if self._unreadable_entries.get(path) != reason:
+                log.error("config: %s %s; keeping what was loaded from there", path, reason)
+        for path in self._unreadable_entries.keys() - listing.unreadable.keys():
+            log.info("config: %s is readable again", path)
+        self._unreadable_entries = dict(listing.unreadable)
+        for path, note in set(listing.notes) - self._notes:
+            log.warning("config: %s: %s", path, note)
+        self._notes = set(listing.notes)
+        self.listing = listing
+        return listing
+
+    def _changed(
+        self, listing: Listing, ready: Callable[[Path, Signature], bool]
+    ) -> Iterator[tuple[Path, Signature]]:
+        for path, signature in listing.files.items():
             accepted = self._accepted.get(path)
             if accepted and accepted.signature == signature:
                 continue
             if self._rejected.get(path) == signature:
                 continue
-            changed.append((path, signature))
-        read = self._read_all(changed)
-        # Applied in directory order whoever read them: which of two Secrets claiming the
-        # same key came first must not depend on it.
-        for path, signature in changed:
-            definitions = read[path]
-            if definitions is None:
-                continue
-            accepted = self._accepted.get(path)
-            self._accepted[path] = _Accepted(signature, definitions)
-            upserted.extend(definitions)
-            if accepted is not None:
-                kept = {(type(d), d.owner) for d in definitions}
-                removed.extend(
-                    removal_of(d) for d in accepted.definitions if (type(d), d.owner) not in kept
-                )
-        return Change(tuple(upserted), tuple(removed))
+            if ready(path, signature):
+                yield path, signature
 
-    def _read_all(
-        self, changed: list[tuple[Path, _Signature]]
-    ) -> dict[Path, tuple[Definition, ...] | None]:
-        """Each changed file's definitions (None: rejected); many files on two cores."""
-        read: dict[Path, tuple[Definition, ...] | None] = {}
+    def _remove_gone(self, listing: Listing) -> list[Removal]:
+        """Removals for the files no longer there. A file below something that could not
+        be read is not known to be gone: it stays."""
+        removed: list[Removal] = []
+        for gone in sorted(set(self._accepted) - set(listing.files)):
+            if listing.shadowed(gone):
+                continue
+            log.info("config: %s removed", gone)
+            removed.extend(removal_of(d) for d in self._accepted.pop(gone).definitions)
+        for gone in set(self._rejected) - set(listing.files):
+            del self._rejected[gone]
+        for gone in set(self._unreadable_files) - set(listing.files):
+            del self._unreadable_files[gone]
+        return removed
+
+    def _commit(
+        self,
+        path: Path,
+        signature: Signature,
+        outcome: _Outcome,
+        upserted: list[Definition],
+        removed: list[Removal],
+    ) -> None:
+        """Take one file's read into the state, and its difference into the change."""
+        if outcome.unreadable is not None:
+            self._unreadable_files[path] = outcome.unreadable
+            self._rejected[path] = signature
+            return
+        self._unreadable_files.pop(path, None)
+        found = outcome.definitions
+        if found is None:
+            self._rejected[path] = signature
+            return
+        self._rejected.pop(path, None)
+        accepted = self._accepted.get(path)
+        self._accepted[path] = _Accepted(signature, found)
+        upserted.extend(found)
+        if accepted is not None:
+            kept = {(type(d), d.owner) for d in found}
+            removed.extend(
+                removal_of(d) for d in accepted.definitions if (type(d), d.owner) not in kept
+            )
+
+    # -- reading files ---------------------------------------------------------------------
+
+    def _read_all(self, changed: list[tuple[Path, Signature]]) -> dict[Path, _Outcome]:
+        """Each changed file's outcome; many files on two cores."""
+        read: dict[Path, _Outcome] = {}
         reader = None
-        theirs: dict[str, tuple[Path, _Signature]] = {}
+        theirs: dict[str, tuple[Path, Signature]] = {}
         if bulk.worth_it(len(changed)):
             half = changed[len(changed) // 2 :]
             theirs = {str(path): (path, signature) for path, signature in half}
             reader = bulk.start(list(theirs))
         mine = changed[: len(changed) // 2] if reader else changed
         try:
-            for path, signature in mine:
-                read[path] = self._read(path, signature, path in self._accepted)
+            for path, _ in mine:
+                read[path] = self._read(path, path in self._accepted)
                 if reader is not None:
                     self._take(reader.results(wait=False), theirs, read)
             if reader is not None:
@@ -135,27 +212,52 @@ class FileSource:
     def _take(
         self,
         results: Iterator[tuple[str, list[bulk.Row] | None]],
-        theirs: dict[str, tuple[Path, _Signature]],
-        read: dict[Path, tuple[Definition, ...] | None],
+        theirs: dict[str, tuple[Path, Signature]],
+        read: dict[Path, _Outcome],
     ) -> None:
-        """The child's files as keys; those it declined, read here."""
+        """The child's files as keys; those it declined (or failed on), read here."""
         for name, rows in results:
-            path, signature = theirs[name]
+            path, _ = theirs[name]
             if rows is None:
-                read[path] = self._read(path, signature, path in self._accepted)
+                read[path] = self._read(path, path in self._accepted)
                 continue
-            read[path] = self._fast(path, bulk.keys_from_rows(rows, name))
+            try:
+                read[path] = self._fast(path, bulk.keys_from_rows(rows, name))
+            except Exception as exc:
+                read[path] = self._failed(path, exc, path in self._accepted)
 
-    def _fast(self, path: Path, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+    def _fast(self, path: Path, keys: tuple[ApiKey, ...]) -> _Outcome:
         """A file the fast path read (here or in the child): accepted whole."""
-        self._rejected.pop(path, None)
         log.info("config: loaded %s (%d Secret(s))", path, len(keys))
-        return keys
+        return _Outcome(keys)
 
-    def _read(
-        self, path: Path, signature: _Signature, had_good: bool
-    ) -> tuple[Definition, ...] | None:
-        """The file's definitions, or None when it is rejected."""
+    def _read(self, path: Path, had_good: bool) -> _Outcome:
+        """The file's outcome. Never raises: whatever fails, fails for this file alone.
+        Changes no state, so that several files can be read at once."""
+        try:
+            return self._load(path, had_good)
+        except Exception as exc:
+            return self._failed(path, exc, had_good)
+
+    def _failed(self, path: Path, exc: BaseException, had_good: bool) -> _Outcome:
+        # The exception's message may quote the file (a key): its type and place only.
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+        reason = (
+            "nested too deeply"
+            if isinstance(exc, RecursionError)
+            else f"cannot be read ({type(exc).__name__}{where})"
+        )
+        log.error("config: rejected %s (%s): %s: %s", path, _keeping(had_good), path, reason)
+        return _Outcome(None)
+
+    def _load(self, path: Path, had_good: bool) -> _Outcome:
+        try:
+            os.close(os.open(path, os.O_RDONLY))
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.error("config: cannot read %s (%s); %s", path, exc.strerror, _keeping(had_good))
+                return _Outcome(None, exc.strerror or type(exc).__name__)
         text = manifests.read_text(path)
         if isinstance(text, str):
             keys = secretscan.scan(text, str(path))
@@ -170,75 +272,213 @@ class FileSource:
             if problem.warning:
                 log.warning("config: %s", problem)
         if not result.ok:
-            self._rejected[path] = signature
-            keeping = "keeping its last good version" if had_good else "not loaded"
             for problem in result.problems:
                 if not problem.warning:
-                    log.error("config: rejected %s (%s): %s", path, keeping, problem)
-            return None
-        self._rejected.pop(path, None)
+                    log.error("config: rejected %s (%s): %s", path, _keeping(had_good), problem)
+            return _Outcome(None)
         found = definitions(result.resources)
         log.info("config: loaded %s (%d resource(s))", path, len(found))
-        return found
+        return _Outcome(found)
+
+    def _read_alone(self, path: Path, had_good: bool) -> _Outcome:
+        with memory.collector_paused():
+            return self._read(path, had_good)
+
+    # -- watching --------------------------------------------------------------------------
 
     async def changes(self) -> AsyncGenerator[Change, None]:
         """The initial state, then what changed, after every change on disk.
 
-        A watcher task wakes the loop on inotify events; a periodic resync (stat calls
-        only) also wakes it, which covers changes made before the watcher attached and
-        events the kernel dropped. Raises ConfigDirError before the first change if the
-        directory is missing; later failures keep the last good state and are retried.
+        inotify events wake the loop at once; a periodic resync (stat calls only) also
+        wakes it, which covers events the kernel dropped. Raises ConfigDirError before
+        the first change if the root cannot be read; later failures keep the last good
+        state and are retried.
         """
         wake = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(wake))
+        watch = _Watch(self._resync_seconds, wake, self._use_inotify)
+        reads: dict[Path, tuple[Signature, asyncio.Task[_Outcome]]] = {}
+        waiter: asyncio.Future[Any] | None = None
         try:
-            # Parsing runs in a worker thread: a large file must not stall the event loop,
+            # Watches first, so that nothing written during the initial read goes unseen.
+            with contextlib.suppress(ListingError):
+                watch.follow((await asyncio.to_thread(walk, self.root)).directories, trusted=True)
+            # Parsing runs in worker threads: a large file must not stall the event loop,
             # which keeps answering Checks from the current policy meanwhile.
             yield await asyncio.to_thread(self.scan)
+            watch.follow(self.listing.directories)
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self._resync_seconds)
+                waiter = asyncio.ensure_future(wake.wait())
+                await asyncio.wait(
+                    [waiter, *(task for _, task in reads.values())],
+                    timeout=self._resync_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiter.cancel()
+                await asyncio.sleep(0.02)  # let a burst of events arrive together
                 wake.clear()
-                try:
-                    change = await asyncio.to_thread(self.scan)
-                except ConfigDirError as exc:
-                    if not self._missing:
-                        log.error("config: %s; keeping the last good state", exc)
-                    self._missing = True
-                    continue
-                except Exception as exc:
-                    # Never let one bad scan end the watch: later changes must still apply.
-                    log.error(
-                        "config: scanning %s failed (%s); keeping the last good state",
-                        self.root,
-                        type(exc).__name__,
-                    )
-                    continue
-                if self._missing:
-                    log.info("config: %s is back", self.root)
-                    self._missing = False
-                if not change.empty:
+                watch.drain()
+                change = await self._step(watch, reads)
+                if change is not None and not change.empty:
                     yield change
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            if waiter is not None:
+                waiter.cancel()
+            for _, task in reads.values():
+                task.cancel()
+            watch.close()
 
-    async def _watch(self, wake: asyncio.Event) -> None:
-        backoff = 0.1
-        while True:
+    async def _step(
+        self, watch: _Watch, reads: dict[Path, tuple[Signature, asyncio.Task[_Outcome]]]
+    ) -> Change | None:
+        """One rescan: removals now, the reads that finished, new reads started."""
+        try:
+            listing = await asyncio.to_thread(self._list)
+        except ConfigDirError as exc:
+            if not self._missing:
+                log.error("config: %s; keeping the last good state", exc)
+            self._missing = True
+            return None
+        if self._missing:
+            log.info("config: %s is back", self.root)
+            self._missing = False
+        watch.follow(listing.directories)
+        watch.forget(listing.files)
+        upserted: list[Definition] = []
+        removed = self._remove_gone(listing)
+        for path, (signature, task) in list(reads.items()):
+            if not task.done():
+                continue
+            del reads[path]
+            outcome = task.result()
+            # Changed or gone while it was read: that read is stale; read it again.
+            if listing.files.get(path) == signature:
+                self._commit(path, signature, outcome, upserted, removed)
+        for path, signature in self._changed(listing, watch.ready):
+            if path in reads:
+                continue  # being read: looked at again when that read is done
+            task = asyncio.ensure_future(
+                asyncio.to_thread(self._read_alone, path, path in self._accepted)
+            )
+            reads[path] = (signature, task)
+        return Change(tuple(upserted), tuple(removed))
+
+
+def _keeping(had_good: bool) -> str:
+    return "keeping its last good version" if had_good else "not loaded"
+
+
+class _Watch:
+    """inotify on every directory of the tree, and what it says about which changed
+    files are complete; where it cannot say, time does (see the module's docstring)."""
+
+    def __init__(self, period: float, wake: asyncio.Event, enabled: bool) -> None:
+        self._period = period
+        self._wake = wake
+        self._inotify: inotify.Inotify | None = None
+        self._directories: dict[Path, int] = {}
+        self._paths: dict[int, Path] = {}
+        self._since: dict[Path, float] = {}  # when each directory's watch began
+        self._writing: set[Path] = set()
+        self._distrust_until = 0.0
+        self._complete = True  # every directory has a watch
+        self._stable: dict[Path, tuple[Signature, float]] = {}
+        if not enabled:
+            return
+        try:
+            self._inotify = inotify.Inotify()
+        except OSError as exc:
+            log.warning("config: no inotify (%s); polling every %.1f s", exc, period)
+            return
+        asyncio.get_running_loop().add_reader(self._inotify.fd, self._readable)
+
+    def _readable(self) -> None:
+        self.drain()
+        self._wake.set()
+
+    def drain(self) -> None:
+        if self._inotify is None:
+            return
+        for event in self._inotify.read():
+            self._handle(event)
+
+    def _handle(self, event: inotify.Event) -> None:
+        if event.mask & inotify.IN_Q_OVERFLOW:
+            log.warning("config: inotify queue overflow; rescanning")
+            self._writing.clear()
+            self._distrust_until = time.monotonic() + self._period
+            return
+        if event.mask & inotify.IN_IGNORED:
+            gone = self._paths.pop(event.wd, None)
+            if gone is not None and self._directories.get(gone) == event.wd:
+                del self._directories[gone]
+            return
+        directory = self._paths.get(event.wd)
+        if directory is None or not event.name:
+            return
+        path = directory / event.name
+        if event.mask & inotify.IN_MODIFY:
+            self._writing.add(path)
+        else:
+            # Closed after writing, renamed in or out, created anew, deleted.
+            self._writing.discard(path)
+
+    def follow(self, directories: Iterable[Path], trusted: bool = False) -> None:
+        """Watch these directories (and stop watching the others). A directory watched
+        only now may have had files written in it unseen: its events are trusted after
+        one period, unless the caller has read nothing from it yet (`trusted`)."""
+        if self._inotify is None:
+            return
+        wanted = set(directories)
+        for gone in self._directories.keys() - wanted:
+            wd = self._directories.pop(gone)
+            self._paths.pop(wd, None)
+            self._since.pop(gone, None)
+            self._inotify.remove(wd)
+        complete = True
+        for directory in wanted - self._directories.keys():
             try:
-                async for _ in watchfiles.awatch(
-                    self.root,
-                    step=self._step_ms,
-                    debounce=self._debounce_ms,
-                    ignore_permission_denied=True,
-                ):
-                    wake.set()
-                    backoff = 0.1
-            except (OSError, RuntimeError) as exc:
-                if not self._missing:
-                    log.warning("config: watching %s failed (%s); retrying", self.root, exc)
-            wake.set()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+                wd = self._inotify.add(str(directory))
+            except OSError as exc:
+                if self._complete:
+                    log.warning("config: cannot watch %s (%s); polling it", directory, exc)
+                complete = False
+                continue
+            self._directories[directory] = wd
+            self._paths[wd] = directory
+            self._since[directory] = -float("inf") if trusted else time.monotonic()
+        self._complete = complete
+
+    def forget(self, present: Iterable[Path]) -> None:
+        keep = set(present)
+        for path in self._stable.keys() - keep:
+            del self._stable[path]
+        self._writing &= keep
+
+    def ready(self, path: Path, signature: Signature) -> bool:
+        """Whether a changed file is complete, so that it may be read now."""
+        now = time.monotonic()
+        since = self._since.get(path.parent)
+        if (
+            self._inotify is not None
+            and self._complete
+            and now >= self._distrust_until
+            and since is not None
+            and now - since >= self._period
+        ):
+            self._stable.pop(path, None)
+            return path not in self._writing
+        seen = self._stable.get(path)
+        if seen is None or seen[0] != signature:
+            self._stable[path] = (signature, now)
+            return False
+        if path in self._writing or now - seen[1] < self._period:
+            return False
+        del self._stable[path]
+        return True
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._inotify.fd)
+            self._inotify.close()
+            self._inotify = None

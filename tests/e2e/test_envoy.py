@@ -405,9 +405,10 @@ def test_broken_yaml_keeps_last_good_state(stack: Stack) -> None:
 
 
 def test_duplicate_key_in_two_secrets_is_refused(stack: Stack) -> None:
-    # Same key as partner-a, different holder: refused, partner-a keeps working as itself.
+    # Same key as partner-a (tests.yaml), different holder, in a file that sorts after it:
+    # refused, partner-a keeps working as itself.
     dup = REVOCABLE.format(name="copycat", tier="partner", key="partner-a-key", org="thieves")
-    path = stack.write("copycat.yaml", dup)
+    path = stack.write("zz-copycat.yaml", dup)
     try:
         wait_until(
             lambda: True if "same API key" in stack.extauth.log() else None,

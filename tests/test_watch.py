@@ -1,0 +1,223 @@
+"""The config directory through the real watcher: `extauth serve` as a child process,
+files written, broken, hidden from it and deleted under it, decisions asked over gRPC.
+
+Some tests run the service as `nobody` (setpriv): the tests run as root, and root reads
+every file and directory whatever its mode, so permission errors only exist for another
+user.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests import harness
+from tests.builders import authconfig, secret
+
+CONFIG = authconfig(
+    "cfg",
+    "headerName: x-api-key\nk8sSecretApikeyStorage: {labelSelector: {tier: t}}",
+)
+AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+
+
+def allowed(address: str, key: str) -> bool:
+    message = external_auth_pb2.CheckRequest()
+    message.attributes.context_extensions["config_id"] = "ns.cfg"
+    message.attributes.request.http.path = "/"
+    message.attributes.request.http.headers["x-api-key"] = key
+    with grpc.insecure_channel(address) as channel:
+        stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+        reply: external_auth_pb2.CheckResponse = stub.Check(message, timeout=5)
+    return bool(reply.status.code == 0)
+
+
+def becomes(address: str, key: str, expect: bool, timeout: float) -> None:
+    harness.wait_until(
+        lambda: True if allowed(address, key) == expect else None,
+        timeout,
+        f"{key} to be {'allowed' if expect else 'denied'}",
+    )
+
+
+def labelled(name: str, key: str) -> str:
+    return secret(name, key, labels={"tier": "t"})
+
+
+def write(path: Path, text: str) -> None:
+    """Write-then-rename, as the README recommends."""
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory `nobody` can reach (pytest's own tmp_path is root's alone)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to run the service as another user")
+    top = Path(tempfile.mkdtemp(prefix="extauth-watch-"))
+    top.chmod(0o755)
+    try:
+        yield top
+    finally:
+        for path in (top, *top.rglob("*")):
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(top)
+
+
+def unreadable_gauge(port: int) -> float | None:
+    body = harness.request(port, "/metrics").body.decode()
+    for line in body.splitlines():
+        if line.startswith("extauth_config_unreadable_paths "):
+            return float(line.split()[1])
+    return None
+
+
+def test_serve_exits_2_when_the_config_dir_cannot_be_read(shared_dir: Path) -> None:
+    config = shared_dir / "config"
+    config.mkdir()
+    (config / "a.yaml").write_text(labelled("a", "key-a") + "---\n" + CONFIG)
+    config.chmod(0o000)
+    result = subprocess.run(
+        [*AS_NOBODY, sys.executable, "-m", "extauth.cli", "serve", "--config-dir", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"cannot start: {config}: cannot be listed: Permission denied" in result.stderr
+
+
+def test_what_cannot_be_read_keeps_serving_and_is_counted(shared_dir: Path) -> None:
+    config = shared_dir / "config"
+    (config / "team").mkdir(parents=True)
+    (config / "cfg.yaml").write_text(CONFIG)
+    (config / "a.yaml").write_text(labelled("a", "key-a"))
+    (config / "team" / "b.yaml").write_text(labelled("b", "key-b"))
+    (config / "c.yaml").write_text(labelled("c", "key-c"))
+    for path in (shared_dir, config, *config.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    http = harness.free_port()
+    server = harness.Extauth(
+        config,
+        shared_dir / "serve.log",
+        "--http-address",
+        f"127.0.0.1:{http}",
+        wrap=AS_NOBODY,
+    )
+    try:
+        server.wait_ready()
+        for key in ("key-a", "key-b", "key-c"):
+            assert allowed(server.address, key)
+        assert unreadable_gauge(http) == 0
+        # A subdirectory and a file it may no longer read: both keep their last state.
+        (config / "team").chmod(0o000)
+        (config / "a.yaml").chmod(0o000)
+        (config / "a.yaml").touch()  # a new version, which it cannot open
+        harness.wait_until(
+            lambda: True if unreadable_gauge(http) == 2 else None, 10, "2 unreadable paths"
+        )
+        assert allowed(server.address, "key-a")
+        assert allowed(server.address, "key-b")
+        log = server.log()
+        assert f"{config / 'team'} cannot be listed: Permission denied" in log
+        assert f"cannot read {config / 'a.yaml'} (Permission denied)" in log
+        # A revocation elsewhere still applies at once.
+        (config / "c.yaml").unlink()
+        becomes(server.address, "key-c", False, timeout=1)
+        # Readable again: counted no more, and still there.
+        (config / "team").chmod(0o755)
+        (config / "a.yaml").chmod(0o644)
+        (config / "a.yaml").touch()
+        harness.wait_until(
+            lambda: True if unreadable_gauge(http) == 0 else None, 10, "no unreadable paths"
+        )
+        assert allowed(server.address, "key-a")
+        assert allowed(server.address, "key-b")
+    finally:
+        assert server.stop() == 0
+
+
+# Whatever lands in the directory, a revocation still applies --------------------------------
+
+HOSTILE_KEY = "hostile-key-0123456789"
+
+
+def _nested(depth: int) -> str:
+    return "x: " + "[" * depth + "]" * depth + "\n"
+
+
+def _tagged(tag: str, text: str) -> str:
+    return (
+        "apiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
+        "metadata: {name: tagged, namespace: ns, labels: {tier: t}}\n"
+        f"stringData: {{api-key: {tag} {HOSTILE_KEY}{text}, x-org: o}}\n"
+    )
+
+
+def _expr(bangs: int) -> str:
+    return authconfig("bangs", "k8sSecretApikeyStorage: {labelSelector: {tier: t}}").replace(
+        "spec:\n", f'spec:\n  booleanExpr: "{"!" * bangs}a"\n'
+    )
+
+
+hostile = st.one_of(
+    st.binary(max_size=3000),
+    st.integers(min_value=100, max_value=3000).map(_nested).map(str.encode),
+    st.builds(
+        _tagged,
+        st.sampled_from(["!!bool", "!!int", "!!float", "!!timestamp", "!!binary", "!unknown"]),
+        st.text(alphabet="0123456789_.:-bx", max_size=8),
+    ).map(str.encode),
+    st.integers(min_value=10, max_value=2000).map(_expr).map(str.encode),
+    st.just(CONFIG.replace("- apiKeyAuth:", "- ? [1, 2]\n      : x\n      apiKeyAuth:").encode()),
+    st.just(b"a: 0b_\nb: !!int 0b_\n"),
+)
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[harness.Extauth, Path]]:
+    config = tmp_path_factory.mktemp("watched")
+    (config / "cfg.yaml").write_text(CONFIG)
+    server = harness.Extauth(config, config.parent / "watched.log")
+    try:
+        server.wait_ready()
+        yield server, config
+    finally:
+        server.stop()
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(content=hostile, name=st.sampled_from(["0-first.yaml", "m.yml", "z-last.YAML"]))
+def test_nothing_dropped_in_the_directory_stops_a_revocation(
+    watched: tuple[harness.Extauth, Path], content: bytes, name: str
+) -> None:
+    server, config = watched
+    victim = config / "victim.yaml"
+    write(victim, labelled("victim", "victim-key"))
+    becomes(server.address, "victim-key", True, timeout=10)
+    (config / name).write_bytes(content)
+    time.sleep(0.05)  # let the watcher see it first
+    victim.unlink()
+    becomes(server.address, "victim-key", False, timeout=1)
+    (config / name).unlink()
+    assert server.proc.poll() is None, server.log()
+    assert HOSTILE_KEY not in server.log()
