@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", metavar="PATH", help="with --kubernetes: kubeconfig file")
     run.add_argument(
         "--kube-watch-timeout",
-        type=_bounded(int, 10, 3600),
+        type=_bounded(int, 1, 3600),
         default=300,
         metavar="SECONDS",
         help="with --kubernetes: restart each watch this often (server-side timeout)",

@@ -274,8 +274,8 @@ def test_a_dead_worker_stops_the_others(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--kube-watch-timeout", "-1"], "--kube-watch-timeout: must be at least 10 (got -1)"),
-        (["--kube-watch-timeout", "0"], "--kube-watch-timeout: must be at least 10 (got 0)"),
+        (["--kube-watch-timeout", "-1"], "--kube-watch-timeout: must be at least 1 (got -1)"),
+        (["--kube-watch-timeout", "0"], "--kube-watch-timeout: must be at least 1 (got 0)"),
         (["--kube-watch-timeout", "soon"], "'soon' is not a number"),
         (["--namespace", ""], "'' is not a valid namespace"),
         (["--namespace", "Bad_NS"], "'Bad_NS' is not a valid namespace"),
