@@ -15,11 +15,12 @@ from typing import Any
 import shtab
 from pydantic import ValidationError
 
-from extauth import __version__, keys, manifests, resources, workers
+from extauth import __version__, inspecting, keys, manifests, resources, workers
 from extauth.manifests import Problem
 from extauth.policy import compile_policy
-from extauth.server import Settings, grpc_credentials, serve
+from extauth.server import Settings, grpc_credentials, serve, sources_for
 from extauth.snapshot import Change, Definition, definitions
+from extauth.sources import Source
 from extauth.sources.files import ConfigDirError
 from extauth.sources.listing import ListingError, walk
 
@@ -322,6 +323,35 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --output: replace FILE if it exists",
     )
+    look = commands.add_parser(
+        "inspect",
+        help="what each AuthConfig admits: identities, headers, expiry (never a key)",
+        parents=[common],
+        formatter_class=_Formatter,
+    )
+    look.add_argument("--config-dir", type=Path, help="a directory of Secret and AuthConfig YAML")
+    look.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="read Secrets and AuthConfigs from a cluster (in-cluster config or KUBECONFIG)",
+    )
+    look.add_argument(
+        "--namespace",
+        action="append",
+        type=_namespace,
+        metavar="NS",
+        help="with --kubernetes: only this namespace (repeatable; default: all)",
+    )
+    look.add_argument("--kubeconfig", metavar="PATH", help="with --kubernetes: kubeconfig file")
+    look.add_argument("--output", choices=["text", "json"], default="text", help="report format")
+    look.add_argument(
+        "--limit",
+        type=_bounded(int, 0, 10**9),
+        default=50,
+        metavar="N",
+        help="text: at most N identities per AuthConfig (0: all)",
+    )
+
     completion = commands.add_parser(
         "completion",
         help='print a shell completion script (bash: eval "$(extauth completion bash)")',
@@ -357,6 +387,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return validate(args.paths)
     if args.command == "keys":
         return new_key(args)
+    if args.command == "inspect":
+        return inspect(args)
     if args.command == "completion":
         sys.stdout.write(shtab.complete(parser, shell=args.shell))
         return 0
@@ -470,6 +502,48 @@ def new_key(args: argparse.Namespace) -> int:
         print(f"# wrote {args.output}", file=sys.stderr)
     print(f"# the key (shown once; give it to {args.name}'s holder): {key}", file=sys.stderr)
     return 0
+
+
+def inspect(args: argparse.Namespace) -> int:
+    if args.config_dir is None and not args.kubernetes:
+        print("extauth inspect: give --config-dir DIR, --kubernetes, or both", file=sys.stderr)
+        return 2
+    settings = Settings(
+        config_dir=args.config_dir,
+        kubernetes=args.kubernetes,
+        namespaces=tuple(args.namespace or ()),
+        kubeconfig=args.kubeconfig,
+        write_status=False,
+    )
+    try:
+        changes = asyncio.run(_initial_state(sources_for(settings)))
+    except ConfigDirError as exc:
+        print(f"extauth inspect: {exc}", file=sys.stderr)
+        return 2
+    result = inspecting.report(compile_policy(_merged(changes)))
+    if args.output == "json":
+        sys.stdout.write(result.to_json() + "\n")
+    else:
+        sys.stdout.write(inspecting.render(result, args.limit))
+    return 0
+
+
+async def _initial_state(sources: Sequence[Source]) -> list[Change]:
+    """Each source's first change (its complete state), then the sources are closed."""
+    streams = [source.changes() for source in sources]
+    try:
+        return [await anext(aiter(stream)) for stream in streams]
+    finally:
+        for stream in streams:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+
+
+def _merged(changes: Sequence[Change]) -> Change:
+    return Change(
+        tuple(d for c in changes for d in c.upserted), tuple(r for c in changes for r in c.removed)
+    )
 
 
 def validate(paths: Sequence[Path]) -> int:
