@@ -167,10 +167,19 @@ class FileSource:
     ) -> None:
         """Take one file's read into the state, and its difference into the change."""
         if outcome.unreadable is not None:
+            # Not marked rejected: a chmod changes no signature, so it is tried again at
+            # every rescan (an open call) and reported once.
+            if self._unreadable_files.get(path) != outcome.unreadable:
+                log.error(
+                    "config: cannot read %s (%s); %s",
+                    path,
+                    outcome.unreadable,
+                    _keeping(path in self._accepted),
+                )
             self._unreadable_files[path] = outcome.unreadable
-            self._rejected[path] = signature
             return
-        self._unreadable_files.pop(path, None)
+        if self._unreadable_files.pop(path, None) is not None:
+            log.info("config: %s is readable again", path)
         found = outcome.definitions
         if found is None:
             self._rejected[path] = signature
@@ -256,7 +265,6 @@ class FileSource:
             os.close(os.open(path, os.O_RDONLY))
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
-                log.error("config: cannot read %s (%s); %s", path, exc.strerror, _keeping(had_good))
                 return _Outcome(None, exc.strerror or type(exc).__name__)
         text = manifests.read_text(path)
         if isinstance(text, str):
