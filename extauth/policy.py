@@ -24,7 +24,7 @@ the order it arrived in (`rank`: the lexically first path, then document order):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TypeVar
@@ -284,12 +284,24 @@ class PolicyBuilder:
     # -- applying changes ------------------------------------------------------------------
 
     def apply(self, change: Change) -> None:
+        for _ in self.steps(change):
+            pass
+
+    def steps(self, change: Change, every: int = 4096) -> Iterator[None]:
+        """Apply `change`, pausing after every `every` definitions: a caller on an event
+        loop lets Checks through in between (they read the published policy, which
+        nothing here touches until `build()`)."""
         self._applying, self._applying_ids = change.upserted, None
         try:
-            for removal in change.removed:
-                self._remove(removal)
-            for definition in change.upserted:
-                self._upsert(definition)
+            removed, upserted = change.removed, change.upserted
+            for start in range(0, len(removed), every):
+                for removal in removed[start : start + every]:
+                    self._remove(removal)
+                yield
+            for start in range(0, len(upserted), every):
+                for definition in upserted[start : start + every]:
+                    self._upsert(definition)
+                yield
         finally:
             self._applying, self._applying_ids = (), None
 
@@ -637,6 +649,10 @@ class PolicyHolder:
         """Apply a batch of changes and publish one new policy for all of them."""
         for change in changes:
             self.builder.apply(change)
+        return self.publish()
+
+    def publish(self) -> Policy:
+        """Publish what the builder holds now (after `builder.steps`)."""
         policy = self.builder.build()
         self.current = policy
         self._report(policy)

@@ -7,7 +7,8 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -367,3 +368,42 @@ def test_without_inotify_a_file_applies_once_stable_for_a_period(tmp_path: Path)
         await changes.close()
 
     asyncio.run(run())
+
+
+def test_large_files_are_read_apart_and_a_crash_there_rejects_only_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(bulk, "LARGE_FILE", 0)  # every file is "large": read by a child
+
+    async def run() -> None:
+        changes = _Pump(FileSource(tmp_path, resync_seconds=0.5))
+        await changes.next()
+        write = _renamer(tmp_path)
+        write("keys.yaml", keys.manifest("a", "ns", "key-a", {}, {"t": "x"}))
+        fast = await changes.next(timeout=10)
+        assert [d.owner for d in fast.upserted] == [("ns", "a")]
+        write("mixed.yaml", secret("b", "key-b") + "---\n" + CONFIG)
+        general = await changes.next(timeout=10)
+        assert sorted(d.owner[1] for d in general.upserted) == ["b", "cfg"]
+        # Nested 100,000 deep: the C YAML parser dies of it (SIGSEGV) unless a limit
+        # stops it first. Either way: this file is rejected, and nothing else is hurt.
+        with caplog.at_level(logging.ERROR):
+            write("deep.yaml", "x: " + "[" * 100_000 + "]" * 100_000 + "\n")
+            (tmp_path / "keys.yaml").unlink()
+            gone = await changes.next(timeout=10)
+            assert [r.owner for r in gone.removed] == [("ns", "a")]
+            deadline = time.monotonic() + 20
+            while f"rejected {tmp_path / 'deep.yaml'}" not in caplog.text:
+                assert time.monotonic() < deadline, "deep.yaml was never rejected"
+                await asyncio.sleep(0.05)
+        await changes.close()
+
+    asyncio.run(run())
+
+
+def _renamer(directory: Path) -> Callable[[str, str], None]:
+    def write(name: str, text: str) -> None:
+        (directory / f".{name}.tmp").write_text(text)
+        (directory / f".{name}.tmp").rename(directory / name)
+
+    return write

@@ -13,6 +13,8 @@ Only files in the fast path's layout are read by the child; for any other file i
 answers None and the caller reads it as usual, so messages and rejections are exactly
 those of a serial read. If the child cannot be started or fails, the caller reads
 everything itself.
+
+While serving, a single large file is read apart the same way (`read_apart`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from extauth import manifests, secretscan
-from extauth.snapshot import ApiKey, shared_items
+from extauth.snapshot import ApiKey, PlacedAuthConfig, definitions, shared_items
 
 log = logging.getLogger(__name__)
 
@@ -169,4 +172,58 @@ def keys_from_rows(rows: Sequence[Row], path: str) -> tuple[ApiKey, ...]:
             hashed,
             expires_at,
         ) in rows
+    )
+
+
+# -- one large file, apart ------------------------------------------------------------------
+
+# While serving, a changed file at least this large is read by a child process of its own:
+# reading it in a thread competes for the GIL with Checks (the YAML parser keeps it for
+# a whole document: a 200 MB document stalled every Check for 2.6 s), and a file that
+# crashes its reader (the C parser on absurd nesting) crashes only the child.
+LARGE_FILE = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Apart:
+    """What the child read, in forms that pickle: keys as rows, AuthConfigs as they are.
+    `rows` and `configs` are None when the file is rejected (see `problems`)."""
+
+    rows: list[Row] | None
+    configs: list[PlacedAuthConfig] | None
+    problems: tuple[manifests.Problem, ...]
+    ignored: tuple[str, ...] = ()
+
+
+def read_apart(path: Path) -> Apart:
+    """Read `path` in a fresh child process; blocks (call it from a worker thread)."""
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn")
+    )
+    try:
+        return pool.submit(read_one, str(path)).result()
+    except concurrent.futures.process.BrokenProcessPool:
+        problem = manifests.Problem(str(path), 0, "its reader process died reading it")
+        return Apart(None, None, (problem,))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def read_one(path: str) -> Apart:
+    """In the child: one file, by the fast path or the general loader, keys hashed here."""
+    text = manifests.read_text(Path(path))
+    if not isinstance(text, str):
+        return Apart(None, None, (text,))
+    keys = secretscan.scan(text, path)
+    if keys is not None:
+        return Apart(_rows(keys), [], ())
+    result = manifests.parse_text(text, path)
+    if not result.ok:
+        return Apart(None, None, result.problems, result.ignored)
+    found = definitions(result.resources)
+    return Apart(
+        _rows([d for d in found if isinstance(d, ApiKey)]),
+        [d for d in found if isinstance(d, PlacedAuthConfig)],
+        result.problems,
+        result.ignored,
     )

@@ -167,10 +167,19 @@ class FileSource:
     ) -> None:
         """Take one file's read into the state, and its difference into the change."""
         if outcome.unreadable is not None:
+            # Not marked rejected: a chmod changes no signature, so it is tried again at
+            # every rescan (an open call) and reported once.
+            if self._unreadable_files.get(path) != outcome.unreadable:
+                log.error(
+                    "config: cannot read %s (%s); %s",
+                    path,
+                    outcome.unreadable,
+                    _keeping(path in self._accepted),
+                )
             self._unreadable_files[path] = outcome.unreadable
-            self._rejected[path] = signature
             return
-        self._unreadable_files.pop(path, None)
+        if self._unreadable_files.pop(path, None) is not None:
+            log.info("config: %s is readable again", path)
         found = outcome.definitions
         if found is None:
             self._rejected[path] = signature
@@ -252,12 +261,9 @@ class FileSource:
         return _Outcome(None)
 
     def _load(self, path: Path, had_good: bool) -> _Outcome:
-        try:
-            os.close(os.open(path, os.O_RDONLY))
-        except OSError as exc:
-            if not isinstance(exc, FileNotFoundError):
-                log.error("config: cannot read %s (%s); %s", path, exc.strerror, _keeping(had_good))
-                return _Outcome(None, exc.strerror or type(exc).__name__)
+        unopenable = _unopenable(path)
+        if unopenable is not None:
+            return _Outcome(None, unopenable)
         text = manifests.read_text(path)
         if isinstance(text, str):
             keys = secretscan.scan(text, str(path))
@@ -266,21 +272,46 @@ class FileSource:
             result = manifests.parse_text(text, str(path))
         else:
             result = manifests.FileResult((), (text,))
-        for note in result.ignored:
+        found = definitions(result.resources) if result.ok else None
+        return self._report(path, found, result.problems, result.ignored, had_good)
+
+    def _report(
+        self,
+        path: Path,
+        found: tuple[Definition, ...] | None,
+        problems: Iterable[manifests.Problem],
+        ignored: Iterable[str],
+        had_good: bool,
+    ) -> _Outcome:
+        """Log what a read of the general loader found; its outcome."""
+        for note in ignored:
             log.info("config: %s: %s", path, note)
-        for problem in result.problems:
+        for problem in problems:
             if problem.warning:
                 log.warning("config: %s", problem)
-        if not result.ok:
-            for problem in result.problems:
-                if not problem.warning:
-                    log.error("config: rejected %s (%s): %s", path, _keeping(had_good), problem)
-            return _Outcome(None)
-        found = definitions(result.resources)
-        log.info("config: loaded %s (%d resource(s))", path, len(found))
+            elif found is None:
+                log.error("config: rejected %s (%s): %s", path, _keeping(had_good), problem)
+        if found is not None:
+            log.info("config: loaded %s (%d resource(s))", path, len(found))
         return _Outcome(found)
 
-    def _read_alone(self, path: Path, had_good: bool) -> _Outcome:
+    def _read_apart(self, path: Path, had_good: bool) -> _Outcome:
+        """`_read`, in a child process (bulk.read_apart): for large files while serving."""
+        try:
+            unopenable = _unopenable(path)
+            if unopenable is not None:
+                return _Outcome(None, unopenable)
+            apart = bulk.read_apart(path)
+            found: tuple[Definition, ...] | None = None
+            if apart.rows is not None and apart.configs is not None:
+                found = (*bulk.keys_from_rows(apart.rows, str(path)), *apart.configs)
+            return self._report(path, found, apart.problems, apart.ignored, had_good)
+        except Exception as exc:
+            return self._failed(path, exc, had_good)
+
+    def _read_alone(self, path: Path, had_good: bool, size: int) -> _Outcome:
+        if size >= bulk.LARGE_FILE:
+            return self._read_apart(path, had_good)
         with memory.collector_paused():
             return self._read(path, had_good)
 
@@ -357,10 +388,21 @@ class FileSource:
             if path in reads:
                 continue  # being read: looked at again when that read is done
             task = asyncio.ensure_future(
-                asyncio.to_thread(self._read_alone, path, path in self._accepted)
+                asyncio.to_thread(self._read_alone, path, path in self._accepted, signature[1])
             )
             reads[path] = (signature, task)
         return Change(tuple(upserted), tuple(removed))
+
+
+def _unopenable(path: Path) -> str | None:
+    """Why the file cannot be opened, if it cannot (it then keeps its last good state)."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except FileNotFoundError:
+        return None  # gone: the next listing says so
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
 
 
 def _keeping(had_good: bool) -> str:
