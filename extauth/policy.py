@@ -174,6 +174,11 @@ class Policy:
         """Key holders (Secrets) admitted; a holder in rotation has two digests."""
         return self.holders
 
+    def admitted_anywhere(self, key: ApiKey) -> bool:
+        """Whether some AuthConfig entry admits `key`: one that none does is a key that
+        works nowhere, usually a forgotten ref or label. O(rules)."""
+        return any(rule.admits(key) for config in self.configs.values() for rule in config.rules)
+
     def grant(self, config_id: str, key: str) -> Grant | None:
         """The grant of `key` under a single-rule config (tests and tools)."""
         found = self.keys.get(digest(key))

@@ -32,7 +32,7 @@ from extauth import decide, memory, responses
 from extauth.httpd import StatusServer
 from extauth.metrics import DecisionLog, Metrics, shown
 from extauth.policy import Policy, PolicyHolder
-from extauth.snapshot import Change
+from extauth.snapshot import ApiKey, Change
 from extauth.sources import Source
 from extauth.sources.files import FileSource
 from extauth.wire import AUTHORIZATION_SERVICE, CHECK_METHOD
@@ -339,7 +339,9 @@ class Server:
                 for change in batch:
                     for _ in self.holder.builder.steps(change):
                         await asyncio.sleep(0)
-                self.metrics.policy_loaded(self.holder.publish())
+                policy = self.holder.publish()
+                self.metrics.policy_loaded(policy)
+            _warn_unadmitted(policy, batch)
             if sum(len(c.upserted) for c in batch) >= memory.SETTLE_AFTER:
                 memory.settle()
 
@@ -350,6 +352,28 @@ class Server:
 # Check p50 while it is read 6.2 ms at 5 ms, 3.2 ms at 1 ms. Costs nothing when nothing
 # else runs.
 SWITCH_INTERVAL = 0.001
+
+
+# Past this many Secrets in one batch (a bulk import), checking each against every rule
+# costs more than the warning is worth.
+_WARN_UNADMITTED_UP_TO = 1000
+
+
+def _warn_unadmitted(policy: Policy, batch: list[Change]) -> None:
+    """Say so when a Secret added or edited while serving is admitted by no AuthConfig:
+    the newcomer's `keys new` whose key is then denied everywhere, with no other clue."""
+    keys = [d for c in batch for d in c.upserted if isinstance(d, ApiKey)]
+    if len(keys) > _WARN_UNADMITTED_UP_TO:
+        return
+    for key in keys:
+        if policy.keys.get(key.digest) is key and not policy.admitted_anywhere(key):
+            log.warning(
+                "policy: Secret %s/%s (%s) is admitted by no AuthConfig: its key is denied "
+                "everywhere (add it to apiKeySecretRefs or give it a selected label)",
+                key.namespace,
+                key.name,
+                key.origin,
+            )
 
 
 async def serve(settings: Settings) -> None:

@@ -188,3 +188,23 @@ def test_a_large_initial_state_is_frozen_out_of_the_collectors_sight(
         run_with_server(config_dir, scenario)
     finally:
         gc.unfreeze()
+
+
+def test_a_secret_no_authconfig_admits_is_reported_while_serving(
+    config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(server: Server, stub: external_auth_pb2_grpc.AuthorizationStub) -> None:
+        (config_dir / "stray.yaml").write_text(secret("stray", "key-stray", org="blue"))
+        # An edit of an admitted Secret, in the same batch or the next: no warning.
+        (config_dir / "all.yaml").write_text(secret("a", "key-a", org="green") + "---\n" + CONFIG)
+        for _ in range(100):
+            if "ns/stray" in caplog.text:
+                break
+            await asyncio.sleep(0.1)
+
+    with caplog.at_level("WARNING", logger="extauth.server"):
+        run_with_server(config_dir, scenario)
+    warnings = [r.getMessage() for r in caplog.records if "admitted by no AuthConfig" in r.message]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("policy: Secret ns/stray (")
+    assert "key-stray" not in caplog.text
