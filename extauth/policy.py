@@ -238,20 +238,26 @@ _ProblemKey = tuple[str, Owner, str]  # (what, owner, source)
 _D = TypeVar("_D", ApiKey, PlacedAuthConfig)
 
 
-def rank(definition: Definition) -> tuple[str, int, str, str]:
+KUBERNETES_ORIGIN = "kubernetes:"
+
+
+def rank(definition: Definition) -> tuple[bool, str, int, str, str]:
     """Which of two conflicting definitions wins: the lower rank, always.
 
     Only what is present decides, never the order things arrived in: a restart, a second
-    replica and `extauth validate` all pick the same winner. For files that is the
-    lexically first path, then the first document in it. Kubernetes objects
-    (`kubernetes:Secret/ns/name`) are ranked the same way for now; this is the one place
-    to rank them otherwise (by creationTimestamp, say).
+    replica and `extauth validate` all pick the same winner. Files come before Kubernetes
+    objects (whatever the spelling of --config-dir); among files, the lexically first
+    path, then the first document in it. Kubernetes objects (`kubernetes:Secret/ns/name`)
+    are ranked by that path for now; this is the one place to rank them otherwise (by
+    creationTimestamp, say).
     """
     if isinstance(definition, ApiKey):
-        return (definition.path, definition.document, definition.namespace, definition.name)
-    path, _, document = definition.origin
-    namespace, name = definition.owner
-    return (path, document, namespace, name)
+        path, document = definition.path, definition.document
+        namespace, name = definition.namespace, definition.name
+    else:
+        path, _, document = definition.origin
+        namespace, name = definition.owner
+    return (path.startswith(KUBERNETES_ORIGIN), path, document, namespace, name)
 
 
 class PolicyBuilder:

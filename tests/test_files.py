@@ -16,7 +16,7 @@ import pytest
 from extauth import keys, manifests, secretscan
 from extauth.policy import Policy, PolicyBuilder
 from extauth.snapshot import Change, digest
-from extauth.sources import bulk
+from extauth.sources import bulk, files, inotify
 from extauth.sources.files import ConfigDirError, FileSource
 from extauth.sources.listing import walk
 from tests.builders import authconfig, secret
@@ -407,3 +407,26 @@ def _renamer(directory: Path) -> Callable[[str, str], None]:
         (directory / f".{name}.tmp").rename(directory / name)
 
     return write
+
+
+def test_after_an_inotify_overflow_changed_files_wait_until_stable(tmp_path: Path) -> None:
+    async def run() -> None:
+        watch = files._Watch(0.3, asyncio.Event(), enabled=True)
+        watch.follow([tmp_path], trusted=True)
+        path = tmp_path / "a.yaml"
+        with path.open("w") as handle:
+            handle.write("half")
+            handle.flush()
+            await asyncio.sleep(0.05)
+            watch.drain()
+            found = walk(tmp_path).files[path]
+            assert not watch.ready(path, found)  # IN_MODIFY and no close yet
+            # The kernel dropped events: what was known about writers is gone, and
+            # until a full period has passed, time decides (an unchanged signature).
+            watch._handle(inotify.Event(-1, inotify.IN_Q_OVERFLOW, ""))
+            assert not watch.ready(path, found)
+            await asyncio.sleep(0.35)
+            assert watch.ready(path, found)
+        watch.close()
+
+    asyncio.run(run())

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from extauth.manifests import Origin
 from extauth.policy import PolicyBuilder, PolicyHolder, compile_policy
-from extauth.snapshot import Change, Removal, digest
+from extauth.snapshot import ApiKey, Change, Removal, digest
 from tests.builders import authconfig, merge, secret, snapshot
 
 REFS = """
@@ -287,3 +288,15 @@ def test_policy_mappings_are_read_only() -> None:
         policy.configs["x"] = policy.configs["ns.cfg"]  # type: ignore[index]
     with pytest.raises(TypeError):
         policy.keys[b"x"] = policy.keys[digest("key-a")]  # type: ignore[index]
+
+
+def test_files_rank_before_kubernetes_objects_whatever_the_directory_is_called() -> None:
+    def key(name: str, path: str) -> ApiKey:
+        return ApiKey.from_entries("ns", name, {}, {"api-key": "shared"}, Origin(path, 1, 1))
+
+    for directory in ("/etc/extauth", "zz-config", "kubernetes"):
+        from_file = key("file", f"{directory}/keys.yaml")
+        from_cluster = key("cluster", "kubernetes:Secret/ns/cluster")
+        for order in ((from_file, from_cluster), (from_cluster, from_file)):
+            policy = compile_policy(Change(order))
+            assert policy.keys[digest("shared")].name == "file"
