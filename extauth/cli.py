@@ -251,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --grpc-tls-cert: require client certificates signed by this CA (Envoy's)",
     )
     run.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on SIGTERM, report NOT_SERVING but keep answering this long before closing "
+        "the port (longer than Envoy's 1 s health-check interval: 2 is a good value)",
+    )
+    run.add_argument(
         "--shutdown-grace",
         type=_bounded(float, 0, 3600),
         default=5.0,
@@ -409,6 +417,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         grpc_address=args.grpc_address,
         default_config=args.default_config,
         shutdown_grace=args.shutdown_grace,
+        shutdown_delay=args.shutdown_delay,
         http_address=args.http_address,
         usage_label=args.usage_label,
         decision_log=args.decision_log,

@@ -53,6 +53,9 @@ class Settings:
     grpc_address: str = "127.0.0.1:9001"
     default_config: str | None = None
     shutdown_grace: float = 5.0
+    # After health turns NOT_SERVING, keep answering Checks this long before closing the
+    # port, so that Envoy's health check (every second) moves traffic away first.
+    shutdown_delay: float = 0.0
     # /metrics, /healthz, /readyz; None: not served (metrics are still kept).
     http_address: str | None = None
     usage_label: str | None = None
@@ -312,6 +315,8 @@ class Server:
             self._stopping = True
             self.metrics.ready.set(0)
             await self.health.enter_graceful_shutdown()
+            if self.settings.shutdown_delay > 0:
+                await asyncio.sleep(self.settings.shutdown_delay)
             for task in tasks:
                 task.cancel()
             for task in tasks:

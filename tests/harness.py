@@ -319,6 +319,9 @@ class Envoy:
                 "1",
                 "--log-level",
                 "warning",
+                # Access log lines reach the file within a moment (default: 10 s).
+                "--file-flush-interval-msec",
+                "100",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

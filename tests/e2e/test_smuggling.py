@@ -15,6 +15,7 @@ every header line it receives.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests import harness
-from tests.harness import ROOT, request
+from tests.harness import ROOT, request, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +81,7 @@ class Stack:
     upstream: Any
     extauth: harness.Extauth
     metrics_port: int
+    envoy: harness.Envoy
 
     def raw(self, head: str) -> int:
         """Send `head` (request line and headers, CRLF-separated) as is; the status."""
@@ -126,7 +128,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             vhost["routes"] = [_route("/rewrite", "/v1/rewritten"), _route("/q")] + vhost["routes"]
             envoy = harness.Envoy(config, work)
             envoy.wait_ready()
-            yield Stack(listen, upstream, extauth, metrics_port)
+            yield Stack(listen, upstream, extauth, metrics_port, envoy)
         finally:
             if envoy:
                 envoy.stop()
@@ -293,3 +295,44 @@ def test_no_header_count_gets_a_500_or_an_uncounted_allow(stack: Stack) -> None:
         assert status in (200, 431), (count, status)
         assert served == (1 if status == 200 else 0)
         assert _usage(stack) == before + served, count
+
+
+# Logs record decisions ---------------------------------------------------------------------
+
+
+def _access_log(stack: Stack, marker: str) -> dict[str, Any]:
+    def entry() -> dict[str, Any] | None:
+        for line in stack.envoy.log_path.read_text().splitlines():
+            if line.startswith("{") and marker in line:
+                found: dict[str, Any] = json.loads(line)
+                return found
+        return None
+
+    return wait_until(entry, 10, f"Envoy's access log line for {marker}")
+
+
+def test_access_log_takes_the_team_from_extauth_never_from_the_client(stack: Stack) -> None:
+    denied = request(stack.port, "/q/denied-spoof", {"x-api-key": "wrong", "x-org": "admins"})
+    assert denied.status == 401
+    allowed = request(stack.port, "/q/allowed-spoof", {"x-api-key": KEY, "x-org": "admins"})
+    assert allowed.status == 200
+    denied_line = _access_log(stack, "/q/denied-spoof")
+    assert denied_line["x_org"] in (None, "-", "")
+    assert denied_line["identity"] in (None, "-", "")
+    assert denied_line["authz_reason"] == "invalid_api_key"
+    allowed_line = _access_log(stack, "/q/allowed-spoof")
+    assert allowed_line["x_org"] == "developers"
+    assert allowed_line["identity"] == "smuggler"
+    assert "admins" not in stack.envoy.log_path.read_text()
+
+
+def test_access_log_cuts_and_escapes_what_the_client_chose(stack: Stack) -> None:
+    request_id = 'r"\\' + "r" * 5000
+    response = request(
+        stack.port, "/q/long-" + "p" * 3000, {"x-api-key": KEY, "x-request-id": request_id}
+    )
+    assert response.status == 200
+    line = _access_log(stack, "/q/long-ppp")
+    assert len(line["path"]) <= 256
+    assert len(line["request_id"]) <= 64
+    assert len(json.dumps(line)) < 1000
