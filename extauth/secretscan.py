@@ -32,8 +32,6 @@ import base64
 import binascii
 import functools
 import re
-import sys
-from collections.abc import Mapping
 
 from yaml.resolver import Resolver
 
@@ -48,7 +46,7 @@ from extauth.resources import (
     check_namespace,
     header_value_problem,
 )
-from extauth.snapshot import ApiKey, digest, shared
+from extauth.snapshot import ApiKey, Shared, api_key, digest, shared
 
 # A plain scalar this fast path reads itself: no spaces, no YAML indicator first, no ':'
 # last; whether YAML would resolve it to a non-string (`yes`, `12`, `1e3`, a date) is
@@ -93,9 +91,6 @@ _RESOLVERS = {
 
 
 _RESOLVED_FIRST = frozenset(_RESOLVERS)
-
-
-_new_tuple = tuple.__new__
 
 
 class _NotCanonical(Exception):
@@ -161,7 +156,7 @@ def _common_entries(
     block: str,
     namespace: str,
     name: str,
-    labels: Mapping[str, str],
+    labels: Shared,
     path: str,
     line: int,
     document: int,
@@ -195,28 +190,13 @@ def _common_entries(
         key_digest, hashed = bytes.fromhex(value[7:]), True
     else:
         raise _NotCanonical
-    # tuple.__new__ directly: the named tuple's own __new__ is a Python function, and
-    # this runs once per key.
-    return _new_tuple(
-        ApiKey,
-        (
-            sys.intern(namespace),
-            name,
-            labels,
-            key_digest,
-            None,
-            metadata,
-            path,
-            line,
-            document,
-            hashed,
-            None,
-        ),
+    return api_key(
+        namespace, name, labels, key_digest, None, metadata, path, line, document, hashed, None
     )
 
 
 @functools.lru_cache(maxsize=4096)
-def _metadata(kind: str, block: str) -> Mapping[str, str] | None:
+def _metadata(kind: str, block: str) -> Shared | None:
     """Shared, checked metadata from the entries after the key; None when they hold key
     material or an expiry (the general entries path handles those)."""
     entries = _entries(kind, block) if block else {}
@@ -241,7 +221,7 @@ _NO_LABELS = shared({})
 
 
 @functools.lru_cache(maxsize=4096)
-def _labels(block: str) -> Mapping[str, str]:
+def _labels(block: str) -> Shared:
     return shared(_mapping(_LABELS, _LABEL, block))
 
 

@@ -9,7 +9,7 @@ import pytest
 from extauth.snapshot import ApiKey, Change, Definition
 from extauth.sources import bulk
 from extauth.sources.files import FileSource
-from tests.builders import authconfig, secret
+from tests.builders import authconfig, key_fields, secret
 
 
 def _secret(i: int, key: str) -> str:
@@ -22,16 +22,7 @@ def _secret(i: int, key: str) -> str:
 
 def _fields(definition: Definition) -> tuple[object, ...]:
     if isinstance(definition, ApiKey):
-        return (
-            definition.namespace,
-            definition.name,
-            dict(definition.labels),
-            definition.digests,
-            dict(definition.metadata),
-            tuple(definition.origin),
-            definition.hashed,
-            definition.expires_at,
-        )
+        return key_fields(definition)
     return (definition.owner, definition.origin)
 
 

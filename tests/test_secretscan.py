@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from extauth import keys, manifests, secretscan
 from extauth.snapshot import ApiKey, definitions, digest
+from tests.builders import key_fields
 
 PATH = "keys.yaml"
 
@@ -163,17 +164,7 @@ def _file(draw: Any) -> tuple[str, bool]:
     return text, intact and all(valid for _, valid in documents)
 
 
-def _fields(key: ApiKey) -> tuple[object, ...]:
-    return (
-        key.namespace,
-        key.name,
-        dict(key.labels),
-        key.digests,
-        dict(key.metadata),
-        tuple(key.origin),
-        key.hashed,
-        key.expires_at,
-    )
+_fields = key_fields
 
 
 def _general(text: str) -> list[tuple[object, ...]] | None:

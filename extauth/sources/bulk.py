@@ -22,12 +22,11 @@ import gc
 import logging
 import multiprocessing
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from extauth import manifests, secretscan
-from extauth.snapshot import ApiKey, shared_items
+from extauth.snapshot import ApiKey, Shared, api_key, shared_items
 
 log = logging.getLogger(__name__)
 
@@ -128,31 +127,27 @@ def _rows(keys: Sequence[ApiKey]) -> list[Row]:
 
 def keys_from_rows(rows: Sequence[Row], path: str) -> tuple[ApiKey, ...]:
     """In this process: the rows as ApiKeys, mappings shared, one path string per file."""
-    mappings: dict[int, Mapping[str, str]] = {}
+    mappings: dict[int, Shared] = {}
 
-    def mapping(found: _Items) -> Mapping[str, str]:
+    def mapping(found: _Items) -> Shared:
         known = mappings.get(id(found))
         if known is None:
             known = mappings[id(found)] = shared_items(found)
         return known
 
-    new = tuple.__new__
     return tuple(
-        new(
-            ApiKey,
-            (
-                sys.intern(namespace),
-                name,
-                mapping(labels),
-                key_digest,
-                next_digest,
-                mapping(metadata),
-                path,
-                line,
-                document,
-                hashed,
-                expires_at,
-            ),
+        api_key(
+            namespace,
+            name,
+            mapping(labels),
+            key_digest,
+            next_digest,
+            mapping(metadata),
+            path,
+            line,
+            document,
+            hashed,
+            expires_at,
         )
         for (
             namespace,
