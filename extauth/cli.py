@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from extauth import __version__, keys, manifests, resources, workers
-from extauth.manifests import Problem
+from extauth import __version__, keys, loader, manifests, resources, workers
+from extauth.manifests import DEFAULT_LIMITS, MAX_DEPTH_CEILING, Limits, Problem
 from extauth.policy import compile_policy
 from extauth.server import Settings, serve
-from extauth.snapshot import Change, Definition, definitions
+from extauth.snapshot import Change, Definition
 from extauth.sources.files import ConfigDirError
 
 log = logging.getLogger("extauth")
@@ -49,6 +49,51 @@ def _fraction(value: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number between 0 and 1")
     return number
+
+
+def _bounded(low: int, high: int) -> Any:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = low - 1
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not a whole number from {low} to {high}"
+            )
+        return number
+
+    return parse
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    """The same limits for `serve` and `validate`: what one passes, the other reads."""
+    group = parser.add_argument_group("limits per file (a file over one is refused, alone)")
+    group.add_argument(
+        "--max-file-bytes",
+        type=_bounded(1, 2**40),
+        default=DEFAULT_LIMITS.max_file_bytes,
+        metavar="N",
+        help="largest file read (default: %(default)s, 64 MiB)",
+    )
+    group.add_argument(
+        "--max-documents",
+        type=_bounded(1, 2**31),
+        default=DEFAULT_LIMITS.max_documents,
+        metavar="N",
+        help="most YAML documents in one file (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-depth",
+        type=_bounded(1, MAX_DEPTH_CEILING),
+        default=DEFAULT_LIMITS.max_depth,
+        metavar="N",
+        help="deepest nesting of mappings and lists in a document (default: %(default)s)",
+    )
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(args.max_file_bytes, args.max_documents, args.max_depth)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,9 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long SIGTERM waits for in-flight checks",
     )
+    _add_limits(run)
 
     check = commands.add_parser("validate", help="check manifests; exit 1 on any problem")
     check.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    _add_limits(check)
 
     keys_cmd = commands.add_parser("keys", help="API key helpers")
     keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
@@ -196,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.command == "validate":
-        return validate(args.paths)
+        return validate(args.paths, _limits(args))
     if args.command == "keys":
         return new_key(args)
     if args.config_dir is None and not args.kubernetes:
@@ -219,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kubeconfig=args.kubeconfig,
         write_status=not args.no_status,
         kube_watch_timeout=args.kube_watch_timeout,
+        limits=_limits(args),
     )
     if args.workers < 1:
         print("extauth serve: --workers must be at least 1", file=sys.stderr)
@@ -282,9 +330,10 @@ def new_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def validate(paths: Sequence[Path]) -> int:
+def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS) -> int:
     """Every problem as `file:line: message`; cross-file problems (duplicates, key
-    conflicts, references to missing Secrets) are found by compiling a policy."""
+    conflicts, references to missing Secrets) are found by compiling a policy. Files are
+    read by the loader `serve` uses, with the same limits: same documents, same messages."""
     problems: list[Problem] = []
     found: list[Definition] = []
     files = 0
@@ -294,11 +343,11 @@ def validate(paths: Sequence[Path]) -> int:
             continue
         for file in manifests.yaml_files(path):
             files += 1
-            result = manifests.load_file(file)
+            result = loader.load_file(file, limits)
             problems.extend(result.problems)
             if not result.ok:
                 continue
-            found.extend(definitions(result.resources))
+            found.extend(result.definitions)
     policy = compile_policy(Change(tuple(found)))
     problems.extend(policy.problems)
     for problem in problems:

@@ -59,10 +59,16 @@ class _Model(BaseModel):
     )
 
 
+def _quoted(value: str) -> str:
+    """A name from the input in a message: quoted, and only when short, so that a
+    message stays one line whatever was written."""
+    return repr(value) if len(value) <= 100 else "(a value of over 100 characters)"
+
+
 def check_name(value: str) -> str:
     if not _NAME_RE.match(value):
         raise ValueError(
-            f"{value!r} is not a valid resource name "
+            f"{_quoted(value)} is not a valid resource name "
             "(lowercase letters, digits, '-' and '.', at most 253 characters)"
         )
     return value
@@ -71,7 +77,7 @@ def check_name(value: str) -> str:
 def check_namespace(value: str) -> str:
     if not _NAMESPACE_RE.match(value):
         raise ValueError(
-            f"{value!r} is not a valid namespace "
+            f"{_quoted(value)} is not a valid namespace "
             "(lowercase letters, digits and '-', at most 63 characters)"
         )
     return value
@@ -80,7 +86,7 @@ def check_namespace(value: str) -> str:
 def check_header_name(value: str) -> str:
     """Normalise a header name to lowercase (HTTP/2 form) and refuse unusable ones."""
     if not _HEADER_NAME_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid HTTP header name")
+        raise ValueError(f"{_quoted(value)} is not a valid HTTP header name")
     lowered = value.lower()
     if lowered in _RESERVED_HEADERS:
         raise ValueError(f"header {value!r} is managed by Envoy and cannot be used here")
@@ -127,9 +133,19 @@ class ObjectMeta(_Model):
     owner_references: Any = None
 
 
+def decode_base64(value: str) -> bytes:
+    """A `data` entry as Kubernetes decodes it: Go's encoding/json reads []byte with
+    base64.StdEncoding, which skips CR and LF anywhere (line-wrapped base64 is valid)
+    and refuses every other character outside the alphabet, and missing padding.
+    Raises binascii.Error (a ValueError)."""
+    if "\n" in value or "\r" in value:
+        value = value.replace("\n", "").replace("\r", "")
+    return base64.b64decode(value, validate=True)
+
+
 def _check_base64(value: str) -> str:
     try:
-        base64.b64decode(value, validate=True)
+        decode_base64(value)
     except (binascii.Error, ValueError):
         raise ValueError("is not valid base64") from None
     return value
@@ -162,7 +178,7 @@ class Secret(_Model):
         merged: dict[str, str] = {}
         for entry, encoded in self.data.items():
             try:
-                merged[entry] = base64.b64decode(encoded).decode("utf-8")
+                merged[entry] = decode_base64(encoded).decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError(f"entry {entry!r} is not UTF-8 text") from None
         merged.update(self.string_data)
@@ -172,7 +188,10 @@ class Secret(_Model):
 def check_entry_names(names: Iterable[str]) -> None:
     for entry in names:
         if not _SECRET_ENTRY_RE.match(entry):
-            raise ValueError(f"entry name {entry!r} is not a valid Secret key")
+            raise ValueError(
+                f"entry name {_quoted(entry)} is not a valid Secret key "
+                "(letters, digits, '-', '_' and '.', at most 253)"
+            )
 
 
 def check_entries(entries: Mapping[str, str]) -> None:
@@ -366,7 +385,7 @@ class AuthConfigEntry(_Model):
     @classmethod
     def _only_api_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            other = sorted(k for k in data if k not in _SUPPORTED_CONFIG_FIELDS)
+            other = sorted(str(k) for k in data if k not in _SUPPORTED_CONFIG_FIELDS)
             if other:
                 raise ValueError(
                     f"unsupported auth config {', '.join(map(repr, other))}: "

@@ -35,7 +35,7 @@ import re
 
 from yaml.resolver import Resolver
 
-from extauth.manifests import Origin
+from extauth.manifests import DEFAULT_LIMITS, Limits, Origin
 from extauth.resources import (
     API_KEY_ENTRY,
     EXPIRES_AT_ENTRY,
@@ -60,10 +60,14 @@ _KEY = r"([A-Za-z0-9_./-]+)"
 # Blank lines and whole-line comments. YAML also ends a line at NEL, LS and PS (and CR,
 # which reading the file already turned into LF): a comment must not hide one.
 _COMMENT = r"#[^\n\r\x85\u2028\u2029]*"
-_GAP = re.compile(rf"(?:(?:{_COMMENT})?\n)*")
+_GAP = re.compile(rf"(?:(?:{_COMMENT})?\n)*+")
 # One Secret with what precedes it: a gap, its `---` (which only the first may lack), a gap.
+# The gaps are possessive (`*+`): a gap is never followed by a line it could have taken,
+# and without that, a long run of blank lines that ends in something else is split
+# every way between the two gaps before the match gives up (quadratic: 16,000 blank
+# lines took 6 s, a file of them would hold the watcher for hours).
 _DOCUMENT = re.compile(
-    rf"((?:(?:{_COMMENT})?\n)*(---\n)?(?:(?:{_COMMENT})?\n)*)"
+    rf"((?:(?:{_COMMENT})?\n)*+(---\n)?(?:(?:{_COMMENT})?\n)*+)"
     r"apiVersion: v1\n"
     r"kind: Secret\n"
     r"type: extauth\.solo\.io/apikey\n"
@@ -97,17 +101,24 @@ class _NotCanonical(Exception):
     """This file is for the general loader."""
 
 
-def scan(text: str, path: str) -> tuple[ApiKey, ...] | None:
-    """The file's keys, or None when the general loader must read it."""
+# Collections inside collections in the layout: the document, metadata, labels.
+_DEPTH = 3
+
+
+def scan(text: str, path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[ApiKey, ...] | None:
+    """The file's keys, or None when the general loader must read it (also when the
+    file is over a limit: the general loader refuses it, with the message)."""
+    if limits.max_depth < _DEPTH:
+        return None
     if not text.endswith("\n"):
         text += "\n"
     try:
-        return tuple(_documents(text, path))
+        return tuple(_documents(text, path, limits.max_documents))
     except _NotCanonical:
         return None
 
 
-def _documents(text: str, path: str) -> list[ApiKey]:
+def _documents(text: str, path: str, max_documents: int) -> list[ApiKey]:
     found: list[ApiKey] = []
     position = 0
     line = 1  # of `position`
@@ -116,6 +127,8 @@ def _documents(text: str, path: str) -> list[ApiKey]:
         prefix, marker = match.group(1, 2)
         if marker is None and found:
             raise _NotCanonical  # a second document needs its `---`
+        if len(found) == max_documents:
+            raise _NotCanonical
         start = line + (1 if prefix == "---\n" else prefix.count("\n"))
         # Documents are numbered as YAML does: one per `---`, or the implicit first.
         document = len(found) + 1

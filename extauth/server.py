@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauth import decide, memory, responses
 from extauth.httpd import StatusServer
+from extauth.manifests import DEFAULT_LIMITS, Limits
 from extauth.metrics import DecisionLog, Metrics
 from extauth.policy import Policy, PolicyHolder
 from extauth.snapshot import Change
@@ -57,12 +58,14 @@ class Settings:
     kube_watch_timeout: int = 300
     # --workers: every worker binds the same gRPC port (SO_REUSEPORT).
     reuse_port: bool = False
+    # --max-file-bytes, --max-documents, --max-depth: what one config file may hold.
+    limits: Limits = DEFAULT_LIMITS
 
 
 def sources_for(settings: Settings) -> list[Source]:
     sources: list[Source] = []
     if settings.config_dir is not None:
-        sources.append(FileSource(settings.config_dir))
+        sources.append(FileSource(settings.config_dir, limits=settings.limits))
     if settings.kubernetes:
         # Imported here: the kubernetes client is only loaded when it is used.
         from extauth.sources.kubernetes import KubernetesSource

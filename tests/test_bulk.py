@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from extauth.manifests import Limits
 from extauth.snapshot import ApiKey, Change, Definition
 from extauth.sources import bulk
 from extauth.sources.files import FileSource
@@ -56,9 +57,9 @@ def test_two_processes_read_what_one_reads(
     started: list[int] = []
     real_start = bulk.start
 
-    def start(paths: list[str]) -> bulk.Reader | None:
+    def start(paths: list[str], limits: Limits) -> bulk.Reader | None:
         started.append(len(paths))
-        return real_start(paths)
+        return real_start(paths, limits)
 
     monkeypatch.setattr(bulk, "start", start)
     both, both_source = _scan(directory)

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from extauth import manifests, secretscan
+from extauth.manifests import Limits
 from extauth.snapshot import ApiKey, Shared, api_key, shared_items
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,12 @@ CHUNK = 16
 class Reader:
     """A child process reading files in chunks; results are taken in submission order."""
 
-    def __init__(self, paths: Sequence[str]) -> None:
+    def __init__(self, paths: Sequence[str], limits: Limits) -> None:
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn")
         )
         self._pending = [
-            (chunk, self._pool.submit(read_files, chunk))
+            (chunk, self._pool.submit(read_files, chunk, limits))
             for chunk in (list(paths[i : i + CHUNK]) for i in range(0, len(paths), CHUNK))
         ]
 
@@ -78,22 +79,28 @@ class Reader:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def start(paths: Sequence[str]) -> Reader | None:
+def start(paths: Sequence[str], limits: Limits) -> Reader | None:
     """A child reading `paths`, or None when one cannot be started."""
     try:
-        return Reader(paths)
+        return Reader(paths, limits)
     except (OSError, RuntimeError) as exc:
         log.warning("config: no second process for the initial read (%s); reading alone", exc)
         return None
 
 
-def read_files(paths: list[str]) -> list[list[Row] | None]:
-    """In the child: each file's keys as rows, or None when the fast path declines it."""
+def read_files(paths: list[str], limits: Limits) -> list[list[Row] | None]:
+    """In the child: each file's keys as rows, or None when the fast path declines it
+    (or it cannot be read, is over a limit, or anything fails: the parent then reads it
+    through the one loader, which gives the message)."""
     gc.disable()  # a short-lived process that frees nothing: the collector would only walk
     out: list[list[Row] | None] = []
     for path in paths:
-        text = manifests.read_text(Path(path))
-        keys = secretscan.scan(text, path) if isinstance(text, str) else None
+        keys = None
+        try:
+            text = manifests.read_text(Path(path), limits)
+            keys = secretscan.scan(text, path, limits) if isinstance(text, str) else None
+        except Exception:  # noqa: S110 (declined: the parent reads it and reports)
+            pass
         out.append(None if keys is None else _rows(keys))
     return out
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import watchfiles
 
-from extauth import manifests, memory, secretscan
-from extauth.snapshot import ApiKey, Change, Definition, Removal, definitions, removal_of
+from extauth import loader, manifests, memory
+from extauth.manifests import DEFAULT_LIMITS, Limits
+from extauth.snapshot import Change, Definition, Removal, removal_of
 from extauth.sources import bulk
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,10 @@ class FileSource:
         step_ms: int = 50,
         debounce_ms: int = 400,
         resync_seconds: float = 2.0,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.root = root
+        self._limits = limits
         self._step_ms = step_ms
         self._debounce_ms = debounce_ms
         self._resync_seconds = resync_seconds
@@ -118,7 +121,7 @@ class FileSource:
         if bulk.worth_it(len(changed)):
             half = changed[len(changed) // 2 :]
             theirs = {str(path): (path, signature) for path, signature in half}
-            reader = bulk.start(list(theirs))
+            reader = bulk.start(list(theirs), self._limits)
         mine = changed[: len(changed) // 2] if reader else changed
         try:
             for path, signature in mine:
@@ -146,7 +149,7 @@ class FileSource:
                 continue
             read[path] = self._fast(path, bulk.keys_from_rows(rows, name))
 
-    def _fast(self, path: Path, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+    def _fast(self, path: Path, keys: tuple[Definition, ...]) -> tuple[Definition, ...]:
         """A file the fast path read (here or in the child): accepted whole."""
         self._rejected.pop(path, None)
         log.info("config: loaded %s (%d Secret(s))", path, len(keys))
@@ -156,14 +159,9 @@ class FileSource:
         self, path: Path, signature: _Signature, had_good: bool
     ) -> tuple[Definition, ...] | None:
         """The file's definitions, or None when it is rejected."""
-        text = manifests.read_text(path)
-        if isinstance(text, str):
-            keys = secretscan.scan(text, str(path))
-            if keys is not None:
-                return self._fast(path, keys)
-            result = manifests.parse_text(text, str(path))
-        else:
-            result = manifests.FileResult((), (text,))
+        result = loader.load_file(path, self._limits)
+        if result.fast:
+            return self._fast(path, result.definitions)
         for note in result.ignored:
             log.info("config: %s: %s", path, note)
         for problem in result.problems:
@@ -177,9 +175,8 @@ class FileSource:
                     log.error("config: rejected %s (%s): %s", path, keeping, problem)
             return None
         self._rejected.pop(path, None)
-        found = definitions(result.resources)
-        log.info("config: loaded %s (%d resource(s))", path, len(found))
-        return found
+        log.info("config: loaded %s (%d resource(s))", path, len(result.definitions))
+        return result.definitions
 
     async def changes(self) -> AsyncGenerator[Change, None]:
         """The initial state, then what changed, after every change on disk.
