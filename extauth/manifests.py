@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from extauth.resources import (
     APIKEY_SECRET_TYPE,
     AUTHCONFIG_API_VERSION,
+    KEY_ENTRIES,
     AuthConfig,
     Secret,
     decode_base64,
@@ -469,8 +470,13 @@ _HELD_MIN = 4
 
 
 def _held_values(root: yaml.Node) -> set[str]:
-    """Every string under a document's `data`/`stringData` entries (keys, values, tags,
-    base64-decoded values), and under those fields when they are not mappings."""
+    """What a message about this document must not quote: the value of every key entry
+    (`api-key`, `api-key-next` and their hashes; base64-decoded too), and, under any
+    entry, whatever is more than a plain string (keys, values and tags of a mapping or a
+    list written where a string belongs, a tagged value), and all of `data` or
+    `stringData` when either is not a mapping. Metadata values are not held: they are
+    sent upstream as headers anyway, and holding short ones would withhold messages that
+    only happen to contain them."""
     held: set[str] = set()
     if not isinstance(root, yaml.MappingNode):
         return held
@@ -478,15 +484,18 @@ def _held_values(root: yaml.Node) -> set[str]:
     for key, value in root.value:
         if not (isinstance(key, yaml.ScalarNode) and key.value in ("data", "stringData")):
             continue
-        if isinstance(value, yaml.MappingNode):
-            for entry, held_node in value.value:
-                below.append(held_node)
-                if not isinstance(entry, yaml.ScalarNode):
-                    below.append(entry)
-                elif key.value == "data" and isinstance(held_node, yaml.ScalarNode):
-                    held.update(_decoded(held_node.value))
-        else:
+        if not isinstance(value, yaml.MappingNode):
             below.append(value)
+            continue
+        for entry, held_node in value.value:
+            if not isinstance(entry, yaml.ScalarNode):
+                below.append(entry)
+            if not isinstance(held_node, yaml.ScalarNode) or held_node.tag != _STR_TAG:
+                below.append(held_node)
+            elif entry.value in KEY_ENTRIES:
+                held.add(held_node.value)
+                if key.value == "data":
+                    held.update(_decoded(held_node.value))
     seen: set[int] = set()
     while below:
         node = below.pop()

@@ -28,7 +28,6 @@ messages. What it accepts, it must read exactly as the general loader would:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import re
@@ -44,6 +43,7 @@ from extauth.resources import (
     check_entry_names,
     check_name,
     check_namespace,
+    decode_base64,
     header_value_problem,
 )
 from extauth.snapshot import ApiKey, Shared, api_key, digest, shared
@@ -281,6 +281,6 @@ def _resolves(plain: str) -> bool:
 
 def _decode(value: str) -> str:
     try:
-        return base64.b64decode(value, validate=True).decode("utf-8")
+        return decode_base64(value).decode("utf-8")
     except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
         raise _NotCanonical from None
