@@ -11,6 +11,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# Deeper than this (`!` or parentheses inside one another, or a chain of operators) is
+# refused: parsing and evaluation recurse once per level, and no real expression needs it.
+MAX_DEPTH = 64
+
 _TOKEN = re.compile(r"\s*(?:(&&|\|\||!|\(|\))|([A-Za-z0-9_.\-]+))")
 
 # ("name", str) | ("not", node) | ("and", node, node) | ("or", node, node)
@@ -60,7 +64,22 @@ def parse(source: str) -> BoolExpr:
     tree = parser.expression()
     if parser.position != len(tokens):
         raise ExprError(f"unexpected {tokens[parser.position]!r} in booleanExpr {source!r}")
+    _check_depth(tree)
     return BoolExpr(source, tree)
+
+
+def _too_deep() -> ExprError:
+    return ExprError(f"booleanExpr is nested more than {MAX_DEPTH} levels deep")
+
+
+def _check_depth(tree: Node) -> None:
+    """Chains (`a && b && c ...`) nest one level per operator; evaluation recurses."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        stack.extend((n, depth + 1) for n in node[1:] if isinstance(n, tuple))
 
 
 def _tokenize(source: str) -> list[str]:
@@ -83,6 +102,7 @@ class _Parser:
         self.tokens = tokens
         self.source = source
         self.position = 0
+        self.depth = 0
 
     def _peek(self) -> str | None:
         return self.tokens[self.position] if self.position < len(self.tokens) else None
@@ -111,12 +131,18 @@ class _Parser:
     def _unary(self) -> Node:
         symbol = self._take()
         if symbol in ("!", "("):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise _too_deep()
+            node: Node
             if symbol == "!":
-                return ("not", self._unary())
-            node = self.expression()
-            if self._peek() != ")":
-                raise ExprError(f"missing ')' in booleanExpr {self.source!r}")
-            self._take()
+                node = ("not", self._unary())
+            else:
+                node = self.expression()
+                if self._peek() != ")":
+                    raise ExprError(f"missing ')' in booleanExpr {self.source!r}")
+                self._take()
+            self.depth -= 1
             return node
         if symbol in ("&&", "||", ")"):
             raise ExprError(f"unexpected {symbol!r} in booleanExpr {self.source!r}")

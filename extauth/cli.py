@@ -15,11 +15,11 @@ from typing import Any
 import shtab
 from pydantic import ValidationError
 
-from extauth import __version__, inspecting, keys, manifests, resources, workers
-from extauth.manifests import Problem
+from extauth import __version__, inspecting, keys, loader, manifests, resources, workers
+from extauth.manifests import DEFAULT_LIMITS, MAX_DEPTH_CEILING, Limits, Problem
 from extauth.policy import compile_policy
 from extauth.server import Settings, grpc_credentials, serve, sources_for
-from extauth.snapshot import Change, Definition, definitions
+from extauth.snapshot import Change, Definition
 from extauth.sources import Source
 from extauth.sources.files import ConfigDirError
 from extauth.sources.listing import ListingError, walk
@@ -132,6 +132,36 @@ def _from_environment(action: argparse.Action, raw: str) -> Any:
     if action.choices is not None and value not in action.choices:
         raise ValueError(f"{raw!r} is not one of {', '.join(map(str, action.choices))}")
     return value
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    """The same limits for `serve` and `validate`: what one passes, the other reads."""
+    group = parser.add_argument_group("limits per file (a file over one is refused, alone)")
+    group.add_argument(
+        "--max-file-bytes",
+        type=_bounded(int, 1, 2**40),
+        default=DEFAULT_LIMITS.max_file_bytes,
+        metavar="N",
+        help="largest file read (default: %(default)s, 64 MiB)",
+    )
+    group.add_argument(
+        "--max-documents",
+        type=_bounded(int, 1, 2**31),
+        default=DEFAULT_LIMITS.max_documents,
+        metavar="N",
+        help="most YAML documents in one file (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-depth",
+        type=_bounded(int, 1, MAX_DEPTH_CEILING),
+        default=DEFAULT_LIMITS.max_depth,
+        metavar="N",
+        help="deepest nesting of mappings and lists in a document (default: %(default)s)",
+    )
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(args.max_file_bytes, args.max_documents, args.max_depth)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long SIGTERM waits for in-flight checks",
     )
+    _add_limits(run)
 
     check = commands.add_parser(
         "validate",
@@ -273,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     check.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    _add_limits(check)
 
     keys_cmd = commands.add_parser("keys", help="API key helpers", parents=[common])
     keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
@@ -359,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="text: at most N identities per AuthConfig (0: all)",
     )
+    _add_limits(look)
 
     completion = commands.add_parser(
         "completion",
@@ -392,7 +425,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     )
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.command == "validate":
-        return validate(args.paths)
+        return validate(args.paths, _limits(args))
     if args.command == "keys":
         return new_key(args)
     if args.command == "inspect":
@@ -430,6 +463,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         grpc_tls_cert=args.grpc_tls_cert,
         grpc_tls_key=args.grpc_tls_key,
         grpc_client_ca=args.grpc_client_ca,
+        limits=_limits(args),
     )
     try:
         # Read once here so that a missing or unreadable file stops the start, with
@@ -523,6 +557,7 @@ def inspect(args: argparse.Namespace) -> int:
         namespaces=tuple(args.namespace or ()),
         kubeconfig=args.kubeconfig,
         write_status=False,
+        limits=_limits(args),
     )
     try:
         changes = asyncio.run(_initial_state(sources_for(settings)))
@@ -555,9 +590,10 @@ def _merged(changes: Sequence[Change]) -> Change:
     )
 
 
-def validate(paths: Sequence[Path]) -> int:
+def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS) -> int:
     """Every problem as `file:line: message`; cross-file problems (duplicates, key
-    conflicts, references to missing Secrets) are found by compiling a policy."""
+    conflicts, references to missing Secrets) are found by compiling a policy. Files are
+    read by the loader `serve` uses, with the same limits: same documents, same messages."""
     problems: list[Problem] = []
     found: list[Definition] = []
     files = 0
@@ -572,11 +608,11 @@ def validate(paths: Sequence[Path]) -> int:
         problems.extend(Problem(str(p), 0, note, warning=True) for p, note in listing.notes)
         for file in listing.files:
             files += 1
-            result = manifests.load_file(file)
+            result = loader.load_file(file, limits)
             problems.extend(result.problems)
             if not result.ok:
                 continue
-            found.extend(definitions(result.resources))
+            found.extend(result.definitions)
     policy = compile_policy(Change(tuple(found)))
     problems.extend(policy.problems)
     for problem in problems:

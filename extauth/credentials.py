@@ -17,9 +17,15 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import unquote_plus
 
 from extauth.policy import KeySource
+from extauth.resources import OWS
 
 _BEARER = "bearer"
 _BEARER_LEN = len(_BEARER)
+# Only HTTP's optional whitespace is trimmed from a key: it is what a stored key may not
+# begin or end with (`resources.header_value_problem`). Trimming more (str.strip() takes
+# NBSP, U+3000 ...) made `key` + U+00A0 match `key`, and a stored key ending in U+00A0
+# match nothing.
+_OWS = OWS
 
 
 def extract(sources: tuple[KeySource, ...], headers: Mapping[str, str], path: str) -> str | None:
@@ -38,14 +44,14 @@ def extract(sources: tuple[KeySource, ...], headers: Mapping[str, str], path: st
 def from_header(raw: str | None) -> str | None:
     if raw is None:
         return None
-    value = raw.strip()
+    value = raw.strip(_OWS)
     # "Bearer <key>"; a bare "Bearer" (the key stripped away in transit) is no key.
     if value[:_BEARER_LEN].lower() == _BEARER and value[_BEARER_LEN : _BEARER_LEN + 1] in (
         "",
         " ",
         "\t",
     ):
-        value = value[_BEARER_LEN:].strip()
+        value = value[_BEARER_LEN:].strip(_OWS)
     return value or None
 
 
@@ -101,9 +107,9 @@ def cookie(header: str | None, name: str) -> str | None:
     if not header:
         return None
     for part in header.split(";"):
-        key, sep, value = part.strip().partition("=")
+        key, sep, value = part.strip(_OWS).partition("=")
         if sep and key == name:
-            return value.strip().strip('"') or None
+            return value.strip(_OWS).strip('"') or None
     return None
 
 

@@ -1,15 +1,29 @@
 """Read multi-document YAML manifests into validated resources, with `file:line` problems.
 
+Whatever a file holds, reading it never raises and never crashes the process: every
+failure is a problem of that file alone. The `Limits` are checked before the expensive
+steps: the file's size before it is read (`read_text`), then nesting depth and document
+count over the YAML event stream before anything is composed (libyaml's composer recurses
+in C, and a document nested 100,000 levels deep overflows its stack: SIGSEGV).
+
 YAML is composed into a node tree first (which keeps line numbers), checked for what
-PyYAML would silently accept (duplicate mapping keys, alias bombs), then constructed and
-validated. A pydantic error's field path is walked back through the node tree to the line
-of the offending field, so every problem reads `path:line: document N (Kind ns/name):
-field.path: message`. Values are never part of a message: they may be keys.
+PyYAML would silently accept (duplicate mapping keys, non-string keys, alias bombs,
+recursive aliases), then constructed and validated. A pydantic error's field path is
+walked back through the node tree to the line of the offending field, so every problem
+reads `path:line: document N (Kind ns/name): field.path: message`.
+
+Values are never part of a message: they may be keys. Messages are made of our own text,
+names and field paths (a Secret's entry names are shown, as `kubectl describe secret`
+does; never what is under them), and a last check withholds any message that would
+still quote what a Secret holds under `data` or `stringData`.
 """
 
 from __future__ import annotations
 
+import binascii
 import functools
+import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +32,46 @@ from typing import Any, NamedTuple
 import yaml
 from pydantic import ValidationError
 
-from extauth.resources import APIKEY_SECRET_TYPE, AUTHCONFIG_API_VERSION, AuthConfig, Secret
+from extauth.resources import (
+    APIKEY_SECRET_TYPE,
+    AUTHCONFIG_API_VERSION,
+    KEY_ENTRIES,
+    AuthConfig,
+    Secret,
+    decode_base64,
+)
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Upper bound on nodes in one document once aliases are expanded: a real manifest has a
 # few hundred; a "billion laughs" document has billions.
 MAX_EXPANDED_NODES = 1_000_000
+# --max-depth may not go above this: deeper, libyaml's composer and PyYAML's merge-key
+# handling recurse too far (the composer in C, where that is a crash).
+MAX_DEPTH_CEILING = 1_000
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one file may hold; anything beyond is refused, with the limit named.
+
+    The defaults leave room for a million keys in 1,000 files and for a single file of
+    100,000 keys in the layout `extauth keys new` writes (about 250 bytes each, 600
+    with several metadata entries), and refuse what would stall the service: a 200 MB
+    file, a document nested thousands of levels deep.
+    """
+
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_documents: int = 200_000
+    # Collections inside collections: a Secret is 3 deep (metadata.labels), an
+    # AuthConfig about 7, `kubectl get -o yaml` output with managedFields about 15.
+    max_depth: int = 64
+
+
+DEFAULT_LIMITS = Limits()
 
 Resource = Secret | AuthConfig
 
@@ -75,24 +123,62 @@ class FileResult:
         return not any(not p.warning for p in self.problems)
 
 
-def load_file(path: Path) -> FileResult:
-    text = read_text(path)
+def load_file(path: Path, limits: Limits = DEFAULT_LIMITS) -> FileResult:
+    """The general loader alone (see `loader.load_file` for what the service reads)."""
+    text = read_text(path, limits)
     if isinstance(text, Problem):
         return FileResult((), (text,))
-    return parse_text(text, str(path))
+    return parse_text(text, str(path), limits)
 
 
-def read_text(path: Path) -> str | Problem:
+def read_text(path: Path, limits: Limits = DEFAULT_LIMITS) -> str | Problem:
+    """The file's text, or why it cannot be had. The size is taken from the open file
+    (fstat) before reading, and no more than the limit is ever read, so a file that
+    grows meanwhile cannot slip past it. Opened non-blocking: a FIFO named `x.yaml`
+    must not hang the reader; only regular files are read."""
+    name = str(path)
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return Problem(str(path), 1, "file is not UTF-8 text")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        return Problem(str(path), 1, f"cannot read file: {exc.strerror}")
-
-
-def parse_text(text: str, path: str) -> FileResult:
+        return Problem(name, 0, f"cannot read file: {exc.strerror or type(exc).__name__}")
     try:
+        with os.fdopen(fd, "rb") as file:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                return Problem(name, 0, "not a regular file")
+            if status.st_size > limits.max_file_bytes:
+                return _too_big(name, status.st_size, limits)
+            data = file.read(limits.max_file_bytes + 1)
+    except OSError as exc:
+        return Problem(name, 0, f"cannot read file: {exc.strerror or type(exc).__name__}")
+    if len(data) > limits.max_file_bytes:
+        return _too_big(name, None, limits)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Problem(name, data.count(b"\n", 0, exc.start) + 1, "file is not UTF-8 text")
+
+
+def _too_big(path: str, size: int | None, limits: Limits) -> Problem:
+    found = f"{size} bytes" if size is not None else "grew while read"
+    return Problem(
+        path, 0, f"file too large ({found}; the limit is --max-file-bytes {limits.max_file_bytes})"
+    )
+
+
+def parse_text(text: str, path: str, limits: Limits = DEFAULT_LIMITS) -> FileResult:
+    """Every document of `text`; never raises (a failure is a problem of this file)."""
+    try:
+        return _parse_text(text, path, limits)
+    except Exception as exc:  # a last net: whatever it was, it is this file's problem
+        return FileResult((), (Problem(path, 0, f"cannot be read ({type(exc).__name__})"),))
+
+
+def _parse_text(text: str, path: str, limits: Limits) -> FileResult:
+    try:
+        too_deep = _prescan(text, path, limits)
+        if too_deep is not None:
+            return FileResult((), (too_deep,))
         nodes = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -107,33 +193,74 @@ def parse_text(text: str, path: str) -> FileResult:
         if node is None or _is_null(node):
             continue
         origin = Origin(path, node.start_mark.line + 1, index)
-        result = _load_document(node, origin)
+        try:
+            result = _load_document(node, origin, limits)
+        except Exception as exc:  # one document's failure, whatever it is, is its own
+            reason = f"document {index}: cannot be read ({type(exc).__name__})"
+            result = [Problem(path, origin.line, reason)]
         if isinstance(result, Loaded):
             loaded.append(result)
         elif isinstance(result, str):
             ignored.append(result)
         else:
-            problems.extend(result)
+            problems.extend(_withheld(result, node, index))
     return FileResult(tuple(loaded), tuple(problems), tuple(ignored))
 
 
+_COLLECTION_STARTS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_COLLECTION_ENDS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _prescan(text: str, path: str, limits: Limits) -> Problem | None:
+    """Refuse too many documents or too deep a nesting, from the event stream (libyaml's
+    parser keeps its own stack: it does not recurse), before anything is composed."""
+    parser = _Loader(text)
+    depth = documents = 0
+    try:
+        while parser.check_event():
+            event = parser.get_event()  # type: ignore[no-untyped-call]
+            if isinstance(event, _COLLECTION_STARTS):
+                depth += 1
+                if depth > limits.max_depth:
+                    return Problem(
+                        path,
+                        _line(event.start_mark),
+                        f"document {documents}: nested more than {limits.max_depth} levels "
+                        f"deep (the limit is --max-depth {limits.max_depth})",
+                    )
+            elif isinstance(event, _COLLECTION_ENDS):
+                depth -= 1
+            elif isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > limits.max_documents:
+                    return Problem(
+                        path,
+                        _line(event.start_mark),
+                        f"more than {limits.max_documents} YAML documents "
+                        f"(the limit is --max-documents {limits.max_documents})",
+                    )
+    finally:
+        parser.dispose()
+    return None
+
+
+def _line(mark: Any) -> int:
+    return mark.line + 1 if mark is not None else 0
+
+
 def _is_null(node: yaml.Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG
 
 
-def _load_document(node: yaml.Node, origin: Origin) -> Loaded | str | list[Problem]:
+def _load_document(node: yaml.Node, origin: Origin, limits: Limits) -> Loaded | str | list[Problem]:
     """A resource, the reason it is ignored, or its problems."""
     here = f"document {origin.document}"
-    structural = _structural_problems(node)
+    structural = _structural_problems(node, limits)
     if structural:
         return [Problem(origin.path, line, f"{here}: {msg}") for line, msg in structural]
-    try:
-        data = _Loader("").construct_document(node)
-    except yaml.YAMLError as exc:  # e.g. a tag the safe loader does not construct
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else origin.line
-        reason = getattr(exc, "problem", None) or "cannot be read"
-        return [Problem(origin.path, line, f"{here}: YAML error: {reason}")]
+    data = _construct(node)
+    if isinstance(data, _Unreadable):
+        return [Problem(origin.path, data.line or origin.line, f"{here}: YAML error: {data}")]
     if not isinstance(data, dict):
         return [Problem(origin.path, origin.line, f"{here}: expected a mapping (a resource)")]
 
@@ -141,7 +268,7 @@ def _load_document(node: yaml.Node, origin: Origin) -> Loaded | str | list[Probl
     model: type[Resource]
     if kind == "Secret" and api_version == "v1":
         if data.get("type") != APIKEY_SECRET_TYPE:
-            return f"{here}: Secret of type {data.get('type', 'Opaque')!r} ignored"
+            return f"{here}: Secret of type {_shown(data.get('type', 'Opaque'))} ignored"
         model = Secret
     elif kind == "AuthConfig":
         if api_version != AUTHCONFIG_API_VERSION:
@@ -158,7 +285,8 @@ def _load_document(node: yaml.Node, origin: Origin) -> Loaded | str | list[Probl
             Problem(
                 origin.path,
                 origin.line,
-                f"{here}: unsupported resource (apiVersion {api_version!r}, kind {kind!r}): "
+                f"{here}: unsupported resource (apiVersion {_shown(api_version)}, "
+                f"kind {_shown(kind)}): "
                 f"extauth reads Secrets of type {APIKEY_SECRET_TYPE} and AuthConfigs",
             )
         ]
@@ -174,44 +302,225 @@ def _load_document(node: yaml.Node, origin: Origin) -> Loaded | str | list[Probl
     return Loaded(resource, origin)
 
 
+def _shown(value: object) -> str:
+    """A value from the document in a message: short strings only, quoted."""
+    if isinstance(value, str) and len(value) <= 100:
+        return repr(value)
+    return "(not a short string)"
+
+
 def _name_of(data: dict[Any, Any]) -> str:
     meta = data.get("metadata")
     if not isinstance(meta, dict):
         return "<unnamed>"
-    return f"{meta.get('namespace', 'default')}/{meta.get('name', '<unnamed>')}"
+    namespace, name = meta.get("namespace", "default"), meta.get("name", "<unnamed>")
+    if not isinstance(namespace, str) or not isinstance(name, str):
+        return "<unnamed>"
+    return f"{namespace[:100]}/{name[:300]}"
 
 
-def _structural_problems(root: yaml.Node) -> list[tuple[int, str]]:
-    """Duplicate keys and alias bombs: both pass PyYAML silently."""
+def _structural_problems(root: yaml.Node, limits: Limits) -> list[tuple[int, str]]:
+    """What PyYAML would pass silently or trip over later: duplicate keys, keys that are
+    not strings (Kubernetes objects are JSON: every key is a string), alias bombs, aliases
+    that nest past the depth limit or into themselves.
+
+    Iterative, not recursive: with aliases, the expanded depth is not bounded by what
+    `_prescan` saw. Sizes and heights are memoised per node object (an alias reuses the
+    anchored node), so a bomb is measured in linear time while its expansion grows
+    exponentially.
+    """
     problems: list[tuple[int, str]] = []
     sizes: dict[int, int] = {}
-
-    def size(node: yaml.Node) -> int:
-        # Memoised per node object: an alias reuses the anchored node, so a bomb's size
-        # is computed in linear time while its expanded size grows exponentially.
-        known = sizes.get(id(node))
-        if known is not None:
-            return known
-        sizes[id(node)] = 1  # cycles (recursive anchors) count once
-        total = 1
+    heights: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the current path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        ident = id(node)
+        children: list[yaml.Node]
         if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode):
-                    if key.value in seen:
-                        problems.append((key.start_mark.line + 1, f"duplicate key {key.value!r}"))
-                    seen.add(key.value)
-                total += size(key) + size(value)
+            children = [part for pair in node.value for part in pair]
         elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(item) for item in node.value)
-        sizes[id(node)] = total
-        return total
-
-    if size(root) > MAX_EXPANDED_NODES:
+            children = list(node.value)
+        else:
+            sizes[ident], heights[ident] = 1, 0
+            continue
+        if finished:
+            open_nodes.discard(ident)
+            sizes[ident] = min(1 + sum(sizes[id(c)] for c in children), MAX_EXPANDED_NODES + 1)
+            heights[ident] = 1 + max((heights[id(c)] for c in children), default=0)
+            continue
+        if ident in sizes:
+            continue
+        if ident in open_nodes:
+            return [(node.start_mark.line + 1, "a YAML alias refers to a node that contains it")]
+        open_nodes.add(ident)
+        stack.append((node, True))
+        if isinstance(node, yaml.MappingNode):
+            problems.extend(_key_problems(node))
+        stack.extend((child, False) for child in reversed(children) if id(child) not in sizes)
+    line = root.start_mark.line + 1
+    if sizes[id(root)] > MAX_EXPANDED_NODES:
+        problems.append((line, "document too large once YAML aliases are expanded"))
+    if heights[id(root)] > limits.max_depth:
         problems.append(
-            (root.start_mark.line + 1, "document too large once YAML aliases are expanded")
+            (
+                line,
+                f"nested more than {limits.max_depth} levels deep once YAML aliases are "
+                f"expanded (the limit is --max-depth {limits.max_depth})",
+            )
         )
     return problems
+
+
+def _key_problems(node: yaml.MappingNode) -> Iterator[tuple[int, str]]:
+    seen: set[str] = set()
+    for key, _ in node.value:
+        line = key.start_mark.line + 1
+        if not isinstance(key, yaml.ScalarNode) or key.tag not in (_STR_TAG, _MERGE_TAG):
+            yield line, "a mapping key is not a string (quote it)"
+            continue
+        if key.value in seen:
+            yield line, f"duplicate key {_shown(key.value)}"
+        seen.add(key.value)
+
+
+# YAML's standard tags, by the short name a user writes.
+_TAG_NAMES = {
+    f"tag:yaml.org,2002:{name}": name
+    for name in (
+        "bool", "int", "float", "timestamp", "binary", "null", "str", "seq", "map",
+        "set", "omap", "pairs", "merge", "value",
+    )
+}  # fmt: skip
+
+
+class _Unreadable:
+    """Why a node could not be constructed, in our own words (never the value: PyYAML's
+    own errors quote it, e.g. the KeyError of a `!!bool` that is not a bool)."""
+
+    def __init__(self, node: yaml.Node | None, line: int = 0) -> None:
+        self.line = node.start_mark.line + 1 if node is not None else line
+        if node is None:
+            self.reason = "cannot be read as YAML data"
+        elif node.tag in _TAG_NAMES:
+            name = _TAG_NAMES[node.tag]
+            self.reason = f"a value tagged or read as !!{name} is not a valid {name} (quote it)"
+        else:
+            self.reason = "a value has a YAML tag extauth does not read"
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class _NodeFailed(Exception):
+    """Carries the innermost node whose construction failed, and nothing of the cause."""
+
+    def __init__(self, node: yaml.Node) -> None:
+        super().__init__()
+        self.node = node
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except _NodeFailed:
+            raise
+        except Exception:  # noqa: S110 (raised below, outside this block, without its cause)
+            pass
+        raise _NodeFailed(node)
+
+
+def _construct(node: yaml.Node) -> Any:
+    """The document as Python data, or why it cannot be: whatever a constructor raises."""
+    failed: _Unreadable | None = None
+    try:
+        return _Constructor().construct_document(node)
+    except _NodeFailed as exc:
+        failed = _Unreadable(exc.node)
+    except Exception as exc:  # a mapping's own checks (merge keys ...): their line only
+        mark = getattr(exc, "problem_mark", None)
+        failed = _Unreadable(None, mark.line + 1 if mark is not None else 0)
+    return failed
+
+
+def _withheld(problems: list[Problem], root: yaml.Node, document: int) -> list[Problem]:
+    """The safety net: a message quoting anything a Secret holds under its entries is
+    replaced. Entry names are shown (as `kubectl describe secret` does); what is under
+    them, decoded or not, never."""
+    held = _held_values(root)
+    if not held:
+        return problems
+    safe: list[Problem] = []
+    for problem in problems:
+        if any(value in problem.message for value in held):
+            problem = Problem(
+                problem.path,
+                problem.line,
+                f"document {document}: refused (the reason is withheld: it would quote "
+                "a value of the Secret's data or stringData)",
+                problem.warning,
+            )
+        safe.append(problem)
+    return safe
+
+
+_HELD_MIN = 4
+
+
+def _held_values(root: yaml.Node) -> set[str]:
+    """What a message about this document must not quote: the value of every key entry
+    (`api-key`, `api-key-next` and their hashes; base64-decoded too), and, under any
+    entry, whatever is more than a plain string (keys, values and tags of a mapping or a
+    list written where a string belongs, a tagged value), and all of `data` or
+    `stringData` when either is not a mapping. Metadata values are not held: they are
+    sent upstream as headers anyway, and holding short ones would withhold messages that
+    only happen to contain them."""
+    held: set[str] = set()
+    if not isinstance(root, yaml.MappingNode):
+        return held
+    below: list[yaml.Node] = []
+    for key, value in root.value:
+        if not (isinstance(key, yaml.ScalarNode) and key.value in ("data", "stringData")):
+            continue
+        if not isinstance(value, yaml.MappingNode):
+            below.append(value)
+            continue
+        for entry, held_node in value.value:
+            if not isinstance(entry, yaml.ScalarNode):
+                below.append(entry)
+            if not isinstance(held_node, yaml.ScalarNode) or held_node.tag != _STR_TAG:
+                below.append(held_node)
+            elif entry.value in KEY_ENTRIES:
+                held.add(held_node.value)
+                if key.value == "data":
+                    held.update(_decoded(held_node.value))
+    seen: set[int] = set()
+    while below:
+        node = below.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.tag:
+            held.add(node.tag)
+        if isinstance(node, yaml.ScalarNode):
+            held.add(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            below.extend(part for pair in node.value for part in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            below.extend(node.value)
+    held.difference_update(_TAG_NAMES)
+    # Shorter ones are no keys, and would match our own words ("document 1").
+    return {value for value in held if len(value) >= _HELD_MIN}
+
+
+def _decoded(value: str) -> list[str]:
+    try:
+        raw = decode_base64(value)
+    except (binascii.Error, ValueError):
+        return []
+    return [raw.decode("utf-8", errors="replace"), raw.decode("latin-1")]
 
 
 def _describe(exc: ValidationError, node: yaml.Node | None) -> Iterator[tuple[int, str]]:

@@ -15,7 +15,7 @@ import base64
 import binascii
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -37,6 +37,9 @@ _HASH_RE = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# HTTP's optional whitespace (RFC 9110 OWS), trimmed from header values in transit: the
+# one notion of whitespace for stored keys, metadata and the request path (credentials).
+OWS = " \t"
 # Control characters but TAB: what Envoy refuses in a header value.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SECRET_ENTRY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
@@ -59,10 +62,16 @@ class _Model(BaseModel):
     )
 
 
+def _quoted(value: str) -> str:
+    """A name from the input in a message: quoted, and only when short, so that a
+    message stays one line whatever was written."""
+    return repr(value) if len(value) <= 100 else "(a value of over 100 characters)"
+
+
 def check_name(value: str) -> str:
     if not _NAME_RE.match(value):
         raise ValueError(
-            f"{value!r} is not a valid resource name "
+            f"{_quoted(value)} is not a valid resource name "
             "(lowercase letters, digits, '-' and '.', at most 253 characters)"
         )
     return value
@@ -71,7 +80,7 @@ def check_name(value: str) -> str:
 def check_namespace(value: str) -> str:
     if not _NAMESPACE_RE.match(value):
         raise ValueError(
-            f"{value!r} is not a valid namespace "
+            f"{_quoted(value)} is not a valid namespace "
             "(lowercase letters, digits and '-', at most 63 characters)"
         )
     return value
@@ -80,7 +89,7 @@ def check_namespace(value: str) -> str:
 def check_header_name(value: str) -> str:
     """Normalise a header name to lowercase (HTTP/2 form) and refuse unusable ones."""
     if not _HEADER_NAME_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid HTTP header name")
+        raise ValueError(f"{_quoted(value)} is not a valid HTTP header name")
     lowered = value.lower()
     if lowered in _RESERVED_HEADERS:
         raise ValueError(f"header {value!r} is managed by Envoy and cannot be used here")
@@ -96,7 +105,7 @@ def header_value_problem(value: str) -> str | None:
     """
     if _CONTROL_RE.search(value):
         return "contains control characters (CR, LF, NUL, ...) not allowed in HTTP headers"
-    if value != value.strip(" \t"):
+    if value != value.strip(OWS):
         return "has leading or trailing whitespace, which HTTP strips in transit"
     return None
 
@@ -156,9 +165,19 @@ class ObjectMeta(_Model):
     owner_references: Any = None
 
 
+def decode_base64(value: str) -> bytes:
+    """A `data` entry as Kubernetes decodes it: Go's encoding/json reads []byte with
+    base64.StdEncoding, which skips CR and LF anywhere (line-wrapped base64 is valid)
+    and refuses every other character outside the alphabet, and missing padding.
+    Raises binascii.Error (a ValueError)."""
+    if "\n" in value or "\r" in value:
+        value = value.replace("\n", "").replace("\r", "")
+    return base64.b64decode(value, validate=True)
+
+
 def _check_base64(value: str) -> str:
     try:
-        base64.b64decode(value, validate=True)
+        decode_base64(value)
     except (binascii.Error, ValueError):
         raise ValueError("is not valid base64") from None
     return value
@@ -191,7 +210,7 @@ class Secret(_Model):
         merged: dict[str, str] = {}
         for entry, encoded in self.data.items():
             try:
-                merged[entry] = base64.b64decode(encoded).decode("utf-8")
+                merged[entry] = decode_base64(encoded).decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError(f"entry {entry!r} is not UTF-8 text") from None
         merged.update(self.string_data)
@@ -201,7 +220,10 @@ class Secret(_Model):
 def check_entry_names(names: Iterable[str]) -> None:
     for entry in names:
         if not _SECRET_ENTRY_RE.match(entry):
-            raise ValueError(f"entry name {entry!r} is not a valid Secret key")
+            raise ValueError(
+                f"entry name {_quoted(entry)} is not a valid Secret key "
+                "(letters, digits, '-', '_' and '.', at most 253)"
+            )
 
 
 def check_entries(entries: Mapping[str, str]) -> None:
@@ -232,17 +254,48 @@ def check_entries(entries: Mapping[str, str]) -> None:
         parse_expiry(entries[EXPIRES_AT_ENTRY])
 
 
+# RFC 3339 section 5.6, date-time: full-date "T" full-time, with `T` and `Z` in either
+# case (section 5.6's note), seconds required, an optional fraction, and `Z` or a
+# numeric offset. Nothing ISO 8601 adds (week dates, basic format, missing seconds).
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))?",
+    re.ASCII,
+)
+_EXPIRY_FORM = (
+    f"entry '{EXPIRES_AT_ENTRY}' is not an RFC 3339 time "
+    "(e.g. 2027-01-31T00:00:00Z or 2027-01-31T02:00:00+02:00)"
+)
+
+
 def parse_expiry(value: str) -> float:
-    """`expires-at` (RFC 3339, with a timezone) as a POSIX timestamp."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f"entry '{EXPIRES_AT_ENTRY}' is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)"
-        ) from None
-    if moment.tzinfo is None:
+    """`expires-at` (RFC 3339, with `Z` or an offset) as a POSIX timestamp.
+
+    Strict on purpose: Python's fromisoformat reads ISO 8601 forms that RFC 3339 does
+    not have (`2027-W05-1T00:00Z`, `20270131T000000Z`) and Kubernetes tools would not
+    write. A leap second (`:60`) is the second after `:59`.
+    """
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise ValueError(_EXPIRY_FORM)
+    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+    fraction, zulu, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10, 11)
+    if zulu is None and sign is None:
         raise ValueError(f"entry '{EXPIRES_AT_ENTRY}' needs a timezone (e.g. Z or +02:00)")
-    return moment.timestamp()
+    offset = 0
+    if sign is not None:
+        if int(offset_hours) > 23 or int(offset_minutes) > 59:
+            raise ValueError(_EXPIRY_FORM)
+        offset = (int(offset_hours) * 60 + int(offset_minutes)) * 60
+        offset = -offset if sign == "-" else offset
+    if second > 60:
+        raise ValueError(_EXPIRY_FORM)
+    try:
+        moment = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=UTC)
+    except ValueError:
+        raise ValueError(_EXPIRY_FORM) from None
+    extra = (1 if second == 60 else 0) + (float(fraction) if fraction else 0.0)
+    return moment.timestamp() + extra - offset
 
 
 class SecretRef(_Model):
@@ -395,7 +448,7 @@ class AuthConfigEntry(_Model):
     @classmethod
     def _only_api_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            other = sorted(k for k in data if k not in _SUPPORTED_CONFIG_FIELDS)
+            other = sorted(str(k) for k in data if k not in _SUPPORTED_CONFIG_FIELDS)
             if other:
                 raise ValueError(
                     f"unsupported auth config {', '.join(map(repr, other))}: "

@@ -28,16 +28,13 @@ messages. What it accepts, it must read exactly as the general loader would:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import re
-import sys
-from collections.abc import Mapping
 
 from yaml.resolver import Resolver
 
-from extauth.manifests import Origin
+from extauth.manifests import DEFAULT_LIMITS, Limits, Origin
 from extauth.resources import (
     API_KEY_ENTRY,
     EXPIRES_AT_ENTRY,
@@ -47,9 +44,10 @@ from extauth.resources import (
     check_labels,
     check_name,
     check_namespace,
+    decode_base64,
     header_value_problem,
 )
-from extauth.snapshot import ApiKey, digest, shared
+from extauth.snapshot import ApiKey, Shared, api_key, digest, shared
 
 # A plain scalar this fast path reads itself: no spaces, no YAML indicator first, no ':'
 # last; whether YAML would resolve it to a non-string (`yes`, `12`, `1e3`, a date) is
@@ -63,10 +61,14 @@ _KEY = r"([A-Za-z0-9_./-]+)"
 # Blank lines and whole-line comments. YAML also ends a line at NEL, LS and PS (and CR,
 # which reading the file already turned into LF): a comment must not hide one.
 _COMMENT = r"#[^\n\r\x85\u2028\u2029]*"
-_GAP = re.compile(rf"(?:(?:{_COMMENT})?\n)*")
+_GAP = re.compile(rf"(?:(?:{_COMMENT})?\n)*+")
 # One Secret with what precedes it: a gap, its `---` (which only the first may lack), a gap.
+# The gaps are possessive (`*+`): a gap is never followed by a line it could have taken,
+# and without that, a long run of blank lines that ends in something else is split
+# every way between the two gaps before the match gives up (quadratic: 16,000 blank
+# lines took 6 s, a file of them would hold the watcher for hours).
 _DOCUMENT = re.compile(
-    rf"((?:(?:{_COMMENT})?\n)*(---\n)?(?:(?:{_COMMENT})?\n)*)"
+    rf"((?:(?:{_COMMENT})?\n)*+(---\n)?(?:(?:{_COMMENT})?\n)*+)"
     r"apiVersion: v1\n"
     r"kind: Secret\n"
     r"type: extauth\.solo\.io/apikey\n"
@@ -96,24 +98,28 @@ _RESOLVERS = {
 _RESOLVED_FIRST = frozenset(_RESOLVERS)
 
 
-_new_tuple = tuple.__new__
-
-
 class _NotCanonical(Exception):
     """This file is for the general loader."""
 
 
-def scan(text: str, path: str) -> tuple[ApiKey, ...] | None:
-    """The file's keys, or None when the general loader must read it."""
+# Collections inside collections in the layout: the document, metadata, labels.
+_DEPTH = 3
+
+
+def scan(text: str, path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[ApiKey, ...] | None:
+    """The file's keys, or None when the general loader must read it (also when the
+    file is over a limit: the general loader refuses it, with the message)."""
+    if limits.max_depth < _DEPTH:
+        return None
     if not text.endswith("\n"):
         text += "\n"
     try:
-        return tuple(_documents(text, path))
+        return tuple(_documents(text, path, limits.max_documents))
     except _NotCanonical:
         return None
 
 
-def _documents(text: str, path: str) -> list[ApiKey]:
+def _documents(text: str, path: str, max_documents: int) -> list[ApiKey]:
     found: list[ApiKey] = []
     position = 0
     line = 1  # of `position`
@@ -122,6 +128,8 @@ def _documents(text: str, path: str) -> list[ApiKey]:
         prefix, marker = match.group(1, 2)
         if marker is None and found:
             raise _NotCanonical  # a second document needs its `---`
+        if len(found) == max_documents:
+            raise _NotCanonical
         start = line + (1 if prefix == "---\n" else prefix.count("\n"))
         # Documents are numbered as YAML does: one per `---`, or the implicit first.
         document = len(found) + 1
@@ -162,7 +170,7 @@ def _common_entries(
     block: str,
     namespace: str,
     name: str,
-    labels: Mapping[str, str],
+    labels: Shared,
     path: str,
     line: int,
     document: int,
@@ -196,28 +204,13 @@ def _common_entries(
         key_digest, hashed = bytes.fromhex(value[7:]), True
     else:
         raise _NotCanonical
-    # tuple.__new__ directly: the named tuple's own __new__ is a Python function, and
-    # this runs once per key.
-    return _new_tuple(
-        ApiKey,
-        (
-            sys.intern(namespace),
-            name,
-            labels,
-            key_digest,
-            None,
-            metadata,
-            path,
-            line,
-            document,
-            hashed,
-            None,
-        ),
+    return api_key(
+        namespace, name, labels, key_digest, None, metadata, path, line, document, hashed, None
     )
 
 
 @functools.lru_cache(maxsize=4096)
-def _metadata(kind: str, block: str) -> Mapping[str, str] | None:
+def _metadata(kind: str, block: str) -> Shared | None:
     """Shared, checked metadata from the entries after the key; None when they hold key
     material or an expiry (the general entries path handles those)."""
     entries = _entries(kind, block) if block else {}
@@ -242,7 +235,7 @@ _NO_LABELS = shared({})
 
 
 @functools.lru_cache(maxsize=4096)
-def _labels(block: str) -> Mapping[str, str]:
+def _labels(block: str) -> Shared:
     labels = _mapping(_LABELS, _LABEL, block)
     try:
         check_labels(labels)
@@ -294,6 +287,6 @@ def _resolves(plain: str) -> bool:
 
 def _decode(value: str) -> str:
     try:
-        return base64.b64decode(value, validate=True).decode("utf-8")
+        return decode_base64(value).decode("utf-8")
     except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
         raise _NotCanonical from None

@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauth import decide, memory, responses
 from extauth.httpd import StatusServer
+from extauth.manifests import DEFAULT_LIMITS, Limits
 from extauth.metrics import DecisionLog, Metrics, shown
 from extauth.policy import Policy, PolicyHolder
 from extauth.snapshot import ApiKey, Change
@@ -73,6 +74,8 @@ class Settings:
     grpc_tls_cert: Path | None = None
     grpc_tls_key: Path | None = None
     grpc_client_ca: Path | None = None
+    # --max-file-bytes, --max-documents, --max-depth: what one config file may hold.
+    limits: Limits = DEFAULT_LIMITS
 
 
 def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -97,7 +100,7 @@ def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 def sources_for(settings: Settings) -> list[Source]:
     sources: list[Source] = []
     if settings.config_dir is not None:
-        sources.append(FileSource(settings.config_dir))
+        sources.append(FileSource(settings.config_dir, limits=settings.limits))
     if settings.kubernetes:
         # Imported here: the kubernetes client is only loaded when it is used.
         from extauth.sources.kubernetes import KubernetesSource

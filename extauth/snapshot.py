@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple, NewType
 
 from extauth.manifests import Loaded, Origin
 from extauth.resources import (
@@ -41,10 +41,13 @@ def digest(key: str) -> bytes:
 
 _KEY_ENTRIES = frozenset(KEY_ENTRIES)
 _SHARED_LIMIT = 100_000
-_shared: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
+# A read-only mapping from `shared`: the type says a key's labels and metadata went through
+# the table, so every path that makes keys shares them (mypy checks it).
+Shared = NewType("Shared", Mapping[str, str])
+_shared: dict[tuple[tuple[str, str], ...], Shared] = {}
 
 
-def shared(mapping: Mapping[str, str]) -> Mapping[str, str]:
+def shared(mapping: Mapping[str, str]) -> Shared:
     """A read-only copy of `mapping`, the same object for every equal mapping.
 
     A million keys typically carry a handful of distinct label sets and metadata (team,
@@ -54,13 +57,13 @@ def shared(mapping: Mapping[str, str]) -> Mapping[str, str]:
     return shared_items(tuple(mapping.items()))
 
 
-def shared_items(items: tuple[tuple[str, str], ...]) -> Mapping[str, str]:
+def shared_items(items: tuple[tuple[str, str], ...]) -> Shared:
     """`shared` for a mapping given as its items."""
     found = _shared.get(items)
     if found is None:
         if len(_shared) >= _SHARED_LIMIT:
             _shared.clear()
-        found = _shared[items] = MappingProxyType(dict(items))
+        found = _shared[items] = Shared(MappingProxyType(dict(items)))
     return found
 
 
@@ -89,8 +92,9 @@ class ApiKey(NamedTuple):
     path: str
     line: int
     document: int
-    hashed: bool = False
-    expires_at: float | None = None
+    # No defaults: a field added here must be given by `api_key`, which mypy then checks.
+    hashed: bool
+    expires_at: float | None
 
     @property
     def owner(self) -> Owner:
@@ -144,8 +148,8 @@ class ApiKey(NamedTuple):
                 digests.append(found)
         expiry = get(EXPIRES_AT_ENTRY)
         path, line, document = origin
-        return cls(
-            sys.intern(namespace),
+        return api_key(
+            namespace,
             name,
             shared(labels),
             digests[0],
@@ -171,6 +175,47 @@ class ApiKey(NamedTuple):
 
 # By identity, in C: a tuple's own hash would hash every field (and fail on the mappings).
 ApiKey.__hash__ = object.__hash__  # type: ignore[method-assign]
+
+_new_tuple = tuple.__new__
+
+
+def api_key(
+    namespace: str,
+    name: str,
+    labels: Shared,
+    key_digest: bytes,
+    next_digest: bytes | None,
+    metadata: Shared,
+    path: str,
+    line: int,
+    document: int,
+    hashed: bool,
+    expires_at: float | None,
+) -> ApiKey:
+    """The one place an ApiKey is made, whichever path read it (the general loader, the
+    fast path, the bulk reader's rows, a Kubernetes object), so that a new field is a
+    change here that mypy carries to every caller.
+
+    At run time the tuple is made directly: the named tuple's own __new__ is a Python
+    function, and this runs a million times for a million keys. mypy checks the same
+    tuple against ApiKey's fields, in order and type, through the TYPE_CHECKING branch.
+    """
+    fields = (
+        sys.intern(namespace),
+        name,
+        labels,
+        key_digest,
+        next_digest,
+        metadata,
+        path,
+        line,
+        document,
+        hashed,
+        expires_at,
+    )
+    if TYPE_CHECKING:
+        return ApiKey(*fields)
+    return _new_tuple(ApiKey, fields)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping
 
 from extauth import manifests
-from extauth.snapshot import Change, definitions
+from extauth.snapshot import ApiKey, Change, definitions
 
 
 def snapshot(*documents: str, path: str = "t.yaml") -> Change:
@@ -13,6 +14,11 @@ def snapshot(*documents: str, path: str = "t.yaml") -> Change:
     result = manifests.parse_text(text, path)
     assert result.ok, [str(p) for p in result.problems]
     return Change(definitions(result.resources))
+
+
+def key_fields(key: ApiKey) -> tuple[object, ...]:
+    """Every field of the key, mappings as dicts: a field added to ApiKey is compared too."""
+    return tuple(dict(v) if isinstance(v, Mapping) else v for v in key)
 
 
 def merge(*changes: Change) -> Change:

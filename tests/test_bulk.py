@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from extauth.manifests import Limits
 from extauth.snapshot import ApiKey, Change, Definition
 from extauth.sources import bulk
 from extauth.sources.files import FileSource
-from tests.builders import authconfig, secret
+from tests.builders import authconfig, key_fields, secret
 
 
 def _secret(i: int, key: str) -> str:
@@ -22,16 +23,7 @@ def _secret(i: int, key: str) -> str:
 
 def _fields(definition: Definition) -> tuple[object, ...]:
     if isinstance(definition, ApiKey):
-        return (
-            definition.namespace,
-            definition.name,
-            dict(definition.labels),
-            definition.digests,
-            dict(definition.metadata),
-            tuple(definition.origin),
-            definition.hashed,
-            definition.expires_at,
-        )
+        return key_fields(definition)
     return (definition.owner, definition.origin)
 
 
@@ -65,9 +57,9 @@ def test_two_processes_read_what_one_reads(
     started: list[int] = []
     real_start = bulk.start
 
-    def start(paths: list[str]) -> bulk.Reader | None:
+    def start(paths: list[str], limits: Limits) -> bulk.Reader | None:
         started.append(len(paths))
-        return real_start(paths)
+        return real_start(paths, limits)
 
     monkeypatch.setattr(bulk, "start", start)
     both, both_source = _scan(directory)

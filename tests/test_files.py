@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from extauth import keys, manifests, secretscan
+from extauth.manifests import DEFAULT_LIMITS, Limits
 from extauth.policy import Policy, PolicyBuilder
 from extauth.snapshot import Change, digest
 from extauth.sources import bulk, files, inotify
@@ -238,14 +239,14 @@ def test_the_second_process_declines_a_file_it_fails_on(
     (tmp_path / "b.yaml").write_text(keys.manifest("b", "ns", "key-b", {}, {}))
     real = secretscan.scan
 
-    def failing(text: str, path: str) -> object:
+    def failing(text: str, path: str, limits: Limits = DEFAULT_LIMITS) -> object:
         if path.endswith("a.yaml"):
             raise RecursionError
-        return real(text, path)
+        return real(text, path, limits)
 
     monkeypatch.setattr(secretscan, "scan", failing)
     try:
-        rows = bulk.read_files([str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")])
+        rows = bulk.read_files([str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")], DEFAULT_LIMITS)
     finally:
         gc.enable()  # the child's entry point turns the collector off for good
     assert rows[0] is None  # the parent reads it itself, and reports it

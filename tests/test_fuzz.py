@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extauth import manifests
+from extauth import loader, manifests
 from extauth.policy import PolicyHolder
 from extauth.server import AuthorizationService
 from extauth.wire import ext_authz_pb2 as pb
@@ -273,3 +273,34 @@ def test_huge_documents_are_reported_not_fatal(tmp_path: Any) -> None:
     assert "metadata" in str(result.problems[0])
     many = "".join(f"---\nkind: Thing{i}\n" for i in range(20_000))
     assert len(manifests.parse_text(many, "f.yaml").problems) == 20_000
+
+
+_TAGS = ["", "!!bool ", "!!int ", "!!float ", "!!timestamp ", "!!binary ", "!!null ", "!!set "]
+_TAGS += ["!!str ", "!!omap ", "!x ", "!!python/name:os.system ", "!<tag:k> "]
+_SHAPES = ["{k}", "[{k}]", "{{{k}: 1}}", "{{{k}}}", "'{k}'", '"{k}"', "[[{k}], {{a: {k}}}]"]
+
+
+@given(
+    field=st.sampled_from(["data", "stringData"]),
+    entry=st.sampled_from(["api-key", "api-key-next", "api-key-hash", "x-org"]),
+    tag=st.sampled_from(_TAGS),
+    shape=st.sampled_from(_SHAPES),
+    nested=st.booleans(),
+    # With a digit and 12 characters, a key is not a piece of our own words by chance.
+    key=st.text(string.ascii_letters + string.digits + "-_.+/=", min_size=12, max_size=40).filter(
+        lambda k: any(c.isdigit() for c in k)
+    ),
+)
+def test_a_key_is_never_in_a_message_whatever_its_tag_or_type(
+    field: str, entry: str, tag: str, shape: str, nested: bool, key: str
+) -> None:
+    value = tag + shape.format(k=key)
+    held = f"{{{value}: 1}}" if nested else value  # the key as a mapping key, under an entry
+    text = (
+        "apiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
+        f"metadata: {{name: a, namespace: ns}}\n{field}: {{{entry}: {held}, other: '{key}'}}\n"
+    )
+    result = loader.load_text(text, "f.yaml")
+    for problem in result.problems:
+        assert str(problem).startswith("f.yaml:")
+        assert key not in str(problem)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from extauth import keys, manifests, secretscan
 from extauth.snapshot import ApiKey, definitions, digest
+from tests.builders import key_fields
 
 PATH = "keys.yaml"
 
@@ -62,7 +63,22 @@ _written = st.one_of(
 )
 _names = st.sampled_from(["team-a", "key-1", "a.b", "Team", "-x", "a" * 254, "9"])
 _namespaces = st.sampled_from(["default", "ns-1", "NS", "a.b", ""])
-_key_values = st.sampled_from(["k-1", "k-2", "bench-key-0001", " spaced", "k\u0085", ""])
+_key_values = st.sampled_from(
+    ["k-1", "k-2", "bench-key-0001", " spaced", "k\u0085", "", "k\u00a0", "\u3000k", "k\t1", "k\t"]
+)
+# RFC 3339 forms and what looks like them: the fast path must read them as the model does.
+_EXPIRIES = [
+    "2030-01-01T00:00:00Z",
+    "2030-01-01t00:00:00z",
+    "2030-01-01T02:00:00+02:00",
+    "2030-01-01T00:00:00.5Z",
+    "2027-W05-1T00:00Z",
+    "20270131T000000Z",
+    "2030-01-01T00:00Z",
+    "2030-01-01 00:00:00Z",
+    "2030-01-01T00:00:00",
+    "soon",
+]
 
 
 def _b64(text: str) -> str:
@@ -114,8 +130,8 @@ def _document(draw: Any) -> tuple[str, bool]:
         valid &= bool(following)
         entries.append(("api-key-next", following))
     if _rarely(draw):
-        entries.append(("expires-at", draw(st.sampled_from(["2030-01-01T00:00:00Z", "soon"]))))
-        valid = False  # unquoted, YAML reads a timestamp: a type error either way
+        entries.append(("expires-at", draw(st.sampled_from(_EXPIRIES))))
+        valid = False  # written unquoted, YAML may read a timestamp: a type error
     for _ in range(draw(st.integers(0, 2))):
         entry, value = "x-org", draw(st.sampled_from(_SAFE))
         if _rarely(draw):
@@ -167,17 +183,7 @@ def _file(draw: Any) -> tuple[str, bool]:
     return text, intact and all(valid for _, valid in documents)
 
 
-def _fields(key: ApiKey) -> tuple[object, ...]:
-    return (
-        key.namespace,
-        key.name,
-        dict(key.labels),
-        key.digests,
-        dict(key.metadata),
-        tuple(key.origin),
-        key.hashed,
-        key.expires_at,
-    )
+_fields = key_fields
 
 
 def _general(text: str) -> list[tuple[object, ...]] | None:

@@ -24,13 +24,13 @@ import gc
 import logging
 import multiprocessing
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from extauth import manifests, secretscan
-from extauth.snapshot import ApiKey, PlacedAuthConfig, definitions, shared_items
+from extauth import loader, manifests, secretscan
+from extauth.manifests import Limits
+from extauth.snapshot import ApiKey, PlacedAuthConfig, Shared, api_key, shared_items
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,12 @@ CHUNK = 16
 class Reader:
     """A child process reading files in chunks; results are taken in submission order."""
 
-    def __init__(self, paths: Sequence[str]) -> None:
+    def __init__(self, paths: Sequence[str], limits: Limits) -> None:
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn")
         )
         self._pending = [
-            (chunk, self._pool.submit(read_files, chunk))
+            (chunk, self._pool.submit(read_files, chunk, limits))
             for chunk in (list(paths[i : i + CHUNK]) for i in range(0, len(paths), CHUNK))
         ]
 
@@ -82,26 +82,29 @@ class Reader:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def start(paths: Sequence[str]) -> Reader | None:
+def start(paths: Sequence[str], limits: Limits) -> Reader | None:
     """A child reading `paths`, or None when one cannot be started."""
     try:
-        return Reader(paths)
+        return Reader(paths, limits)
     except (OSError, RuntimeError) as exc:
         log.warning("config: no second process for the initial read (%s); reading alone", exc)
         return None
 
 
-def read_files(paths: list[str]) -> list[list[Row] | None]:
-    """In the child: each file's keys as rows, or None when the fast path declines it."""
+def read_files(paths: list[str], limits: Limits) -> list[list[Row] | None]:
+    """In the child: each file's keys as rows, or None when the fast path declines it
+    (or it cannot be read, is over a limit, or anything fails: the parent then reads it
+    through the one loader, which gives the message)."""
     gc.disable()  # a short-lived process that frees nothing: the collector would only walk
     out: list[list[Row] | None] = []
     for path in paths:
+        keys = None
         try:
-            text = manifests.read_text(Path(path))
-            keys = secretscan.scan(text, path) if isinstance(text, str) else None
-            out.append(None if keys is None else _rows(keys))
-        except Exception:  # that file alone: the parent reads it, and reports why
-            out.append(None)
+            text = manifests.read_text(Path(path), limits)
+            keys = secretscan.scan(text, path, limits) if isinstance(text, str) else None
+        except Exception:  # noqa: S110 (that file alone: the parent reads it and reports why)
+            pass
+        out.append(None if keys is None else _rows(keys))
     return out
 
 
@@ -134,31 +137,27 @@ def _rows(keys: Sequence[ApiKey]) -> list[Row]:
 
 def keys_from_rows(rows: Sequence[Row], path: str) -> tuple[ApiKey, ...]:
     """In this process: the rows as ApiKeys, mappings shared, one path string per file."""
-    mappings: dict[int, Mapping[str, str]] = {}
+    mappings: dict[int, Shared] = {}
 
-    def mapping(found: _Items) -> Mapping[str, str]:
+    def mapping(found: _Items) -> Shared:
         known = mappings.get(id(found))
         if known is None:
             known = mappings[id(found)] = shared_items(found)
         return known
 
-    new = tuple.__new__
     return tuple(
-        new(
-            ApiKey,
-            (
-                sys.intern(namespace),
-                name,
-                mapping(labels),
-                key_digest,
-                next_digest,
-                mapping(metadata),
-                path,
-                line,
-                document,
-                hashed,
-                expires_at,
-            ),
+        api_key(
+            namespace,
+            name,
+            mapping(labels),
+            key_digest,
+            next_digest,
+            mapping(metadata),
+            path,
+            line,
+            document,
+            hashed,
+            expires_at,
         )
         for (
             namespace,
@@ -195,13 +194,13 @@ class Apart:
     ignored: tuple[str, ...] = ()
 
 
-def read_apart(path: Path) -> Apart:
+def read_apart(path: Path, limits: Limits) -> Apart:
     """Read `path` in a fresh child process; blocks (call it from a worker thread)."""
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=1, mp_context=multiprocessing.get_context("spawn")
     )
     try:
-        return pool.submit(read_one, str(path)).result()
+        return pool.submit(read_one, str(path), limits).result()
     except concurrent.futures.process.BrokenProcessPool:
         problem = manifests.Problem(str(path), 0, "its reader process died reading it")
         return Apart(None, None, (problem,))
@@ -209,21 +208,14 @@ def read_apart(path: Path) -> Apart:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def read_one(path: str) -> Apart:
-    """In the child: one file, by the fast path or the general loader, keys hashed here."""
-    text = manifests.read_text(Path(path))
-    if not isinstance(text, str):
-        return Apart(None, None, (text,))
-    keys = secretscan.scan(text, path)
-    if keys is not None:
-        return Apart(_rows(keys), [], ())
-    result = manifests.parse_text(text, path)
-    if not result.ok:
-        return Apart(None, None, result.problems, result.ignored)
-    found = definitions(result.resources)
+def read_one(path: str, limits: Limits) -> Apart:
+    """In the child: one file through the one loader, keys hashed here."""
+    load = loader.load_file(Path(path), limits)
+    if not load.ok:
+        return Apart(None, None, load.problems, load.ignored)
     return Apart(
-        _rows([d for d in found if isinstance(d, ApiKey)]),
-        [d for d in found if isinstance(d, PlacedAuthConfig)],
-        result.problems,
-        result.ignored,
+        _rows([d for d in load.definitions if isinstance(d, ApiKey)]),
+        [d for d in load.definitions if isinstance(d, PlacedAuthConfig)],
+        load.problems,
+        load.ignored,
     )

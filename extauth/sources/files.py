@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extauth import manifests, memory, secretscan
-from extauth.snapshot import ApiKey, Change, Definition, Removal, definitions, removal_of
+from extauth import loader, manifests, memory
+from extauth.manifests import DEFAULT_LIMITS, Limits
+from extauth.snapshot import Change, Definition, Removal, removal_of
 from extauth.sources import bulk, inotify
 from extauth.sources.listing import Listing, ListingError, Signature, walk
 
@@ -77,8 +78,10 @@ class FileSource:
         *,
         resync_seconds: float = 2.0,
         use_inotify: bool = True,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.root = root
+        self._limits = limits
         self._resync_seconds = resync_seconds
         self._use_inotify = use_inotify
         self._missing = False
@@ -204,7 +207,7 @@ class FileSource:
         if bulk.worth_it(len(changed)):
             half = changed[len(changed) // 2 :]
             theirs = {str(path): (path, signature) for path, signature in half}
-            reader = bulk.start(list(theirs))
+            reader = bulk.start(list(theirs), self._limits)
         mine = changed[: len(changed) // 2] if reader else changed
         try:
             for path, _ in mine:
@@ -235,7 +238,7 @@ class FileSource:
             except Exception as exc:
                 read[path] = self._failed(path, exc, path in self._accepted)
 
-    def _fast(self, path: Path, keys: tuple[ApiKey, ...]) -> _Outcome:
+    def _fast(self, path: Path, keys: tuple[Definition, ...]) -> _Outcome:
         """A file the fast path read (here or in the child): accepted whole."""
         log.info("config: loaded %s (%d Secret(s))", path, len(keys))
         return _Outcome(keys)
@@ -264,15 +267,10 @@ class FileSource:
         unopenable = _unopenable(path)
         if unopenable is not None:
             return _Outcome(None, unopenable)
-        text = manifests.read_text(path)
-        if isinstance(text, str):
-            keys = secretscan.scan(text, str(path))
-            if keys is not None:
-                return self._fast(path, keys)
-            result = manifests.parse_text(text, str(path))
-        else:
-            result = manifests.FileResult((), (text,))
-        found = definitions(result.resources) if result.ok else None
+        result = loader.load_file(path, self._limits)
+        if result.fast:
+            return self._fast(path, result.definitions)
+        found = result.definitions if result.ok else None
         return self._report(path, found, result.problems, result.ignored, had_good)
 
     def _report(
@@ -301,7 +299,7 @@ class FileSource:
             unopenable = _unopenable(path)
             if unopenable is not None:
                 return _Outcome(None, unopenable)
-            apart = bulk.read_apart(path)
+            apart = bulk.read_apart(path, self._limits)
             found: tuple[Definition, ...] | None = None
             if apart.rows is not None and apart.configs is not None:
                 found = (*bulk.keys_from_rows(apart.rows, str(path)), *apart.configs)
