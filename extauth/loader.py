@@ -54,4 +54,4 @@ def load_text(text: str, path: str, limits: Limits = DEFAULT_LIMITS) -> FileLoad
         found = definitions(result.resources) if result.ok else ()
         return FileLoad(found, result.problems, result.ignored)
     except Exception as exc:  # a last net: the messages above are the ones meant
-        return FileLoad((), (Problem(path, 0, f"cannot be read ({type(exc).__name__})"),))
+        return FileLoad((), (Problem(path, 0, manifests.failure(exc)),))

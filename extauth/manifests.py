@@ -24,6 +24,7 @@ import binascii
 import functools
 import os
 import stat
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,12 +167,22 @@ def _too_big(path: str, size: int | None, limits: Limits) -> Problem:
     )
 
 
+def failure(exc: BaseException) -> str:
+    """Why reading failed, in our own words: the exception's type and where it was raised,
+    never its message, which may quote the file (a key)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"cannot be read ({type(exc).__name__}{where})"
+
+
 def parse_text(text: str, path: str, limits: Limits = DEFAULT_LIMITS) -> FileResult:
     """Every document of `text`; never raises (a failure is a problem of this file)."""
     try:
         return _parse_text(text, path, limits)
     except Exception as exc:  # a last net: whatever it was, it is this file's problem
-        return FileResult((), (Problem(path, 0, f"cannot be read ({type(exc).__name__})"),))
+        return FileResult((), (Problem(path, 0, failure(exc)),))
 
 
 def _parse_text(text: str, path: str, limits: Limits) -> FileResult:
@@ -196,7 +207,7 @@ def _parse_text(text: str, path: str, limits: Limits) -> FileResult:
         try:
             result = _load_document(node, origin, limits)
         except Exception as exc:  # one document's failure, whatever it is, is its own
-            reason = f"document {index}: cannot be read ({type(exc).__name__})"
+            reason = f"document {index}: {failure(exc)}"
             result = [Problem(path, origin.line, reason)]
         if isinstance(result, Loaded):
             loaded.append(result)

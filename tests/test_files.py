@@ -188,7 +188,8 @@ def test_a_file_that_fails_to_parse_is_rejected_alone_and_a_deletion_still_appli
     (tmp_path / "b.yaml").write_text(secret("b", "key-b"))
     applied = Applied(FileSource(tmp_path))
     applied.scan()
-    # Nested 600 deep: the YAML loader raises RecursionError on it.
+    # Nested 600 deep: the YAML loader used to raise RecursionError on it; the depth limit
+    # refuses it now, before parsing.
     (tmp_path / "deep.yaml").write_text("x: " + "[" * 600 + "]" * 600 + "\n")
     (tmp_path / "b.yaml").unlink()
     (tmp_path / "c.yaml").write_text(secret("c", "key-c"))
@@ -196,7 +197,10 @@ def test_a_file_that_fails_to_parse_is_rejected_alone_and_a_deletion_still_appli
         policy = applied.scan()
     assert names(policy) == {"a", "c"}
     assert [r.owner for r in applied.last.removed] == [("ns", "b")]
-    assert f"{tmp_path / 'deep.yaml'}: nested too deeply" in caplog.text
+    assert (
+        f"{tmp_path / 'deep.yaml'}:1: document 1: nested more than 64 levels deep "
+        "(the limit is --max-depth 64)"
+    ) in caplog.text
     # Once rejected, that version is not read again; the next change still applies.
     (tmp_path / "a.yaml").unlink()
     assert names(applied.scan()) == {"c"}
@@ -212,10 +216,10 @@ def test_whatever_a_read_raises_only_that_file_is_rejected(
     applied.scan()
     real = manifests.parse_text
 
-    def failing(text: str, path: str) -> manifests.FileResult:
+    def failing(text: str, path: str, limits: Limits = DEFAULT_LIMITS) -> manifests.FileResult:
         if path.endswith("bad.yaml"):
             raise KeyError("the-secret-key-value")  # as a mistyped tag once did
-        return real(text, path)
+        return real(text, path, limits)
 
     monkeypatch.setattr(manifests, "parse_text", failing)
     (tmp_path / "bad.yaml").write_text(authconfig("cfg", "apiKeySecretRefs: [{name: b}]"))

@@ -33,7 +33,6 @@ import contextlib
 import logging
 import os
 import time
-import traceback
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,14 +251,7 @@ class FileSource:
             return self._failed(path, exc, had_good)
 
     def _failed(self, path: Path, exc: BaseException, had_good: bool) -> _Outcome:
-        # The exception's message may quote the file (a key): its type and place only.
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-        reason = (
-            "nested too deeply"
-            if isinstance(exc, RecursionError)
-            else f"cannot be read ({type(exc).__name__}{where})"
-        )
+        reason = manifests.failure(exc)  # its type and place only: never its message
         log.error("config: rejected %s (%s): %s: %s", path, _keeping(had_good), path, reason)
         return _Outcome(None)
 
