@@ -56,7 +56,7 @@ soak: $(STAMP)
 envoy-configs: $(STAMP)
 	$(BIN)/python -m extauth.envoyconf
 
-# Regenerate deploy/kubernetes/crd.yaml from the models; tests/kube/test_crd.py fails when stale.
+# Regenerate deploy/kubernetes/base/crd.yaml from the models; tests/kube/test_crd.py fails when stale.
 crd: $(STAMP)
 	$(BIN)/python -m extauth.crds
 
