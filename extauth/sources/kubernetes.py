@@ -111,9 +111,6 @@ class Folded:
         for definition in change.upserted:
             self._last[_path(definition)] = definition
 
-    def __bool__(self) -> bool:
-        return bool(self._last)
-
     def change(self) -> Change:
         upserted = [d for d in self._last.values() if not isinstance(d, Removal)]
         removed = [r for r in self._last.values() if isinstance(r, Removal)]
