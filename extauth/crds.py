@@ -43,7 +43,8 @@ from extauth.resources import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD_FILE = Path("deploy/kubernetes/crd.yaml")
+CRD_FILE = Path("deploy/kubernetes/base/crd.yaml")
+CRD_PATH = ROOT / CRD_FILE
 GROUP, VERSION, KIND, PLURAL = "extauth.solo.io", "v1", "AuthConfig", "authconfigs"
 NAME = f"{PLURAL}.{GROUP}"
 
@@ -493,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     args = parser.parse_args(argv)
-    path = ROOT / CRD_FILE
+    path = CRD_PATH
     text = render()
     if args.check:
         if not path.exists() or path.read_text() != text:

@@ -111,9 +111,6 @@ class Folded:
         for definition in change.upserted:
             self._last[_path(definition)] = definition
 
-    def __bool__(self) -> bool:
-        return bool(self._last)
-
     def change(self) -> Change:
         upserted = [d for d in self._last.values() if not isinstance(d, Removal)]
         removed = [r for r in self._last.values() if isinstance(r, Removal)]
@@ -306,7 +303,7 @@ def status_for(
     accepted = problem is None
     outdated = (
         f"the installed AuthConfig CRD prunes {', '.join(pruned)}: settings there are lost "
-        "before extauth sees them; apply deploy/kubernetes/crd.yaml"
+        "before extauth sees them; apply deploy/kubernetes/base/crd.yaml"
         if pruned
         else ""
     )
@@ -378,7 +375,7 @@ def check_crd(api: client.ApiClient) -> list[str] | None:
         log.error(
             "kubernetes: the installed AuthConfig CRD is outdated: it prunes %s; AuthConfigs "
             "using them lose those settings before extauth sees them. Apply "
-            "deploy/kubernetes/crd.yaml (`make crd` makes it)",
+            "deploy/kubernetes/base/crd.yaml (`make crd` makes it)",
             ", ".join(pruned),
         )
     else:

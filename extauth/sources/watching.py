@@ -17,7 +17,9 @@ List items are typed from the list they came in (as client-go does): kube-apiser
 on the first page only.
 
 Pages are processed one at a time (`page_size` items each): at 100,000 Secrets the whole
-list as parsed JSON would be several hundred megabytes, one page is well under one.
+list as parsed JSON would be several hundred megabytes, one page is well under one. A paged
+list that outlives etcd's snapshot (its continue token expires: 410) is retried at once,
+and after a second expiry done in one request, as client-go's pager does.
 Errors (API server restarts, network) back off exponentially up to 30 s and resume from the
 last resourceVersion seen (events and bookmarks).
 """
@@ -151,6 +153,10 @@ class Gone(Exception):
     """The resourceVersion to watch from was compacted away (HTTP 410)."""
 
 
+class ListExpired(Exception):
+    """A paged list took longer than etcd keeps its snapshot: the continue token expired."""
+
+
 def typed_items(page: RawList, kind: Kind) -> list[RawObject]:
     """The page's items, each with the apiVersion and kind of the list it came in."""
     api_version = page.get("apiVersion") or API_VERSIONS[kind]
@@ -185,12 +191,13 @@ class Watcher:
         self._response: Any = None
         self.lists = 0  # complete lists
         self._attempts = 0  # lists begun
+        self._expired = 0  # paged lists in a row whose continue token expired
 
     @property
     def where(self) -> str:
         return f"{self.kind}s in {self.namespace or 'all namespaces'}"
 
-    def events(self) -> Iterator[Event]:
+    def events(self) -> Generator[Event, None, None]:
         """Until stopped: a list, then watch events; a relist after 410 Gone; retries."""
         resource_version: str | None = None
         backoff = 0.5
@@ -203,6 +210,18 @@ class Watcher:
             except Gone:
                 log.info(
                     "kubernetes: %s: resourceVersion expired (410 Gone); relisting", self.where
+                )
+                resource_version = None
+            except ListExpired:
+                # As client-go's pager: the paged list is retried at once, and if it
+                # expires again, the next list is one unpaged request (costlier in memory
+                # for its duration, but it cannot expire halfway).
+                self._expired += 1
+                log.warning(
+                    "kubernetes: %s: the list outlived its snapshot (410 Gone on a continue "
+                    "token); listing again%s",
+                    self.where,
+                    " in one request" if self._expired >= 2 else "",
                 )
                 resource_version = None
             except Exception as exc:
@@ -241,11 +260,21 @@ class Watcher:
         count = 0
         self._attempts += 1
         listing = self._attempts
+        paged = self._expired < 2
         while True:
-            kwargs: dict[str, Any] = {"limit": self._page_size, "_request_timeout": 60}
+            kwargs: dict[str, Any] = {"_request_timeout": 60 if paged else 300}
+            if paged:
+                kwargs["limit"] = self._page_size
             if token:
                 kwargs["_continue"] = token
-            page = cast(RawList, json.loads(self._call(**kwargs).data))
+            try:
+                response = self._call(**kwargs)
+            except ApiException as exc:
+                if exc.status == 410 and token:
+                    raise ListExpired from None
+                raise
+            page = cast(RawList, json.loads(response.data))
+            del response
             items = typed_items(page, self.kind)
             metadata = page.get("metadata") or {}
             resource_version = str(metadata.get("resourceVersion", resource_version))
@@ -259,6 +288,7 @@ class Watcher:
                 break
         relist = self.lists > 0
         self.lists += 1
+        self._expired = 0
         log.info("kubernetes: %s: listed %d object(s)", self.where, count)
         yield Listed(resource_version, count, relist, listing)
         return resource_version

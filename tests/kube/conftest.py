@@ -18,7 +18,8 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from tests.kube.kubelite import ROOT, KubeLite, unavailable_reason
+from extauth import crds
+from tests.kube.kubelite import KubeLite, unavailable_reason
 
 GROUP, VERSION, PLURAL = "extauth.solo.io", "v1", "authconfigs"
 
@@ -88,7 +89,7 @@ def authconfig_body(name: str, api_key_auth: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_crd(api: client.ApiClient) -> None:
-    apply_crd_body(api, yaml.safe_load((ROOT / "deploy" / "kubernetes" / "crd.yaml").read_text()))
+    apply_crd_body(api, yaml.safe_load(crds.CRD_PATH.read_text()))
 
 
 def apply_crd_body(api: client.ApiClient, body: dict[str, Any]) -> None:

@@ -3,8 +3,6 @@ Secrets and AuthConfigs as they are created, edited and deleted."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -368,130 +366,6 @@ def test_scenario_through_envoy(cluster: Cluster, tmp_path: Path) -> None:
             if envoy is not None:
                 envoy.stop()
             extauth.stop()
-
-
-# Kinds kube-lite does not serve (its README): applied only on a real cluster.
-NOT_IN_KUBE_LITE = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"}
-
-
-def _kubectl(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def test_manifests_apply_with_kubectl(cluster: Cluster) -> None:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl not installed")
-    rendered = _kubectl(cluster, "kustomize", str(ROOT / "deploy" / "kubernetes"))
-    assert rendered.returncode == 0, rendered.stderr
-    kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout)]
-    result = _kubectl(cluster, "apply", "-k", str(ROOT / "deploy" / "kubernetes"))
-    output = result.stdout + result.stderr
-    if cluster.kubelite is None:
-        assert result.returncode == 0, output
-    else:
-        # Everything kube-lite serves applies; it refuses only the kinds it does not serve.
-        refused = set()
-        for line in output.splitlines():
-            if "no matches for kind" in line:
-                refused.add(line.split('kind "')[1].split('"')[0])
-        assert refused == NOT_IN_KUBE_LITE & set(kinds), output
-        assert not [line for line in output.splitlines() if line.startswith("error")], output
-    for applied in ("namespace/extauth-system", "configmap/envoy-config", "service/extauth"):
-        assert applied in result.stdout
-    assert "customresourcedefinition.apiextensions.k8s.io/authconfigs.extauth.solo.io" in (
-        result.stdout
-    )
-    established = _kubectl(
-        cluster,
-        "wait",
-        "--for=condition=Established",
-        "crd/authconfigs.extauth.solo.io",
-        "--timeout=30s",
-    )
-    assert established.returncode == 0, established.stderr
-    printed = _kubectl(cluster, "get", "authconfigs", "-A")
-    assert "STATE" in printed.stdout  # the printer column
-
-
-def test_unserved_kinds_match_the_official_models() -> None:
-    """What kube-lite cannot apply is checked against the client's typed models: a field
-    the API does not know is dropped by the round trip and the comparison fails."""
-    rendered = subprocess.run(
-        ["kubectl", "kustomize", str(ROOT / "deploy" / "kubernetes")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    api = client.ApiClient()
-    models = {
-        "ServiceAccount": "V1ServiceAccount",
-        "ClusterRole": "V1ClusterRole",
-        "ClusterRoleBinding": "V1ClusterRoleBinding",
-        "Deployment": "V1Deployment",
-        "Service": "V1Service",
-    }
-    checked = 0
-    for document in yaml.safe_load_all(rendered.stdout):
-        model = models.get(document["kind"])
-        if model is None:
-            continue
-        typed = api._ApiClient__deserialize(document, model)  # type: ignore[attr-defined]
-        assert api.sanitize_for_serialization(typed) == document, document["kind"]
-        checked += 1
-    assert checked == 7
-
-
-def test_rbac_is_least_privilege() -> None:
-    """kube-lite does not enforce RBAC: the rules are read and compared exactly."""
-    documents = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "rbac.yaml").read_text()))
-    (role,) = (d for d in documents if d["kind"] == "ClusterRole")
-    rules = {
-        (
-            tuple(r["apiGroups"]),
-            tuple(r["resources"]),
-            tuple(r.get("resourceNames", ())),
-            tuple(sorted(r["verbs"])),
-        )
-        for r in role["rules"]
-    }
-    assert rules == {
-        (("",), ("secrets",), (), ("get", "list", "watch")),
-        (("extauth.solo.io",), ("authconfigs",), (), ("get", "list", "watch")),
-        (("extauth.solo.io",), ("authconfigs/status",), (), ("patch",)),
-        (
-            ("apiextensions.k8s.io",),
-            ("customresourcedefinitions",),
-            ("authconfigs.extauth.solo.io",),
-            ("get",),
-        ),
-    }
-    (binding,) = (d for d in documents if d["kind"] == "ClusterRoleBinding")
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "extauth", "namespace": "extauth-system"}
-    ]
-    deployment = next(
-        d
-        for d in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "extauth.yaml").read_text())
-        if d["kind"] == "Deployment"
-    )
-    spec = deployment["spec"]["template"]["spec"]
-    assert deployment["spec"]["replicas"] == 2
-    assert spec["serviceAccountName"] == "extauth"
-    assert spec["securityContext"]["runAsNonRoot"] is True
-    (container,) = spec["containers"]
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["resources"]["requests"]
-    assert "--kubernetes" in container["args"]
 
 
 def test_not_ready_until_the_first_sync(tmp_path: Path) -> None:

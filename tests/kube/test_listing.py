@@ -237,3 +237,65 @@ def test_relist_removes_what_vanished_and_keeps_what_stayed(namespace: Cluster) 
     assert relisted.upserted == ()  # "stays" is unchanged: nothing to publish
     assert [r.owner for r in relisted.removed] == [(namespace.namespace, "goes")]
     api.close()
+
+
+def test_a_list_that_outlives_its_snapshot_is_listed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A continue token expires when etcd compacts past the list's revision (a long list of
+    many pages): the list starts over instead of backing off, and completes."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"needs kube-lite with fast compaction: {reason}")
+    kubelite = KubeLite(tmp_path / "kl", ("--watch-cache=false", "--etcd-compaction-interval=1s"))
+    kubelite.start()
+    api = connect(kubelite.kubeconfig)
+    try:
+        core = client.CoreV1Api(api)
+        core.create_namespace({"metadata": {"name": "slow"}})
+        for i in range(7):
+            core.create_namespaced_secret("slow", _secret(f"k{i}", f"key-{i}", "o"))
+        real_call = watching.Watcher._call
+        held: list[str] = []
+
+        def slow_first_page(self: watching.Watcher, **kwargs: Any) -> Any:
+            response = real_call(self, **kwargs)
+            if kwargs.get("watch") or held:
+                return response
+            token = json.loads(response.data)["metadata"]["continue"]
+            held.append(token)
+            deadline = time.monotonic() + 30
+            n = 0
+            while True:  # until etcd has compacted past the list's revision
+                core.create_namespaced_config_map("slow", {"metadata": {"name": f"c{n}"}})
+                n += 1
+                try:
+                    core.list_namespaced_secret("slow", limit=3, _continue=token)
+                except client.exceptions.ApiException as exc:
+                    if exc.status == 410:
+                        break
+                assert time.monotonic() < deadline, "no compaction in 30 s"
+                time.sleep(0.2)
+            return response
+
+        monkeypatch.setattr(watching.Watcher, "_call", slow_first_page)
+        stop = threading.Event()
+        watcher = watching.Watcher(api, "Secret", "slow", stop, watch_timeout=1, page_size=3)
+        emitted: list[tuple[Change, bool]] = []
+        translator = Translator("Secret", lambda c, listed: emitted.append((c, listed)), None)
+        events = watcher.events()
+        for event in events:
+            translator.take(event)
+            if isinstance(event, watching.Listed):
+                break
+        stop.set()
+        events.close()
+        assert held, "the first page was not held back"
+        assert "the list outlived its snapshot" in caplog.text
+        assert "retrying in" not in caplog.text  # started over at once, no backoff
+        ((initial, complete),) = emitted
+        assert complete
+        assert sorted(d.owner[1] for d in initial.upserted) == [f"k{i}" for i in range(7)]
+    finally:
+        api.close()
+        kubelite.stop()
