@@ -39,6 +39,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
+# Envoy's limit on request headers, written into every config: ext_authz fails a request
+# with 500 when the headers extauth injects would push it past it, so extauth checks the
+# same number before it allows (and counts) anything.
+from extauth.decide import MAX_REQUEST_HEADERS
+
 ProviderKey = Literal["file", "env", "inline", "passthrough"]
 PROVIDER_KEYS: tuple[ProviderKey, ...] = ("file", "env", "inline", "passthrough")
 
@@ -51,10 +56,6 @@ CHAT_PATH = "/v1/chat/completions"
 EXT_AUTHZ_TIMEOUT = "0.5s"
 # The CA bundle of Debian/Ubuntu (and the official Envoy image): the provider's public CA.
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
-# Envoy's limit on request headers, written into every config: ext_authz fails a request
-# with 500 when the headers extauth injects would push it past this, so extauth checks the
-# same number before it allows (and counts) anything (decide.MAX_REQUEST_HEADERS).
-MAX_REQUEST_HEADERS = 100
 # Client-chosen values in the access log are cut to this many characters.
 LOG_VALUE_LIMIT = 256
 REQUEST_ID_LIMIT = 64
