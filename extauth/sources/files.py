@@ -303,8 +303,9 @@ class FileSource:
                 return _Outcome(None, unopenable)
             apart = bulk.read_apart(path)
             found: tuple[Definition, ...] | None = None
-            if apart.rows is not None and apart.configs is not None:
-                found = (*bulk.keys_from_rows(apart.rows, str(path)), *apart.configs)
+            if apart.row_chunks is not None and apart.configs is not None:
+                keys = bulk.keys_from_rows(list(apart.rows()), str(path))
+                found = (*keys, *apart.configs)
             return self._report(path, found, apart.problems, apart.ignored, had_good)
         except Exception as exc:
             return self._failed(path, exc, had_good)
