@@ -20,10 +20,11 @@ has stayed the same for one resync period.
 Files are re-read only when their (inode, size, mtime) changes, so a rescan costs a
 directory walk and a few stat calls, and what is published is the difference: the
 definitions of the changed files only (see policy.py for why that matters at a million
-keys). While the service runs, each changed file is read in a worker thread of its own,
-and removals and other files' changes are published while a large file is still being
-read. Files of Secrets in the layout `extauth keys new` writes are read by `secretscan`'s
-fast path; anything else by the general loader.
+keys). While the service runs, each changed file is read in a worker thread of its own
+(a large one in a child process of its own: `bulk.read_apart`), and removals and other
+files' changes are published while a large file is still being read. Files of Secrets
+in the layout `extauth keys new` writes are read by `secretscan`'s fast path; anything
+else by the general loader.
 """
 
 from __future__ import annotations
@@ -369,6 +370,10 @@ class FileSource:
             if not self._missing:
                 log.error("config: %s; keeping the last good state", exc)
             self._missing = True
+            # Reads that finished meanwhile are dropped (their files are read again once
+            # the directory is back), so that they do not wake the loop again and again.
+            for path in [p for p, (_, task) in reads.items() if task.done()]:
+                del reads[path]
             return None
         if self._missing:
             log.info("config: %s is back", self.root)
