@@ -384,12 +384,12 @@ def test_large_files_are_read_apart_and_a_crash_there_rejects_only_that_file(
         changes = _Pump(FileSource(tmp_path, resync_seconds=0.5))
         await changes.next()
         write = _renamer(tmp_path)
-        write("keys.yaml", keys.manifest("a", "ns", "key-a", {}, {"t": "x"}))
-        fast = await changes.next(timeout=10)
-        assert [d.owner for d in fast.upserted] == [("ns", "a")]
-        write("mixed.yaml", secret("b", "key-b") + "---\n" + CONFIG)
-        general = await changes.next(timeout=10)
-        assert sorted(d.owner[1] for d in general.upserted) == ["b", "cfg"]
+        write("keys.yaml", keys.manifest("a", "ns", "key-a", {}, {"t": "x"}))  # fast path
+        write("mixed.yaml", secret("b", "key-b") + "---\n" + CONFIG)  # general loader
+        found: list[str] = []
+        while len(found) < 3:
+            found.extend(d.owner[1] for d in (await changes.next(timeout=20)).upserted)
+        assert sorted(found) == ["a", "b", "cfg"]
         # Nested 100,000 deep: the C YAML parser dies of it (SIGSEGV) unless a limit
         # stops it first. Either way: this file is rejected, and nothing else is hurt.
         with caplog.at_level(logging.ERROR):
@@ -433,5 +433,37 @@ def test_after_an_inotify_overflow_changed_files_wait_until_stable(tmp_path: Pat
             await asyncio.sleep(0.35)
             assert watch.ready(path, found)
         watch.close()
+
+    asyncio.run(run())
+
+
+def test_a_slow_read_holds_up_no_removal_and_no_other_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = manifests.parse_text
+
+    def slow(text: str, path: str) -> manifests.FileResult:
+        if path.endswith("slow.yaml"):
+            time.sleep(3)  # a file that takes long to read (a big one, a slow disk)
+        return real(text, path)
+
+    monkeypatch.setattr(manifests, "parse_text", slow)
+
+    async def run() -> None:
+        (tmp_path / "a.yaml").write_text(secret("a", "key-a"))
+        changes = _Pump(FileSource(tmp_path))
+        await changes.next()
+        write = _renamer(tmp_path)
+        write("slow.yaml", secret("s", "key-s"))
+        await asyncio.sleep(0.2)  # its read has started
+        (tmp_path / "a.yaml").unlink()
+        gone = await changes.next(timeout=1)
+        assert [r.owner for r in gone.removed] == [("ns", "a")]
+        write("b.yaml", secret("b", "key-b"))
+        added = await changes.next(timeout=1)
+        assert [d.owner for d in added.upserted] == [("ns", "b")]
+        late = await changes.next(timeout=5)
+        assert [d.owner for d in late.upserted] == [("ns", "s")]
+        await changes.close()
 
     asyncio.run(run())

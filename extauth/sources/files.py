@@ -20,10 +20,11 @@ has stayed the same for one resync period.
 Files are re-read only when their (inode, size, mtime) changes, so a rescan costs a
 directory walk and a few stat calls, and what is published is the difference: the
 definitions of the changed files only (see policy.py for why that matters at a million
-keys). While the service runs, each changed file is read in a worker thread of its own,
-and removals and other files' changes are published while a large file is still being
-read. Files of Secrets in the layout `extauth keys new` writes are read by `secretscan`'s
-fast path; anything else by the general loader.
+keys). While the service runs, each changed file is read in a worker thread of its own
+(a large one in a child process of its own: `bulk.read_apart`), and removals and other
+files' changes are published while a large file is still being read. Files of Secrets
+in the layout `extauth keys new` writes are read by `secretscan`'s fast path; anything
+else by the general loader.
 """
 
 from __future__ import annotations
@@ -293,8 +294,9 @@ class FileSource:
                 return _Outcome(None, unopenable)
             apart = bulk.read_apart(path, self._limits)
             found: tuple[Definition, ...] | None = None
-            if apart.rows is not None and apart.configs is not None:
-                found = (*bulk.keys_from_rows(apart.rows, str(path)), *apart.configs)
+            if apart.row_chunks is not None and apart.configs is not None:
+                keys = bulk.keys_from_rows(list(apart.rows()), str(path))
+                found = (*keys, *apart.configs)
             return self._report(path, found, apart.problems, apart.ignored, had_good)
         except Exception as exc:
             return self._failed(path, exc, had_good)
@@ -358,6 +360,10 @@ class FileSource:
             if not self._missing:
                 log.error("config: %s; keeping the last good state", exc)
             self._missing = True
+            # Reads that finished meanwhile are dropped (their files are read again once
+            # the directory is back), so that they do not wake the loop again and again.
+            for path in [p for p, (_, task) in reads.items() if task.done()]:
+                del reads[path]
             return None
         if self._missing:
             log.info("config: %s is back", self.root)

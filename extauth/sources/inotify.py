@@ -12,7 +12,6 @@ directory is `files.py`'s.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 from dataclasses import dataclass
@@ -60,10 +59,9 @@ class Inotify:
     """One inotify instance. Raises OSError where inotify is not available."""
 
     def __init__(self) -> None:
-        name = ctypes.util.find_library("c")
-        if name is None:
-            raise OSError("no C library")
-        self._libc = ctypes.CDLL(name, use_errno=True)
+        # The symbols already loaded into this process (libc among them), whatever the
+        # C library is called here.
+        self._libc = ctypes.CDLL(None, use_errno=True)
         if not hasattr(self._libc, "inotify_init1"):
             raise OSError("inotify is not available here")
         fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
