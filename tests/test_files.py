@@ -442,10 +442,10 @@ def test_a_slow_read_holds_up_no_removal_and_no_other_file(
 ) -> None:
     real = manifests.parse_text
 
-    def slow(text: str, path: str) -> manifests.FileResult:
+    def slow(text: str, path: str, limits: Limits = DEFAULT_LIMITS) -> manifests.FileResult:
         if path.endswith("slow.yaml"):
             time.sleep(3)  # a file that takes long to read (a big one, a slow disk)
-        return real(text, path)
+        return real(text, path, limits)
 
     monkeypatch.setattr(manifests, "parse_text", slow)
 

@@ -73,6 +73,10 @@ PLAN: list[tuple[str, str]] = [
     (r"^docker ", "no Docker engine on the build machines; tests/test_compose.py checks compose"),
     (r"^kubectl ", "tests/kube/ applies the manifests to kube-lite and checks them"),
     (
+        r"^cd deploy/kubernetes/overlays/\S+ && kustomize edit set image ",
+        "kustomize is not on the build machines; tests/kube/test_deploy.py renders the overlays",
+    ),
+    (
         r"^\.venv/bin/extauth validate broken\.yaml$",
         "illustrates a message; the file is not shipped",
     ),
