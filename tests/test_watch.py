@@ -201,7 +201,7 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[harness.
 
 
 @settings(
-    max_examples=8,
+    max_examples=12,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -220,3 +220,56 @@ def test_nothing_dropped_in_the_directory_stops_a_revocation(
     (config / name).unlink()
     assert server.proc.poll() is None, server.log()
     assert HOSTILE_KEY not in server.log()
+
+
+# Only complete files, and the same winner whatever the history ------------------------------
+
+
+def test_a_file_written_in_place_applies_when_closed(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "cfg.yaml").write_text(CONFIG)
+    server = harness.Extauth(config, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        with (config / "team.yaml").open("w") as handle:
+            handle.write(labelled("b", "key-b") + "---\n")  # valid alone: must not apply
+            handle.flush()
+            time.sleep(1.5)
+            assert not allowed(server.address, "key-b")
+            handle.write(labelled("c", "key-c"))
+        becomes(server.address, "key-b", True, timeout=2)
+        assert allowed(server.address, "key-c")
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_first_path_wins_a_conflict_whatever_came_first_and_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "cfg.yaml").write_text(CONFIG)
+    write(config / "z.yaml", secret("dup", "key-z", labels={"tier": "t"}))
+    server = harness.Extauth(config, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        assert allowed(server.address, "key-z")
+        # The same Secret arrives later in a file that sorts first: it takes over.
+        write(config / "a.yaml", secret("dup", "key-a", labels={"tier": "t"}))
+        becomes(server.address, "key-a", True, timeout=2)
+        assert not allowed(server.address, "key-z")
+        message = (
+            f"{config / 'z.yaml'}:1: Secret ns/dup is already defined at "
+            f"{config / 'a.yaml'}:1, which comes first; this definition is refused"
+        )
+        harness.wait_until(lambda: True if message in server.log() else None, 2, "the refusal")
+    finally:
+        assert server.stop() == 0
+    restarted = harness.Extauth(config, tmp_path / "restarted.log")
+    try:
+        restarted.wait_ready()
+        assert allowed(restarted.address, "key-a")
+        assert not allowed(restarted.address, "key-z")
+    finally:
+        assert restarted.stop() == 0
