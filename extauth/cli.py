@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 
 from extauth import __version__, inspecting, keys, loader, manifests, resources, workers
 from extauth.manifests import DEFAULT_LIMITS, MAX_DEPTH_CEILING, Limits, Problem
-from extauth.policy import compile_policy
+from extauth.policy import Policy, compile_policy
 from extauth.server import Settings, grpc_credentials, serve, sources_for
 from extauth.snapshot import Change, Definition
 from extauth.sources import Source
@@ -303,7 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         formatter_class=_Formatter,
     )
-    check.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    check.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="files or directories (read as serve reads them); - for standard input",
+    )
+    check.add_argument(
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="text: `file:line: message` lines; json: one object for tools",
+    )
     _add_limits(check)
 
     keys_cmd = commands.add_parser("keys", help="API key helpers", parents=[common])
@@ -425,7 +438,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     )
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.command == "validate":
-        return validate(args.paths, _limits(args))
+        return validate(args.paths, _limits(args), args.output)
     if args.command == "keys":
         return new_key(args)
     if args.command == "inspect":
@@ -590,14 +603,24 @@ def _merged(changes: Sequence[Change]) -> Change:
     )
 
 
-def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS) -> int:
-    """Every problem as `file:line: message`; cross-file problems (duplicates, key
-    conflicts, references to missing Secrets) are found by compiling a policy. Files are
-    read by the loader `serve` uses, with the same limits: same documents, same messages."""
+STDIN = Path("-")
+
+
+def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS, output: str = "text") -> int:
+    """Every problem as `file:line: message`, sorted by file and line; cross-file problems
+    (duplicates, key conflicts, references to missing Secrets) are found by compiling a
+    policy. Files are read by the loader `serve` uses, with the same limits: same
+    documents, same messages. `-` reads standard input (`kubectl get ... -o yaml | ...`)."""
     problems: list[Problem] = []
     found: list[Definition] = []
     files = 0
     for path in paths:
+        if path == STDIN:
+            files += 1
+            result = _load_stdin(limits)
+            problems.extend(result.problems)
+            found.extend(result.definitions)
+            continue
         # The files serve would read, by the same rule (listing.py), and the same errors.
         try:
             listing = walk(path)
@@ -610,16 +633,39 @@ def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS) -> int:
             files += 1
             result = loader.load_file(file, limits)
             problems.extend(result.problems)
-            if not result.ok:
-                continue
-            found.extend(result.definitions)
+            found.extend(result.definitions)  # empty when the file is rejected
     policy = compile_policy(Change(tuple(found)))
     problems.extend(policy.problems)
+    problems.extend(_unadmitted(policy))
+    problems.sort(key=lambda p: (p.path, p.line))  # stable: a line's problems keep their order
+    errors = sum(not p.warning for p in problems)
+    if output == "json":
+        print(
+            json.dumps(
+                {
+                    "ok": errors == 0,
+                    "files": files,
+                    "api_key_secrets": policy.key_count,
+                    "authconfigs": len(policy.configs),
+                    "problems": [
+                        {
+                            "path": p.path,
+                            "line": p.line,
+                            "severity": "warning" if p.warning else "error",
+                            "message": p.message,
+                        }
+                        for p in problems
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 1 if errors else 0
     for problem in problems:
         print(problem)
-    errors = sum(not p.warning for p in problems)
     if errors:
-        print(f"{errors} error(s) in {files} file(s)", file=sys.stderr)
+        where = f" in {files} file(s)" if files else " (no file read)"
+        print(f"{errors} error(s){where}", file=sys.stderr)
         return 1
     print(
         f"OK: {files} file(s), {policy.key_count} API key Secret(s), "
@@ -627,6 +673,48 @@ def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS) -> int:
         + (f", {len(problems)} warning(s)" if problems else "")
     )
     return 0
+
+
+def _load_stdin(limits: Limits) -> loader.FileLoad:
+    """Standard input as one file named `-`, never more than the size limit read."""
+    data = sys.stdin.buffer.read(limits.max_file_bytes + 1)
+    if len(data) > limits.max_file_bytes:
+        return loader.FileLoad(
+            (),
+            (
+                Problem(
+                    "-",
+                    0,
+                    f"input too large (more than {limits.max_file_bytes} bytes; the limit is "
+                    f"--max-file-bytes {limits.max_file_bytes})",
+                ),
+            ),
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return loader.FileLoad((), (Problem("-", 1, "input is not UTF-8 text"),))
+    return loader.load_text(text, "-", limits)
+
+
+def _unadmitted(policy: Policy) -> list[Problem]:
+    """A warning per Secret that no AuthConfig admits: its key works nowhere, usually a
+    forgotten ref or label. Only when there are AuthConfigs to admit it: a file of keys
+    checked alone is not a mistake."""
+    if not policy.configs:
+        return []
+    holders = {id(key): key for key in policy.keys.values()}.values()
+    return [
+        Problem(
+            key.path,
+            key.line,
+            f"Secret {key.namespace}/{key.name} is admitted by no AuthConfig: its key is "
+            "denied everywhere",
+            warning=True,
+        )
+        for key in holders
+        if not policy.admitted_anywhere(key)
+    ]
 
 
 if __name__ == "__main__":

@@ -200,22 +200,51 @@ def _parse_text(text: str, path: str, limits: Limits) -> FileResult:
     loaded: list[Loaded] = []
     problems: list[Problem] = []
     ignored: list[str] = []
-    for index, node in enumerate(nodes, start=1):
-        if node is None or _is_null(node):
+    for index, document in enumerate(nodes, start=1):
+        if document is None or _is_null(document):
             continue
-        origin = Origin(path, node.start_mark.line + 1, index)
-        try:
-            result = _load_document(node, origin, limits)
-        except Exception as exc:  # one document's failure, whatever it is, is its own
-            reason = f"document {index}: {failure(exc)}"
-            result = [Problem(path, origin.line, reason)]
-        if isinstance(result, Loaded):
-            loaded.append(result)
-        elif isinstance(result, str):
-            ignored.append(result)
-        else:
-            problems.extend(_withheld(result, node, index))
+        for node, here in _resources(document, index):
+            origin = Origin(path, node.start_mark.line + 1, index)
+            try:
+                result = _load_document(node, origin, limits, here)
+            except Exception as exc:  # one document's failure, whatever it is, is its own
+                result = [Problem(path, origin.line, f"{here}: {failure(exc)}")]
+            if isinstance(result, Loaded):
+                loaded.append(result)
+            elif isinstance(result, str):
+                ignored.append(result)
+            else:
+                problems.extend(_withheld(result, node, here))
     return FileResult(tuple(loaded), tuple(problems), tuple(ignored))
+
+
+def _resources(document: yaml.Node, index: int) -> Iterator[tuple[yaml.Node, str]]:
+    """The resources a document holds, each with how messages name it: the document
+    itself, or each item of a `kind: List` (what `kubectl get ... -o yaml` prints)."""
+    items = _list_items(document)
+    if items is None:
+        yield document, f"document {index}"
+        return
+    for number, item in enumerate(items, start=1):
+        if not _is_null(item):
+            yield item, f"document {index} item {number}"
+
+
+def _list_items(node: yaml.Node) -> list[yaml.Node] | None:
+    """The items of a `v1` `List`, or None when `node` is not one."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    fields = {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+    kind, version, items = fields.get("kind"), fields.get("apiVersion"), fields.get("items")
+    if not (
+        isinstance(kind, yaml.ScalarNode)
+        and kind.value == "List"
+        and isinstance(version, yaml.ScalarNode)
+        and version.value == "v1"
+        and isinstance(items, yaml.SequenceNode)
+    ):
+        return None
+    return list(items.value)
 
 
 _COLLECTION_STARTS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
@@ -263,9 +292,11 @@ def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG
 
 
-def _load_document(node: yaml.Node, origin: Origin, limits: Limits) -> Loaded | str | list[Problem]:
-    """A resource, the reason it is ignored, or its problems."""
-    here = f"document {origin.document}"
+def _load_document(
+    node: yaml.Node, origin: Origin, limits: Limits, here: str
+) -> Loaded | str | list[Problem]:
+    """A resource, the reason it is ignored, or its problems (each message starts with
+    `here`, which names the document)."""
     structural = _structural_problems(node, limits)
     if structural:
         return [Problem(origin.path, line, f"{here}: {msg}") for line, msg in structural]
@@ -456,7 +487,7 @@ def _construct(node: yaml.Node) -> Any:
     return failed
 
 
-def _withheld(problems: list[Problem], root: yaml.Node, document: int) -> list[Problem]:
+def _withheld(problems: list[Problem], root: yaml.Node, here: str) -> list[Problem]:
     """The safety net: a message quoting anything a Secret holds under its entries is
     replaced. Entry names are shown (as `kubectl describe secret` does); what is under
     them, decoded or not, never."""
@@ -469,7 +500,7 @@ def _withheld(problems: list[Problem], root: yaml.Node, document: int) -> list[P
             problem = Problem(
                 problem.path,
                 problem.line,
-                f"document {document}: refused (the reason is withheld: it would quote "
+                f"{here}: refused (the reason is withheld: it would quote "
                 "a value of the Secret's data or stringData)",
                 problem.warning,
             )

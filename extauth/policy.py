@@ -617,13 +617,14 @@ class PolicyBuilder:
         for definitions in self._configs.values():
             placed = definitions[0]
             compiled = self._compiled[placed.config.config_id]
+            name = "/".join(placed.owner)  # as every other message names a resource
             for rule in compiled.rules:
                 for owner in sorted(rule.refs):
                     key = self._secret(owner)
                     if key is None or not any(self._admitted.get(d) is key for d in key.digests):
                         yield _problem(
                             placed.origin,
-                            f"AuthConfig {compiled.config_id} references Secret "
+                            f"AuthConfig {name} references Secret "
                             f"{'/'.join(owner)}, which is not loaded",
                             warning=True,
                         )
@@ -634,7 +635,7 @@ class PolicyBuilder:
                             key.origin,
                             f"Secret {key.namespace}/{key.name} lacks metadata "
                             f"{', '.join(map(repr, missing))} required by AuthConfig "
-                            f"{compiled.config_id}: its key is denied there",
+                            f"{name}: its key is denied there",
                             warning=True,
                         )
 

@@ -227,31 +227,39 @@ def check_entry_names(names: Iterable[str]) -> None:
 
 
 def check_entries(entries: Mapping[str, str]) -> None:
-    """Raise ValueError unless a Secret's decoded entries make a usable key holder.
+    """Raise ValueError unless a Secret's decoded entries make a usable key holder; the
+    error names every bad entry, not only the first, so one edit fixes them all.
 
     Shared by the model and the fast loader (`secretscan`), so both accept the same.
     """
+    found: list[str] = []
     for plain, hashed in (
         (API_KEY_ENTRY, API_KEY_HASH_ENTRY),
         (NEXT_KEY_ENTRY, NEXT_KEY_HASH_ENTRY),
     ):
         if plain in entries and hashed in entries:
-            raise ValueError(f"give '{plain}' or '{hashed}', not both")
+            found.append(f"give '{plain}' or '{hashed}', not both")
     if API_KEY_ENTRY not in entries and API_KEY_HASH_ENTRY not in entries:
-        raise ValueError(
+        found.append(
             f"an {APIKEY_SECRET_TYPE} Secret needs an '{API_KEY_ENTRY}' "
             f"(or '{API_KEY_HASH_ENTRY}') entry"
         )
     for entry, value in entries.items():
         if entry in KEY_ENTRIES and not value:
-            raise ValueError(f"entry {entry!r} is empty")
-        if entry in (API_KEY_HASH_ENTRY, NEXT_KEY_HASH_ENTRY) and not _HASH_RE.match(value):
-            raise ValueError(f"entry {entry!r} must be 'sha256:' and 64 hex digits")
-        problem = header_value_problem(value)
-        if problem:
-            raise ValueError(f"entry {entry!r} {problem}")
+            found.append(f"entry {entry!r} is empty")
+        elif entry in (API_KEY_HASH_ENTRY, NEXT_KEY_HASH_ENTRY) and not _HASH_RE.match(value):
+            found.append(f"entry {entry!r} must be 'sha256:' and 64 hex digits")
+        else:
+            problem = header_value_problem(value)
+            if problem:
+                found.append(f"entry {entry!r} {problem}")
     if EXPIRES_AT_ENTRY in entries:
-        parse_expiry(entries[EXPIRES_AT_ENTRY])
+        try:
+            parse_expiry(entries[EXPIRES_AT_ENTRY])
+        except ValueError as exc:
+            found.append(str(exc))
+    if found:
+        raise ValueError("; ".join(found))
 
 
 # RFC 3339 section 5.6, date-time: full-date "T" full-time, with `T` and `Z` in either

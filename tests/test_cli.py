@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -47,11 +48,11 @@ def test_validate_reports_file_line_problems_and_exits_1(
     assert cli.main(["validate", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert lines == [
-        f"{tmp_path}/c.yaml:7: document 1 (AuthConfig ns/cfg): "
-        "spec.configs[0].apiKeyAuth.headerNmae: Extra inputs are not permitted",
+    assert lines == [  # sorted by file and line
         f"{tmp_path}/b.yaml:1: Secret ns/b holds the same API key as Secret ns/a "
         f"({tmp_path}/a.yaml:1), which comes first; refused",
+        f"{tmp_path}/c.yaml:7: document 1 (AuthConfig ns/cfg): "
+        "spec.configs[0].apiKeyAuth.headerNmae: Extra inputs are not permitted",
     ]
     assert "shared" not in captured.out
     assert "2 error(s) in 3 file(s)" in captured.err
@@ -61,7 +62,7 @@ def test_validate_warnings_do_not_fail(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "c.yaml").write_text(authconfig("cfg", "apiKeySecretRefs: [{name: ghost}]"))
     assert cli.main(["validate", str(tmp_path / "c.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "warning: AuthConfig ns.cfg references Secret ns/ghost, which is not loaded" in out
+    assert "warning: AuthConfig ns/cfg references Secret ns/ghost, which is not loaded" in out
     assert "1 warning(s)" in out
 
 
@@ -367,3 +368,99 @@ def test_shell_completion_covers_the_subcommands() -> None:
         ["bash", "-n"], input=result.stdout, capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stderr
+
+
+KUBECTL_LIST = """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Secret
+  type: extauth.solo.io/apikey
+  metadata: {name: a, namespace: ns, resourceVersion: "12", uid: 3f0c}
+  data: {api-key: a2V5LWE=}
+- apiVersion: v1
+  kind: Secret
+  type: Opaque
+  metadata: {name: other, namespace: ns}
+- apiVersion: extauth.solo.io/v1
+  kind: AuthConfig
+  metadata: {name: cfg, namespace: ns, generation: 2}
+  spec:
+    configs:
+    - apiKeyAuth:
+        apiKeySecretRefs: [{name: a}]
+metadata: {resourceVersion: ""}
+"""
+
+
+def test_validate_reads_standard_input_and_kubectl_lists() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "extauth.cli", "validate", "-"],
+        input=KUBECTL_LIST,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "OK: 1 file(s), 1 API key Secret(s), 1 AuthConfig(s)"
+
+
+def test_validate_reports_every_bad_entry_in_line_order_and_as_json(tmp_path: Path) -> None:
+    (tmp_path / "b.yaml").write_text(
+        secret("late", "k-late", x_org=" spaced")
+        + "---\n"
+        + authconfig("cfg", "headerNmae: x\napiKeySecretRefs: [{name: a}]")
+    )
+    bad = secret("a", "", x_org="tab\tend ", expires_at="2027-W05-1T00:00Z")
+    (tmp_path / "a.yaml").write_text(bad)
+    (tmp_path / "c.yaml").write_text(secret("stray", "k-stray"))
+    result = run_cli("validate", str(tmp_path))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    places = [line.split(": ", 1)[0] for line in lines]
+    assert places == sorted(places, key=lambda p: (p.rsplit(":", 1)[0], int(p.rsplit(":", 1)[1])))
+    (first,) = [line for line in lines if "a.yaml" in line]
+    assert "entry 'api-key' is empty" in first
+    assert "entry 'x-org' has leading or trailing whitespace" in first
+    assert "entry 'expires-at' is not an RFC 3339 time" in first
+    as_json = run_cli("validate", str(tmp_path), "--output", "json")
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is False
+    assert report["files"] == 3
+    severities = {(p["path"].rsplit("/", 1)[1], p["severity"]) for p in report["problems"]}
+    assert ("a.yaml", "error") in severities
+    assert ("b.yaml", "error") in severities
+    for key in ("k-late", "k-stray"):
+        assert key not in result.stdout + result.stderr + as_json.stdout
+
+
+def test_validate_warns_about_a_secret_no_authconfig_admits(tmp_path: Path) -> None:
+    (tmp_path / "all.yaml").write_text(
+        secret("a", "key-a")
+        + "---\n"
+        + secret("stray", "key-stray")
+        + "---\n"
+        + authconfig("cfg", "apiKeySecretRefs: [{name: a}]")
+    )
+    result = run_cli("validate", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "warning: Secret ns/stray is admitted by no AuthConfig: its key is denied everywhere"
+        in result.stdout
+    )
+    assert "ns/a is admitted" not in result.stdout
+    assert result.stdout.strip().endswith("1 warning(s)")
+    # A file of keys checked alone is not a mistake.
+    (tmp_path / "keys.yaml").write_text(secret("solo", "key-solo"))
+    alone = run_cli("validate", str(tmp_path / "keys.yaml"))
+    assert alone.returncode == 0
+    assert "admitted by no AuthConfig" not in alone.stdout
+
+
+def test_validate_of_a_missing_path_says_so_plainly() -> None:
+    result = run_cli("validate", "/no/such/place.yaml")
+    assert result.returncode == 1
+    assert "1 error(s) (no file read)" in result.stderr
