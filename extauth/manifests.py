@@ -247,20 +247,28 @@ def _list_items(node: yaml.Node) -> list[yaml.Node] | None:
     return list(items.value)
 
 
-_COLLECTION_STARTS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
-_COLLECTION_ENDS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+# How each event moves the nesting depth; document starts are counted.
+_STEPS: dict[type, int] = {
+    yaml.MappingStartEvent: 1,
+    yaml.SequenceStartEvent: 1,
+    yaml.MappingEndEvent: -1,
+    yaml.SequenceEndEvent: -1,
+}
 
 
 def _prescan(text: str, path: str, limits: Limits) -> Problem | None:
     """Refuse too many documents or too deep a nesting, from the event stream (libyaml's
     parser keeps its own stack: it does not recurse), before anything is composed."""
     parser = _Loader(text)
+    get_event, steps = parser.get_event, _STEPS
     depth = documents = 0
     try:
-        while parser.check_event():
-            event = parser.get_event()  # type: ignore[no-untyped-call]
-            if isinstance(event, _COLLECTION_STARTS):
-                depth += 1
+        while True:
+            event = get_event()  # type: ignore[no-untyped-call]
+            kind = type(event)
+            step = steps.get(kind)
+            if step is not None:
+                depth += step
                 if depth > limits.max_depth:
                     return Problem(
                         path,
@@ -268,9 +276,7 @@ def _prescan(text: str, path: str, limits: Limits) -> Problem | None:
                         f"document {documents}: nested more than {limits.max_depth} levels "
                         f"deep (the limit is --max-depth {limits.max_depth})",
                     )
-            elif isinstance(event, _COLLECTION_ENDS):
-                depth -= 1
-            elif isinstance(event, yaml.DocumentStartEvent):
+            elif kind is yaml.DocumentStartEvent:
                 documents += 1
                 if documents > limits.max_documents:
                     return Problem(
@@ -279,9 +285,10 @@ def _prescan(text: str, path: str, limits: Limits) -> Problem | None:
                         f"more than {limits.max_documents} YAML documents "
                         f"(the limit is --max-documents {limits.max_documents})",
                     )
+            elif kind is yaml.StreamEndEvent:
+                return None
     finally:
         parser.dispose()
-    return None
 
 
 def _line(mark: Any) -> int:
@@ -372,35 +379,43 @@ def _structural_problems(root: yaml.Node, limits: Limits) -> list[tuple[int, str
     exponentially.
     """
     problems: list[tuple[int, str]] = []
+    if type(root) is _Scalar:
+        return problems
+    # Collections only: a scalar counts 1 and has no height, without a dict entry.
     sizes: dict[int, int] = {}
     heights: dict[int, int] = {}
     open_nodes: set[int] = set()  # on the current path from the root
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    # (node, None): to visit; (node, its children): to finish, once they are.
+    stack: list[tuple[yaml.Node, list[yaml.Node] | None]] = [(root, None)]
     while stack:
-        node, finished = stack.pop()
+        node, children = stack.pop()
         ident = id(node)
-        children: list[yaml.Node]
-        if isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        elif isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        else:
-            sizes[ident], heights[ident] = 1, 0
-            continue
-        if finished:
+        if children is not None:
             open_nodes.discard(ident)
-            sizes[ident] = min(1 + sum(sizes[id(c)] for c in children), MAX_EXPANDED_NODES + 1)
-            heights[ident] = 1 + max((heights[id(c)] for c in children), default=0)
+            size, height = 1, 0
+            for child in children:
+                if type(child) is _Scalar:
+                    size += 1
+                else:
+                    size += sizes[id(child)]
+                    height = max(height, heights[id(child)])
+            sizes[ident] = min(size, MAX_EXPANDED_NODES + 1)
+            heights[ident] = height + 1
             continue
         if ident in sizes:
             continue
         if ident in open_nodes:
             return [(node.start_mark.line + 1, "a YAML alias refers to a node that contains it")]
         open_nodes.add(ident)
-        stack.append((node, True))
-        if isinstance(node, yaml.MappingNode):
-            problems.extend(_key_problems(node))
-        stack.extend((child, False) for child in reversed(children) if id(child) not in sizes)
+        if type(node) is _Mapping:
+            children = [part for pair in node.value for part in pair]
+            _check_keys(node, problems)
+        else:
+            children = list(node.value)
+        stack.append((node, children))
+        for child in children:
+            if type(child) is not _Scalar and id(child) not in sizes:
+                stack.append((child, None))
     line = root.start_mark.line + 1
     if sizes[id(root)] > MAX_EXPANDED_NODES:
         problems.append((line, "document too large once YAML aliases are expanded"))
@@ -415,16 +430,21 @@ def _structural_problems(root: yaml.Node, limits: Limits) -> list[tuple[int, str
     return problems
 
 
-def _key_problems(node: yaml.MappingNode) -> Iterator[tuple[int, str]]:
+_Scalar, _Mapping = yaml.ScalarNode, yaml.MappingNode
+
+
+_KEY_TAGS = frozenset((_STR_TAG, _MERGE_TAG))
+
+
+def _check_keys(node: yaml.MappingNode, problems: list[tuple[int, str]]) -> None:
     seen: set[str] = set()
     for key, _ in node.value:
-        line = key.start_mark.line + 1
-        if not isinstance(key, yaml.ScalarNode) or key.tag not in (_STR_TAG, _MERGE_TAG):
-            yield line, "a mapping key is not a string (quote it)"
-            continue
-        if key.value in seen:
-            yield line, f"duplicate key {_shown(key.value)}"
-        seen.add(key.value)
+        if type(key) is not _Scalar or key.tag not in _KEY_TAGS:
+            problems.append((key.start_mark.line + 1, "a mapping key is not a string (quote it)"))
+        elif key.value in seen:
+            problems.append((key.start_mark.line + 1, f"duplicate key {_shown(key.value)}"))
+        else:
+            seen.add(key.value)
 
 
 # YAML's standard tags, by the short name a user writes.

@@ -12,11 +12,15 @@ import asyncio
 import base64
 import os
 import re
+import string
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extauth import keys, loader, manifests, secretscan
 from extauth.manifests import Limits
@@ -36,6 +40,9 @@ CONFIG_HEAD = (
 )
 
 
+ENTRY = "{name: a, apiKeyAuth: {apiKeySecretRefs: [{name: x}]}}"
+
+
 def _config(entries: str, expr: str | None = None) -> str:
     spec = f"spec:\n  booleanExpr: '{expr}'\n" if expr else "spec:\n"
     return CONFIG_HEAD + spec + f"  configs:\n    - {entries}\n"
@@ -46,7 +53,7 @@ HOSTILE = {
     "nested 600 deep": ("a: " + "[" * 600 + "]" * 600 + "\n", 1, "--max-depth 64"),
     "nested 100,000 deep": ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", 1, "--max-depth 64"),
     "booleanExpr of 1,000 !": (
-        _config("{name: a, apiKeyAuth: {apiKeySecretRefs: [{name: x}]}}", "!" * 1000 + "a"),
+        _config(ENTRY, "!" * 1000 + "a"),
         4,
         "booleanExpr is nested more than 64 levels",
     ),
@@ -323,3 +330,41 @@ def test_fast_and_general_paths_in_a_running_watch_agree(tmp_path: Path) -> None
         return {d.name for d in change.upserted if isinstance(d, ApiKey)}
 
     assert asyncio.run(first()) == {"a", "b"}
+
+
+# Whatever lands in the directory ------------------------------------------------------------
+
+_TAGGED = st.builds(
+    lambda tag, value: HEADER + f"stringData: {{api-key: {tag}{value}}}\n",
+    st.sampled_from(["", "!!int ", "!!bool ", "!!float ", "!!timestamp ", "!!binary ", "!x "]),
+    st.text(string.ascii_letters + string.digits + "_-:.{}[]&*!", min_size=1, max_size=30),
+)
+_JUNK = st.one_of(
+    st.binary(max_size=2000),
+    st.text(max_size=500).map(lambda t: t.encode("utf-8", errors="surrogateescape")),
+    st.integers(1, 100_000).map(lambda n: ("a: " + "[" * n + "]" * n + "\n").encode()),
+    st.integers(1, 3000).map(lambda n: _config(ENTRY, "!" * n + "a").encode()),
+    _TAGGED.map(str.encode),
+)
+
+
+@settings(deadline=None, max_examples=40)
+@given(junk=st.lists(_JUNK, min_size=1, max_size=4))
+def test_nothing_dropped_in_the_directory_stops_a_revocation(junk: list[bytes]) -> None:
+    with tempfile.TemporaryDirectory() as name:
+        root = Path(name)
+        (root / "a.yaml").write_text(secret("a", "key-a"))
+        (root / "b.yaml").write_text(secret("b", "key-b"))
+        source = FileSource(root)
+        builder = PolicyBuilder()
+        builder.apply(source.scan())
+        for index, content in enumerate(junk):
+            (root / f"junk-{index}.yaml").write_bytes(content)
+        builder.apply(source.scan())
+        (root / "a.yaml").unlink()
+        change = source.scan()
+        builder.apply(change)
+        assert ("ns", "a") in {removal.owner for removal in change.removed}
+        admitted = builder.build().keys  # junk may be a valid Secret: it adds, never holds back
+        assert digest("key-a") not in admitted
+        assert digest("key-b") in admitted
