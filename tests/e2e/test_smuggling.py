@@ -336,3 +336,26 @@ def test_access_log_cuts_and_escapes_what_the_client_chose(stack: Stack) -> None
     assert len(line["path"]) <= 256
     assert len(line["request_id"]) <= 64
     assert len(json.dumps(line)) < 1000
+
+
+def test_client_cannot_forge_the_logged_path_request_id_or_envoy_headers(stack: Stack) -> None:
+    stack.received()
+    response = request(
+        stack.port,
+        "/q/real-path",
+        {
+            "x-api-key": KEY,
+            "x-request-id": "forged-request-id",
+            "x-envoy-original-path": "/forged-path",
+            "x-envoy-upstream-rq-timeout-ms": "1",
+        },
+    )
+    assert response.status == 200
+    (seen,) = stack.received()
+    names = [k for k, _ in seen["headers"]]
+    assert "x-envoy-original-path" not in names
+    assert "x-envoy-upstream-rq-timeout-ms" not in names
+    assert "forged-request-id" not in _everything([seen])
+    line = _access_log(stack, "/q/real-path")
+    assert line["request_id"] != "forged-request-id"
+    assert "forged" not in stack.envoy.log_path.read_text()
