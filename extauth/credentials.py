@@ -13,6 +13,7 @@ other spelling of the name that an upstream might decode to the same parameter
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote_plus
 
@@ -103,10 +104,15 @@ def smuggled(path: str, names: Iterable[str]) -> bool:
     return False
 
 
+# Cookies are separated by ";" and, where Envoy merged several Cookie header lines into
+# the one value Check sees, by ",": a comma cannot occur in a cookie value (RFC 6265).
+_COOKIE_SEPARATORS = re.compile("[;,]")
+
+
 def cookie(header: str | None, name: str) -> str | None:
     if not header:
         return None
-    for part in header.split(";"):
+    for part in _COOKIE_SEPARATORS.split(header):
         key, sep, value = part.strip(_OWS).partition("=")
         if sep and key == name:
             return value.strip(_OWS).strip('"') or None
@@ -114,10 +120,11 @@ def cookie(header: str | None, name: str) -> str | None:
 
 
 def without_cookies(header: str, names: frozenset[str]) -> str:
-    """The cookie header with `names` removed, so a key in a cookie does not go upstream."""
+    """The cookie header with `names` removed, so a key in a cookie does not go upstream;
+    several Cookie lines (merged with "," in Check) come back as one."""
     kept = [
         part.strip()
-        for part in header.split(";")
+        for part in _COOKIE_SEPARATORS.split(header)
         if part.strip() and part.strip().partition("=")[0] not in names
     ]
     return "; ".join(kept)

@@ -75,22 +75,6 @@ def decide(
     path: str,
     now: float | None = None,
 ) -> Decision:
-    decision = _decide(policy, context_extensions, headers, path, now)
-    if (
-        decision.__class__ is Allow
-        and len(headers) + len(decision.set_headers) > MAX_REQUEST_HEADERS
-    ):
-        return Deny(Reason.TOO_MANY_HEADERS, decision.config_id)
-    return decision
-
-
-def _decide(
-    policy: Policy,
-    context_extensions: Mapping[str, str],
-    headers: Mapping[str, str],
-    path: str,
-    now: float | None,
-) -> Decision:
     config_id = context_extensions.get(CONFIG_ID) or policy.default_config
     if not policy.loaded:
         return Deny(Reason.NOT_READY, config_id)
@@ -116,9 +100,11 @@ def _decide(
         key, found = _lookup(policy, config.rules[0], headers, path)
     if found is not None and not _expired(found, now):
         # A simple config's allow depends only on which key it is: once built, reused.
-        cached = config.memo.get(found)
-        if cached is not None:
-            return cached  # type: ignore[return-value]  # only Allows are memoized
+        cached: Allow | None = config.memo.get(found)  # type: ignore[assignment]
+        if cached is not None:  # only Allows are memoized
+            if len(headers) + len(cached.set_headers) > MAX_REQUEST_HEADERS:
+                return Deny(Reason.TOO_MANY_HEADERS, config.config_id)
+            return cached
     return _check_keys(policy, config, [(key, found)], headers, now)
 
 
@@ -196,6 +182,8 @@ def _check_keys(
         if len(config.memo) >= MEMO_LIMIT:
             config.memo.clear()
         config.memo[memo_key] = allow
+    if len(headers) + len(allow.set_headers) > MAX_REQUEST_HEADERS:
+        return Deny(Reason.TOO_MANY_HEADERS, config.config_id)
     return allow
 
 

@@ -496,7 +496,7 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
                 "retry_policy": {
                     "retry_on": "5xx,connect-failure,refused-stream,reset,"
                     "unavailable,cancelled,internal",
-                    "num_retries": 2,
+                    "num_retries": 3,
                     "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.05s"},
                     "retry_host_predicate": [
                         {
@@ -536,6 +536,18 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
                                 "envoy.extensions.filters.network."
                                 "http_connection_manager.v3.HttpConnectionManager",
                                 stat_prefix="ingress",
+                                # The edge: every client is external, whatever its
+                                # address (an empty list would mean loopback and RFC 1918,
+                                # so it names only 0.0.0.0/32, which no peer has). Envoy
+                                # then sets x-forwarded-for from the peer, makes its own
+                                # x-request-id and drops client-sent x-envoy-* headers:
+                                # x-envoy-original-path would forge the logged path,
+                                # x-envoy-retry-on and x-envoy-upstream-rq-timeout-ms
+                                # would steer Envoy's calls to the provider.
+                                use_remote_address=True,
+                                internal_address_config={
+                                    "cidr_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 32}]  # noqa: S104
+                                },
                                 # `x_org: admins` is refused (400), not forwarded beside
                                 # the injected `x-org`: CGI, WSGI and others read both
                                 # spellings as one variable.

@@ -86,6 +86,7 @@ HEADER, QUERY, COOKIE = (
         ({"cookie": "a=1; k=c1; z=2"}, "/", "c1"),
         ({"cookie": 'k="quoted"'}, "/", "quoted"),
         ({"cookie": "kk=1"}, "/", None),
+        ({"cookie": "a=1,k=second-line"}, "/", "second-line"),  # two lines, merged
         # The header is first in order: it wins over query and cookie.
         ({"x-key": "h", "cookie": "k=c"}, "/?k=q", "h"),
         ({"cookie": "k=c"}, "/?k=q", "q"),
@@ -124,6 +125,7 @@ def test_query_key_is_read_by_the_name_envoy_strips() -> None:
 def test_without_cookies() -> None:
     assert credentials.without_cookies("a=1; k=secret;b=2", frozenset({"k"})) == "a=1; b=2"
     assert credentials.without_cookies("k=secret", frozenset({"k"})) == ""
+    assert credentials.without_cookies("a=1,k=s; b=2", frozenset({"k"})) == "a=1; b=2"
 
 
 # decide ------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ metadata: {{name: query-auth, namespace: tests}}
 spec:
   configs:
     - apiKeyAuth:
-        keySources: [{{header: x-api-key}}, {{query: api_key}}]
+        keySources: [{{header: x-api-key}}, {{query: api_key}}, {{cookie: session-key}}]
         clientIdHeader: x-client-id
         k8sSecretApikeyStorage: {{labelSelector: {{tier: q}}}}
         headersFromMetadataEntry:
@@ -208,6 +208,26 @@ def test_unrelated_parameters_that_look_alike_pass(stack: Stack) -> None:
     assert "api_keys=1" in seen["request_line"]
 
 
+# The key in a cookie -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header_key", [True, False], ids=["header-decides", "cookie-decides"])
+def test_key_in_a_second_cookie_line_never_goes_upstream(stack: Stack, header_key: bool) -> None:
+    # Envoy hands Check several Cookie lines merged with ","; each line is still a cookie.
+    stack.received()
+    extra = f"x-api-key: {KEY_2}\r\n" if header_key else ""
+    status = stack.raw(
+        f"GET /q HTTP/1.1\r\nHost: h\r\n{extra}Cookie: a=1\r\n"
+        f"Cookie: session-key={KEY}; b=2\r\nConnection: close"
+    )
+    assert status == 200
+    (seen,) = stack.received()
+    assert [v for k, v in seen["headers"] if k == "cookie"] == ["a=1; b=2"]
+    assert KEY not in _everything([seen])
+    expected = "smuggler-2" if header_key else "smuggler"
+    assert [v for k, v in seen["headers"] if k == "x-client-id"] == [expected]
+
+
 # Injected headers in every spelling -------------------------------------------------------
 
 
@@ -336,3 +356,26 @@ def test_access_log_cuts_and_escapes_what_the_client_chose(stack: Stack) -> None
     assert len(line["path"]) <= 256
     assert len(line["request_id"]) <= 64
     assert len(json.dumps(line)) < 1000
+
+
+def test_client_cannot_forge_the_logged_path_request_id_or_envoy_headers(stack: Stack) -> None:
+    stack.received()
+    response = request(
+        stack.port,
+        "/q/real-path",
+        {
+            "x-api-key": KEY,
+            "x-request-id": "forged-request-id",
+            "x-envoy-original-path": "/forged-path",
+            "x-envoy-upstream-rq-timeout-ms": "1",
+        },
+    )
+    assert response.status == 200
+    (seen,) = stack.received()
+    names = [k for k, _ in seen["headers"]]
+    assert "x-envoy-original-path" not in names
+    assert "x-envoy-upstream-rq-timeout-ms" not in names
+    assert "forged-request-id" not in _everything([seen])
+    line = _access_log(stack, "/q/real-path")
+    assert line["request_id"] != "forged-request-id"
+    assert "forged" not in stack.envoy.log_path.read_text()
