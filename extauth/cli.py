@@ -220,6 +220,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --kubernetes: restart each watch this often (server-side timeout)",
     )
     run.add_argument(
+        "--kube-heartbeat",
+        type=_bounded(float, 0.2, 60),
+        default=10.0,
+        metavar="SECONDS",
+        help="with --kubernetes: ask the API server this often whether it answers "
+        "(a hung one is noticed within this plus 3 s)",
+    )
+    run.add_argument(
+        "--kube-request-timeout",
+        type=_bounded(float, 0.2, 120),
+        default=5.0,
+        metavar="SECONDS",
+        help="with --kubernetes: how long a list or watch request waits for the answer to start",
+    )
+    run.add_argument(
+        "--kube-max-secret-bytes",
+        type=_bounded(int, 256, 4 * 1024 * 1024),
+        default=16 * 1024,
+        metavar="BYTES",
+        help="with --kubernetes: refuse an API-key Secret whose entries and labels exceed this",
+    )
+    run.add_argument(
+        "--kube-status-rate",
+        type=_bounded(float, 0.1, 10000),
+        default=50.0,
+        metavar="PER_SECOND",
+        help="with --kubernetes: at most this many AuthConfig status writes a second",
+    )
+    run.add_argument(
         "--no-status",
         action="store_true",
         help="with --kubernetes: do not write AuthConfig status",
@@ -473,6 +502,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         kubeconfig=args.kubeconfig,
         write_status=not args.no_status,
         kube_watch_timeout=args.kube_watch_timeout,
+        kube_heartbeat=args.kube_heartbeat,
+        kube_request_timeout=args.kube_request_timeout,
+        kube_max_secret_bytes=args.kube_max_secret_bytes,
+        kube_status_rate=args.kube_status_rate,
         grpc_tls_cert=args.grpc_tls_cert,
         grpc_tls_key=args.grpc_tls_key,
         grpc_client_ca=args.grpc_client_ca,

@@ -99,6 +99,12 @@ DESCRIPTIONS: dict[tuple[type[BaseModel], str], str] = {
         "Strict: a key is required. Optional: a request without a key passes anonymously "
         "(identity headers removed); a wrong key is still refused. Default: Strict."
     ),
+    (ApiKeyAuth, "all_namespaces"): (
+        "Let the label selectors match Secrets in every namespace extauth watches. "
+        "Default: false, only in the AuthConfig's own namespace, so that whoever may "
+        "create Secrets in another namespace cannot add keys to this AuthConfig. "
+        "apiKeySecretRefs name their namespace and are not affected."
+    ),
     (ApiKeyAuth, "require_hashed_keys"): (
         "Admit only keys whose Secret stores a hash (api-key-hash), never the key itself, "
         "so a leaked Secret leaks no usable key. Default: false."

@@ -21,9 +21,15 @@ _MAX_REQUEST_LINE = 8192
 
 
 class StatusServer:
-    def __init__(self, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        is_ready: Callable[[], bool],
+        problems: Callable[[], list[str]] = list,
+    ) -> None:
         self._registry = registry
         self._is_ready = is_ready
+        self._problems = problems
         self._server: asyncio.Server | None = None
         self.port: int | None = None
 
@@ -47,9 +53,12 @@ class StatusServer:
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
+            # Problems that do not stop serving the last good state (a Kubernetes API
+            # server that does not answer) are said, not made a 503: see README.
+            said = "".join(f"{p}\n" for p in self._problems()).encode()
             if self._is_ready():
-                return 200, "text/plain", b"ready\n"
-            return 503, "text/plain", b"not ready\n"
+                return 200, "text/plain", b"ready\n" + said
+            return 503, "text/plain", b"not ready\n" + said
         return 404, "text/plain", b"not found\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -13,7 +13,8 @@ once per batch of changes, never per change). `PolicyHolder` swaps the reference
 assignment; a Check that started on the old policy finishes on it.
 
 Conflicts are refused here, and the winner depends only on what is defined, never on
-the order it arrived in (`rank`: the lexically first path, then document order):
+the order it arrived in (`rank`: files first, by path and document; then Kubernetes
+objects, the oldest first):
 - the same Secret or AuthConfig (namespace/name) defined twice: the definition of lowest
   rank is in effect, the other is refused and reported with both places; if it goes, the
   next in rank takes over;
@@ -34,6 +35,7 @@ from extauth.boolexpr import BoolExpr
 from extauth.manifests import Origin, Problem
 from extauth.resources import AuthConfig
 from extauth.snapshot import (
+    KUBERNETES_PREFIX,
     ApiKey,
     Change,
     Definition,
@@ -86,6 +88,8 @@ class KeyRule:
     sources: tuple[KeySource, ...]
     refs: frozenset[Owner]
     selectors: tuple[tuple[tuple[str, str], ...], ...]
+    # The one namespace whose Secrets the selectors may match; None: every namespace.
+    selector_namespace: str | None
     header_rules: tuple[HeaderRule, ...]
     client_id_header: str | None
     # Where the credential is removed before the request goes upstream (unless forwarded).
@@ -109,6 +113,8 @@ class KeyRule:
             return False
         if key.owner in self.refs:
             return True
+        if self.selector_namespace is not None and key.namespace != self.selector_namespace:
+            return False
         labels = key.labels
         return any(all(labels.get(k) == v for k, v in sel) for sel in self.selectors)
 
@@ -200,6 +206,7 @@ def compile_rule(config: AuthConfig, index: int) -> KeyRule:
         sources=sources,
         refs=frozenset(auth.secret_refs(config.metadata.namespace)),
         selectors=tuple(tuple(sorted(sel.items())) for sel in auth.selectors()),
+        selector_namespace=None if auth.all_namespaces else config.metadata.namespace,
         header_rules=tuple(
             HeaderRule(header, entry.name, entry.required)
             for header, entry in sorted(auth.metadata_headers().items())
@@ -238,18 +245,17 @@ _ProblemKey = tuple[str, Owner, str]  # (what, owner, source)
 _D = TypeVar("_D", ApiKey, PlacedAuthConfig)
 
 
-KUBERNETES_ORIGIN = "kubernetes:"
-
-
-def rank(definition: Definition) -> tuple[bool, str, int, str, str]:
+def rank(definition: Definition) -> tuple[int, str, int, str, str]:
     """Which of two conflicting definitions wins: the lower rank, always.
 
     Only what is present decides, never the order things arrived in: a restart, a second
-    replica and `extauth validate` all pick the same winner. Files come before Kubernetes
-    objects (whatever the spelling of --config-dir); among files, the lexically first
-    path, then the first document in it. Kubernetes objects (`kubernetes:Secret/ns/name`)
-    are ranked by that path for now; this is the one place to rank them otherwise (by
-    creationTimestamp, say).
+    replica and `extauth validate` all pick the same winner. Files come first (an
+    administrator writes them), by lexically first path, then the first document in it.
+    Kubernetes objects (`kubernetes:Secret/ns/name`) come after, the oldest first
+    (creationTimestamp, then uid, which the source puts in the origin's `document`): a
+    tenant who copies another team's key (or its `api-key-hash`, meant to be safe to
+    leak) into a Secret of its own gets a refusal, never the key, whatever the namespace
+    and name it picks and whichever replica or restart reads it.
     """
     if isinstance(definition, ApiKey):
         path, document = definition.path, definition.document
@@ -257,7 +263,9 @@ def rank(definition: Definition) -> tuple[bool, str, int, str, str]:
     else:
         path, _, document = definition.origin
         namespace, name = definition.owner
-    return (path.startswith(KUBERNETES_ORIGIN), path, document, namespace, name)
+    if path.startswith(KUBERNETES_PREFIX):
+        return (1, "", document, namespace, name)
+    return (0, path, document, namespace, name)
 
 
 class PolicyBuilder:

@@ -384,6 +384,10 @@ class ApiKeyAuth(_Model):
     mode: Literal["Strict", "Optional"] = "Strict"
     # Admit only keys whose Secret stores a hash (api-key-hash), never the key itself.
     require_hashed_keys: bool = False
+    # Label selectors match Secrets in every namespace (true), or only in the
+    # AuthConfig's own (false, the default: a tenant with rights in another namespace
+    # cannot add keys to this config by labelling a Secret of its own).
+    all_namespaces: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ApiKeyAuth:

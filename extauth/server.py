@@ -67,6 +67,10 @@ class Settings:
     kubeconfig: str | None = None
     write_status: bool = True
     kube_watch_timeout: int = 300
+    kube_heartbeat: float = 10.0
+    kube_request_timeout: float = 5.0
+    kube_max_secret_bytes: int = 16 * 1024
+    kube_status_rate: float = 50.0
     # --workers: every worker binds the same gRPC port (SO_REUSEPORT).
     reuse_port: bool = False
     # TLS on the gRPC port (PEM files); with grpc_client_ca, clients must present a
@@ -111,6 +115,10 @@ def sources_for(settings: Settings) -> list[Source]:
                 kubeconfig=settings.kubeconfig,
                 write_status=settings.write_status,
                 watch_timeout=settings.kube_watch_timeout,
+                heartbeat=settings.kube_heartbeat,
+                request_timeout=settings.kube_request_timeout,
+                max_secret_bytes=settings.kube_max_secret_bytes,
+                status_rate=settings.kube_status_rate,
             )
         )
     return sources
@@ -231,7 +239,7 @@ class Server:
                 register(self.metrics.registry)
         files = [s for s in self.sources if isinstance(s, FileSource)]
         self.metrics.track_unreadable(lambda: sum(s.unreadable for s in files))
-        self.status = StatusServer(self.metrics.registry, self.is_ready)
+        self.status = StatusServer(self.metrics.registry, self.is_ready, self.problems)
         self.port: int | None = None
         # Set once every source's initial state is loaded and the port is listening.
         self.ready = asyncio.Event()
@@ -239,6 +247,15 @@ class Server:
 
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self._stopping
+
+    def problems(self) -> list[str]:
+        """What /readyz says beside its verdict (a Kubernetes API server not answering)."""
+        found: list[str] = []
+        for source in self.sources:
+            report = getattr(source, "problems", None)
+            if report is not None:
+                found.extend(report())
+        return found
 
     def _update(self, changes: list[Change]) -> None:
         with memory.collector_paused():

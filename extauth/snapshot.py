@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, NamedTuple, NewType
 
 from extauth.manifests import Loaded, Origin
@@ -40,19 +40,44 @@ def digest(key: str) -> bytes:
 
 
 _KEY_ENTRIES = frozenset(KEY_ENTRIES)
-_SHARED_LIMIT = 100_000
 # A read-only mapping from `shared`: the type says a key's labels and metadata went through
 # the table, so every path that makes keys shares them (mypy checks it).
 Shared = NewType("Shared", Mapping[str, str])
-_shared: dict[tuple[tuple[str, str], ...], Shared] = {}
+# Where a definition's origin path says it came from a Kubernetes API server.
+KUBERNETES_PREFIX = "kubernetes:"
+
+
+class FrozenMap(dict[str, str]):
+    """A dict no one changes after it is made: what `shared` hands out.
+
+    A dict subclass rather than a MappingProxyType, because the table of shared mappings
+    holds them weakly: a mapping lives exactly as long as a key uses it.
+    """
+
+    __slots__ = ("__weakref__",)
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("a shared mapping is read-only")
+
+    __setitem__ = __delitem__ = update = setdefault = clear = _refuse  # type: ignore[assignment]
+    pop = popitem = __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type[FrozenMap], tuple[tuple[tuple[str, str], ...]]]:
+        return (FrozenMap, (tuple(self.items()),))
+
+
+_shared: weakref.WeakValueDictionary[tuple[tuple[str, str], ...], FrozenMap] = (
+    weakref.WeakValueDictionary()
+)
 
 
 def shared(mapping: Mapping[str, str]) -> Shared:
     """A read-only copy of `mapping`, the same object for every equal mapping.
 
     A million keys typically carry a handful of distinct label sets and metadata (team,
-    org): sharing them saves ~500 bytes per key. Bounded: past the limit the table is
-    dropped and refilled, which costs sharing, never correctness.
+    org): sharing them saves ~500 bytes per key. The table holds its mappings weakly: one
+    is released with the last key that uses it, so edits, deletions and a tenant's stream
+    of distinct metadata leave nothing behind.
     """
     return shared_items(tuple(mapping.items()))
 
@@ -61,10 +86,9 @@ def shared_items(items: tuple[tuple[str, str], ...]) -> Shared:
     """`shared` for a mapping given as its items."""
     found = _shared.get(items)
     if found is None:
-        if len(_shared) >= _SHARED_LIMIT:
-            _shared.clear()
-        found = _shared[items] = Shared(MappingProxyType(dict(items)))
-    return found
+        found = FrozenMap(items)
+        _shared[items] = found
+    return Shared(found)
 
 
 class ApiKey(NamedTuple):

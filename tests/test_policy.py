@@ -45,25 +45,35 @@ def test_refs_admit_exactly_the_referenced_secrets() -> None:
     assert policy.configs["ns.cfg"].rules[0].strip_headers == ("x-key",)
 
 
-def test_label_selector_and_refs_are_a_union_across_namespaces() -> None:
+def _selected(all_namespaces: str) -> set[str]:
     policy = compile_policy(
         snapshot(
             secret("a", "key-a", labels={"tier": "gold"}),
             secret("b", "key-b", namespace="elsewhere", labels={"tier": "gold", "x": "y"}),
             secret("c", "key-c", labels={"tier": "free"}),
             secret("d", "key-d"),
+            secret("e", "key-e", namespace="other"),
             authconfig(
                 "cfg",
-                """
+                f"""
+                {all_namespaces}
                 k8sSecretApikeyStorage:
-                  labelSelector: {tier: gold}
-                  apiKeySecretRefs: [{name: d}]
+                  labelSelector: {{tier: gold}}
+                  apiKeySecretRefs: [{{name: d}}, {{name: e, namespace: other}}]
                 """,
             ),
         )
     )
-    admitted = {k for k in ("key-a", "key-b", "key-c", "key-d") if policy.grant("ns.cfg", k)}
-    assert admitted == {"key-a", "key-b", "key-d"}
+    keys = ("key-a", "key-b", "key-c", "key-d", "key-e")
+    return {k for k in keys if policy.grant("ns.cfg", k)}
+
+
+def test_label_selectors_stay_in_the_authconfigs_namespace_unless_told() -> None:
+    """A tenant who may create Secrets in another namespace cannot add a key to this
+    config by labelling one; references name their namespace and are not confined."""
+    assert _selected("") == {"key-a", "key-d", "key-e"}
+    assert _selected("allNamespaces: false") == {"key-a", "key-d", "key-e"}
+    assert _selected("allNamespaces: true") == {"key-a", "key-b", "key-d", "key-e"}
 
 
 def test_missing_reference_is_a_warning_not_an_error() -> None:

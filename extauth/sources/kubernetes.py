@@ -7,17 +7,17 @@ when its `Listed` marker arrives, with removals for what the list no longer hold
 source's first change, the initial state, waits for every watcher's first `Listed`: a
 watcher that lists and then sees events does not stand in for one that has not listed yet.
 
-Objects are read as raw JSON and validated with the same models as files. An object that
-does not validate is rejected with a log line; its last good version (if any) keeps
-serving. An object is known by uid and resourceVersion: an unchanged one (a relist) is not
-validated again, and a good version of a deleted object never stands in for a broken one
-recreated under its name.
+Objects are read as raw JSON, checked against `bounds` (depth, a Secret's size) and
+validated with the same models as files. An object that fails is rejected alone with a log
+line and a metric; its last good version (if any) keeps serving. An object is known by uid
+and resourceVersion: an unchanged one (a relist) is not validated again, and a good
+version of a deleted object never stands in for a broken one recreated under its name. A
+terminating object (deletionTimestamp set, finalizers pending) counts as deleted.
 
 AuthConfigs get a `status` (state, reason, observedGeneration, and an `Accepted`
-condition). Replicas converge without a leader: the write is skipped when the status is
-already right, a transition time is kept while the condition holds, and every write is
-conditional on the resourceVersion it was computed from, so a replica that has not yet seen
-a newer spec cannot overwrite the status written for it.
+condition), handed to `statuses.StatusWriter` after the change is published: no status
+write can hold up or lose a change. `liveness.Heartbeat` notices an API server that does
+not answer, kicks the watches, and wakes them when it answers again.
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from extauth import crds, manifests
 from extauth.manifests import Origin
 from extauth.resources import AuthConfig, Secret
 from extauth.snapshot import (
+    KUBERNETES_PREFIX,
     ApiKey,
     Change,
     Definition,
@@ -50,8 +50,11 @@ from extauth.snapshot import (
     Removal,
     removal_of,
 )
+from extauth.sources import bounds, liveness, statuses
+from extauth.sources.statuses import StatusWriter
 from extauth.sources.watching import (
     DEFAULT_PAGE_SIZE,
+    DEFAULT_REQUEST_TIMEOUT,
     GROUP,
     PLURAL,
     VERSION,
@@ -70,9 +73,6 @@ from extauth.sources.watching import (
 
 log = logging.getLogger(__name__)
 
-# A condition message is bounded by the API (32 KiB); a reason this long is unreadable.
-_MESSAGE_LIMIT = 4096
-
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
@@ -87,8 +87,8 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def _origin(kind: Kind, owner: Owner) -> Origin:
-    return Origin(f"kubernetes:{kind}/{owner[0]}/{owner[1]}", 0, 0)
+def _origin(kind: Kind, owner: Owner, rank: int = 0) -> Origin:
+    return Origin(f"{KUBERNETES_PREFIX}{kind}/{owner[0]}/{owner[1]}", 0, rank)
 
 
 def _path(definition: Definition) -> str:
@@ -131,19 +131,26 @@ Emit = Callable[[Change, bool], None]  # (change, whether it ends a complete lis
 
 
 class Translator:
-    """One watcher's events as Changes, and AuthConfig status written back."""
+    """One watcher's events as Changes; AuthConfig status handed to a `StatusWriter`.
+
+    Every object is handled alone: whatever one object holds or raises, the next event is
+    taken, and its change is published before its status is even queued.
+    """
 
     def __init__(
         self,
         kind: Kind,
         emit: Emit,
-        custom: client.CustomObjectsApi | None,
+        status: StatusWriter | None,
+        *,
+        max_secret_bytes: int = bounds.DEFAULT_MAX_SECRET_BYTES,
+        rejected: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.kind = kind
         self._emit = emit
-        self._custom = custom  # None: write no status
-        # Model fields the installed CRD prunes (see check_crd), said in every status.
-        self.pruned: list[str] = []
+        self._status = status  # None: write no status
+        self._max_secret_bytes = max_secret_bytes
+        self._rejected = rejected  # counts a rejection, by reason
         self.known: dict[Owner, _Known] = {}
         self._listing = 0
         self._seen: set[Owner] = set()
@@ -153,6 +160,16 @@ class Translator:
 
     def take(self, event: Event) -> None:
         if isinstance(event, Upserted):
+            metadata = event.object.get("metadata") or {}
+            if metadata.get("deletionTimestamp"):
+                # Terminating (a finalizer pending): deleted as far as keys go. In a list
+                # it is not "seen", so the Listed that ends the list removes it too.
+                change = self._forget(owner_of(event.object))
+                if event.listing:
+                    self._pending.add(change)
+                elif not change.empty:
+                    self._emit(change, False)
+                return
             if event.listing:
                 if event.listing != self._listing:
                     self._listing, self._seen = event.listing, set()
@@ -163,17 +180,27 @@ class Translator:
                 if not change.empty:
                     self._emit(change, False)
         elif isinstance(event, Deleted):
-            gone = self.known.pop(owner_of(event.object), None)
-            if gone is not None and gone.definition is not None:
-                self._emit(Change(removed=(removal_of(gone.definition),)), False)
+            change = self._forget(owner_of(event.object))
+            if not change.empty:
+                self._emit(change, False)
         elif isinstance(event, Listed):
             self._listed(event)
+
+    def _forget(self, owner: Owner) -> Change:
+        if self._status is not None:
+            self._status.forget(owner)
+        gone = self.known.pop(owner, None)
+        if gone is not None and gone.definition is not None:
+            return Change(removed=(removal_of(gone.definition),))
+        return Change()
 
     def _listed(self, event: Listed) -> None:
         seen = self._seen if event.listing == self._listing else set()
         removed: list[Removal] = []
         for owner in sorted(set(self.known) - seen):
             gone = self.known.pop(owner)
+            if self._status is not None:
+                self._status.forget(owner)
             if gone.definition is not None:
                 removed.append(removal_of(gone.definition))
         self._pending.add(Change(removed=tuple(removed)))
@@ -186,10 +213,16 @@ class Translator:
     # -- one object ------------------------------------------------------------------------
 
     def _accept(self, item: RawObject) -> Change:
-        """What changes for the policy with this version of the object."""
+        """What changes for the policy with this version of the object.
+
+        The object is recorded as known only together with the change it makes, and the
+        status is queued after both: a failure anywhere cannot leave a version marked
+        "seen" whose change was never published.
+        """
         owner = owner_of(item)
         uid, resource_version = key_of(item)
-        generation = (item.get("metadata") or {}).get("generation")
+        metadata = item.get("metadata") or {}
+        generation = metadata.get("generation")
         known = self.known.get(owner)
         same_object = known is not None and known.uid == uid
         if known is not None and same_object:
@@ -200,27 +233,33 @@ class Translator:
                 and generation is not None
                 and known.generation == generation
             ):
-                # Status or metadata only: the spec is unchanged. Write the status only
-                # if no one has written it for this generation yet (a write of ours
-                # refused as a conflict, say).
+                # The same object (uid) at the same generation: status or metadata
+                # only, the spec is unchanged. Write the status only if no one has
+                # written it for this generation yet (a write refused as a conflict).
                 known.resource_version = resource_version
-                self._set_status(item, owner, generation, known.problem, only_if_behind=True)
+                self._submit(item, owner, generation, known.problem, only_if_behind=True)
                 return Change()
         definition: Definition | None = None
-        problem: str | None = None
-        try:
-            if self.kind == "Secret":
-                definition = ApiKey.from_secret(
-                    Secret.model_validate(item), _origin(self.kind, owner)
-                )
-            else:
-                definition = PlacedAuthConfig(
-                    AuthConfig.model_validate(item), _origin(self.kind, owner)
-                )
-        except ValidationError as exc:
-            problem = "; ".join(manifests.error_messages(exc))
-        except (ValueError, TypeError) as exc:  # a Secret entry that is not UTF-8 text, ...
-            problem = str(exc)
+        problem = bounds.problem(self.kind, dict_of(item), self._max_secret_bytes)
+        reason = "limit"
+        if problem is None:
+            reason = "invalid"
+            try:
+                if self.kind == "Secret":
+                    definition = ApiKey.from_secret(
+                        Secret.model_validate(item),
+                        _origin(self.kind, owner, kubernetes_rank(item)),
+                    )
+                else:
+                    definition = PlacedAuthConfig(
+                        AuthConfig.model_validate(item), _origin(self.kind, owner)
+                    )
+            except ValidationError as exc:
+                problem = "; ".join(manifests.error_messages(exc))
+            except (ValueError, TypeError) as exc:  # a Secret entry that is not UTF-8, ...
+                problem = str(exc)
+            except RecursionError:
+                problem = "it is nested too deep to read"
         # A broken version keeps the last good one of the same object, never that of an
         # object deleted meanwhile under the same name.
         previous = known.definition if known is not None and same_object else None
@@ -232,19 +271,20 @@ class Translator:
             problem,
         )
         if problem is not None:
+            self._rejected(reason)
             keeping = "keeping its last good version" if previous else "not loaded"
             log.error(
                 "kubernetes: %s %s rejected (%s): %s", self.kind, "/".join(owner), keeping, problem
             )
         if self.kind == "AuthConfig":
-            self._set_status(item, owner, generation, problem)
+            self._submit(item, owner, generation, problem)
         if definition is not None:
             return Change((definition,))
         if known is not None and not same_object and known.definition is not None:
             return Change(removed=(removal_of(known.definition),))
         return Change()
 
-    def _set_status(
+    def _submit(
         self,
         item: RawObject,
         owner: Owner,
@@ -253,98 +293,55 @@ class Translator:
         *,
         only_if_behind: bool = False,
     ) -> None:
-        if self._custom is None:
+        if self._status is None:
             return
-        current: dict[str, Any] = dict(item.get("status") or {})
-        if only_if_behind and current.get("observedGeneration") == generation:
-            return
-        status = status_for(generation, problem, current, self.pruned)
-        if status is None:
-            return  # already right: replicas converge without writing
-        resource_version = (item.get("metadata") or {}).get("resourceVersion", "")
+        current = item.get("status")
         try:
-            self._custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                owner[0],
-                PLURAL,
-                owner[1],
-                # The resourceVersion makes the write conditional: if the object changed
-                # since (a newer spec, another replica's status), 409, and the event for
-                # that change decides again.
-                {"metadata": {"resourceVersion": resource_version}, "status": status},
-                _content_type="application/merge-patch+json",
-                _request_timeout=10,
+            self._status.submit(
+                owner,
+                str((item.get("metadata") or {}).get("resourceVersion", "")),
+                generation,
+                problem,
+                dict(current) if isinstance(current, dict) else {},
+                only_if_behind=only_if_behind,
             )
-        except ApiException as exc:
-            if exc.status == 409:
-                log.debug("kubernetes: status of AuthConfig %s: changed meanwhile", owner)
-                return
+        except Exception as exc:  # an odd status someone wrote: never the change's concern
             log.warning(
-                "kubernetes: cannot write status of AuthConfig %s: %s",
+                "kubernetes: status of AuthConfig %s not queued (%s)",
                 "/".join(owner),
-                describe(exc),
+                type(exc).__name__,
             )
 
 
-def status_for(
-    generation: Any,
-    problem: str | None,
-    current: dict[str, Any],
-    pruned: Sequence[str] = (),
-) -> dict[str, Any] | None:
-    """The status to write, or None when `current` already says it.
+def dict_of(item: RawObject) -> dict[str, Any]:
+    return cast(dict[str, Any], item)
 
-    A condition's lastTransitionTime is kept while its status holds, so two replicas
-    computing the same status write the same bytes, and a second write is skipped.
-    `pruned`: model fields the installed CRD would drop, said in the reason (visible with
-    any CRD, `kubectl get -o wide`) and in a `SchemaCurrent` condition.
+
+_UNKNOWN_TIME = 1 << 40  # after any real creationTimestamp
+
+
+def kubernetes_rank(item: RawObject) -> int:
+    """Which of two Secrets holding the same key wins, on every replica and after every
+    restart: the older (creationTimestamp, which the API server sets and no client can
+    change), then the lower uid. Never the namespace or the name, which a tenant picks.
+
+    One integer, (seconds << 128) | uid, kept in the origin's `document` (always 0 for a
+    Kubernetes object otherwise), so ranking costs no field per key.
     """
-    accepted = problem is None
-    outdated = (
-        f"the installed AuthConfig CRD prunes {', '.join(pruned)}: settings there are lost "
-        "before extauth sees them; apply deploy/kubernetes/base/crd.yaml"
-        if pruned
-        else ""
-    )
-    reason = (problem or outdated)[:_MESSAGE_LIMIT]
-    conditions: list[dict[str, Any]] = [
-        {
-            "type": "Accepted",
-            "status": "True" if accepted else "False",
-            "reason": "Accepted" if accepted else "Rejected",
-            "message": reason or "loaded: every configs entry is in force",
-            "observedGeneration": generation,
-        },
-        {
-            "type": "SchemaCurrent",
-            "status": "False" if pruned else "True",
-            "reason": "CRDOutdated" if pruned else "CRDCurrent",
-            "message": outdated[:_MESSAGE_LIMIT]
-            or "the installed CRD declares every field extauth reads",
-            "observedGeneration": generation,
-        },
-    ]
-    wanted: dict[str, Any] = {
-        "state": "Accepted" if accepted else "Rejected",
-        "reason": reason,
-        "observedGeneration": generation,
-    }
-    old_conditions = current.get("conditions")
-    old: dict[str, dict[str, Any]] = {}
-    if isinstance(old_conditions, list):
-        old = {str(c.get("type")): c for c in old_conditions if isinstance(c, dict)}
-    same = all(
-        all(old.get(c["type"], {}).get(k) == v for k, v in c.items()) for c in conditions
-    ) and all(current.get(k) == v for k, v in wanted.items())
-    if same and len(old) == len(conditions):
-        return None
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    for condition in conditions:
-        previous = old.get(condition["type"], {})
-        kept = previous.get("status") == condition["status"] and previous.get("lastTransitionTime")
-        condition["lastTransitionTime"] = kept or now
-    return {**wanted, "conditions": conditions}
+    metadata = item.get("metadata") or {}
+    try:
+        created = datetime.fromisoformat(str(metadata.get("creationTimestamp")))
+        seconds = int(created.timestamp()) if created.tzinfo else _UNKNOWN_TIME
+    except ValueError:
+        seconds = _UNKNOWN_TIME
+    uid = str(metadata.get("uid", ""))
+    try:
+        number = int(uid.replace("-", ""), 16) if len(uid) == 36 else -1
+    except ValueError:
+        number = -1
+    if number < 0:  # not a UUID (no real API server sends that): ordered all the same
+        number = int.from_bytes(uid.encode()[:16], "big")
+    return (max(seconds, 0) << 128) | number
 
 
 def check_crd(api: client.ApiClient) -> list[str] | None:
@@ -394,6 +391,11 @@ class KubernetesSource:
         write_status: bool = True,
         watch_timeout: int = 300,
         page_size: int = DEFAULT_PAGE_SIZE,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        heartbeat: float = liveness.DEFAULT_INTERVAL,
+        max_secret_bytes: int = bounds.DEFAULT_MAX_SECRET_BYTES,
+        status_rate: float = statuses.DEFAULT_RATE,
+        status_timeout: float = statuses.DEFAULT_TIMEOUT,
     ) -> None:
         listed = list(namespaces or ())
         self.namespaces: list[str | None] = list(listed) if listed else [None]
@@ -401,10 +403,21 @@ class KubernetesSource:
         self._write_status = write_status
         self._watch_timeout = watch_timeout
         self._page_size = page_size
+        self._request_timeout = request_timeout
+        self._max_secret_bytes = max_secret_bytes
+        self._status_rate = status_rate
+        self._status_timeout = status_timeout
         self.watchers: list[Watcher] = []
         self.translators: list[Translator] = []
+        self.status: StatusWriter | None = None
+        self.heartbeat = liveness.Heartbeat(
+            self._probe, interval=heartbeat, on_lost=self._lost, on_back=self._back
+        )
+        self._api: client.ApiClient | None = None
         # Model fields the installed CRD prunes; None until read (or if it cannot be).
         self.pruned: list[str] | None = None
+        self._rejected: Counter | None = None
+        self._status_writes: Counter | None = None
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         gauge = Gauge(
@@ -413,18 +426,96 @@ class KubernetesSource:
             registry=registry,
         )
         gauge.set_function(lambda: -1 if self.pruned is None else len(self.pruned))
+        up = Gauge(
+            "extauth_kube_api_up",
+            "1 while the Kubernetes API server answers the heartbeat, 0 once it has not.",
+            registry=registry,
+        )
+        up.set_function(lambda: 1 if self.heartbeat.up else 0)
+        silent = Gauge(
+            "extauth_kube_api_silent_seconds",
+            "Seconds since the API server last answered, while it does not (else 0).",
+            registry=registry,
+        )
+        silent.set_function(self.heartbeat.silent_for)
+        backlog = Gauge(
+            "extauth_kube_status_backlog",
+            "AuthConfig status writes waiting (new, or to be retried).",
+            registry=registry,
+        )
+        backlog.set_function(lambda: self.status.backlog if self.status else 0)
+        self._rejected = Counter(
+            "extauth_kube_objects_rejected",
+            "Kubernetes objects rejected, by kind and reason (limit: too deep or too "
+            "large, refused unread; invalid: refused by the models).",
+            ["kind", "reason"],
+            registry=registry,
+        )
+        self._status_writes = Counter(
+            "extauth_kube_status_writes",
+            "AuthConfig status writes, by result (written, conflict, gone, failed).",
+            ["result"],
+            registry=registry,
+        )
+
+    def problems(self) -> list[str]:
+        """What /readyz reports beside its verdict."""
+        found = self.heartbeat.describe()
+        return [found] if found else []
 
     @property
     def relists(self) -> int:
         """Relists after the initial one (410 Gone): for tests and metrics."""
         return sum(t.relists for t in self.translators)
 
+    def _probe(self, deadline: float) -> None:
+        """A list of one AuthConfig, read from etcd: the API server and its storage answer."""
+        assert self._api is not None
+        custom = client.CustomObjectsApi(self._api)
+        options: dict[str, Any] = {
+            "limit": 1,
+            "_preload_content": False,
+            "_request_timeout": (deadline, deadline),
+        }
+        namespace = self.namespaces[0]
+        if namespace:
+            custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **options)
+        else:
+            custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
+
+    def _lost(self) -> None:
+        for watcher in self.watchers:
+            watcher.kick()
+
+    def _back(self) -> None:
+        for watcher in self.watchers:
+            watcher.wake()
+        if self.status is not None:
+            self.status.retry_now()
+
+    def _count_rejected(self, kind: Kind) -> Callable[[str], None]:
+        def count(reason: str) -> None:
+            if self._rejected is not None:
+                self._rejected.labels(kind, reason).inc()
+
+        return count
+
+    def _count_status(self, result: str) -> None:
+        if self._status_writes is not None:
+            self._status_writes.labels(result).inc()
+
     async def changes(self) -> AsyncGenerator[Change, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, Change, bool]] = asyncio.Queue()
         stop = threading.Event()
-        api = load_api_client(self._kubeconfig)
-        custom = client.CustomObjectsApi(api) if self._write_status else None
+        api = self._api = load_api_client(self._kubeconfig)
+        if self._write_status:
+            self.status = StatusWriter(
+                client.CustomObjectsApi(api),
+                rate=self._status_rate,
+                timeout=self._status_timeout,
+                count=self._count_status,
+            )
 
         def emitter(index: int) -> Emit:
             def emit(change: Change, listed: bool) -> None:
@@ -441,16 +532,24 @@ class KubernetesSource:
                 stop,
                 watch_timeout=self._watch_timeout,
                 page_size=self._page_size,
+                request_timeout=self._request_timeout,
             )
             for kind, namespace in pairs
         ]
         self.translators = [
-            Translator(kind, emitter(index), custom) for index, (kind, _) in enumerate(pairs)
+            Translator(
+                kind,
+                emitter(index),
+                self.status,
+                max_secret_bytes=self._max_secret_bytes,
+                rejected=self._count_rejected(kind),
+            )
+            for index, (kind, _) in enumerate(pairs)
         ]
         # Before the first list, so the first status written already says it.
         self.pruned = await asyncio.to_thread(check_crd, api)
-        for translator in self.translators:
-            translator.pruned = self.pruned or []
+        if self.status is not None:
+            self.status.pruned = self.pruned or []
 
         def pump(watcher: Watcher, translator: Translator) -> Callable[[], None]:
             def run() -> None:
@@ -472,6 +571,10 @@ class KubernetesSource:
             run_in_thread(f"watch-{w.kind}-{w.namespace}", pump(w, t))
             for w, t in zip(self.watchers, self.translators, strict=True)
         ]
+        threads.append(run_in_thread("kube-heartbeat", lambda: self.heartbeat.run(stop)))
+        if self.status is not None:
+            writer = self.status
+            threads.append(run_in_thread("kube-status", lambda: writer.run(stop)))
         try:
             # The initial state: everything until every watcher has listed once.
             initial = Folded()
@@ -486,6 +589,8 @@ class KubernetesSource:
                 yield (await queue.get())[1]
         finally:
             stop.set()
+            if self.status is not None:
+                self.status.wake()
             for watcher in self.watchers:
                 watcher.close()
             deadline = time.monotonic() + 2

@@ -21,13 +21,20 @@ list as parsed JSON would be several hundred megabytes, one page is well under o
 list that outlives etcd's snapshot (its continue token expires: 410) is retried at once,
 and after a second expiry done in one request, as client-go's pager does.
 Errors (API server restarts, network) back off exponentially up to 30 s and resume from the
-last resourceVersion seen (events and bookmarks).
+last resourceVersion seen (events and bookmarks); `wake()` (the API server answers again,
+`liveness.Heartbeat` says) cuts a backoff short, so a healthy server is never waited for.
+Pages and events are decoded with `bounds.loads`: no depth of nesting makes decoding fail
+(and so a watch retry the same object forever).
+
+No request waits long for an answer that is not coming: the answer's head must come within
+`request_timeout`; a watch then waits for events as long as it lasts. A hung API server
+sends nothing on a quiet watch, which is legitimate silence too: the heartbeat tells the
+two apart and `kick()`s the watch, which resumes on a new connection.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -39,6 +46,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from extauth.resources import APIKEY_SECRET_TYPE
+from extauth.sources import bounds
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,15 @@ Kind = Literal["Secret", "AuthConfig"]
 # What each kind is when a list or an event does not say (the models check the rest).
 API_VERSIONS: dict[Kind, str] = {"Secret": "v1", "AuthConfig": f"{GROUP}/{VERSION}"}
 DEFAULT_PAGE_SIZE = 500
+DEFAULT_REQUEST_TIMEOUT = 5.0
+# A list page streams for as long as the API server needs; each read may wait this long.
+_LIST_READ_TIMEOUT = 30.0
+# Pages are asked for by item count, but a Secret may weigh up to ~1.5 MB: the first page
+# is small, and later ones grow (up to `page_size`) while they weigh little, shrinking
+# when they weigh more than this. A page is held about three times over while decoded.
+PAGE_BYTES = 8 * 1024 * 1024
+FIRST_PAGE = 50
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 
 
 class RawMeta(TypedDict, total=False):
@@ -180,6 +197,7 @@ class Watcher:
         *,
         watch_timeout: int,
         page_size: int = DEFAULT_PAGE_SIZE,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         self.kind = kind
         self.namespace = namespace
@@ -188,6 +206,8 @@ class Watcher:
         self._stop = stop
         self._watch_timeout = watch_timeout
         self._page_size = page_size
+        self._request_timeout = request_timeout
+        self._wake = threading.Event()
         self._response: Any = None
         self.lists = 0  # complete lists
         self._attempts = 0  # lists begun
@@ -200,13 +220,13 @@ class Watcher:
     def events(self) -> Generator[Event, None, None]:
         """Until stopped: a list, then watch events; a relist after 410 Gone; retries."""
         resource_version: str | None = None
-        backoff = 0.5
+        backoff = BACKOFF_FIRST
         while not self._stop.is_set():
             try:
                 if resource_version is None:
                     resource_version = yield from self._list()
                 resource_version = yield from self._watch(resource_version)
-                backoff = 0.5
+                backoff = BACKOFF_FIRST
             except Gone:
                 log.info(
                     "kubernetes: %s: resourceVersion expired (410 Gone); relisting", self.where
@@ -230,15 +250,29 @@ class Watcher:
                 log.warning(
                     "kubernetes: %s: %s; retrying in %.1fs", self.where, describe(exc), backoff
                 )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                if self._wake.wait(backoff):
+                    # The API server answers again: no reason to wait any longer.
+                    self._wake.clear()
+                    backoff = BACKOFF_FIRST
+                else:
+                    backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def close(self) -> None:
-        """Unblock a watch that is waiting for events (called on shutdown)."""
+    def kick(self) -> None:
+        """End the watch in progress (the heartbeat lost the API server): the loop
+        resumes from the last resourceVersion on a new connection."""
         response = self._response
         if response is not None:
             with contextlib.suppress(Exception):
                 response.shutdown()
+
+    def wake(self) -> None:
+        """The API server answers again: cut a backoff short."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """Unblock a watch that is waiting for events (called on shutdown)."""
+        self._wake.set()
+        self.kick()
 
     def _call(self, **kwargs: Any) -> Any:
         options = {"_preload_content": False, **kwargs}
@@ -261,20 +295,25 @@ class Watcher:
         self._attempts += 1
         listing = self._attempts
         paged = self._expired < 2
+        limit = min(self._page_size, FIRST_PAGE)
         while True:
-            kwargs: dict[str, Any] = {"_request_timeout": 60 if paged else 300}
+            # Unpaged (after two expired continue tokens), the whole list is one answer.
+            read_timeout = _LIST_READ_TIMEOUT if paged else 10 * _LIST_READ_TIMEOUT
+            kwargs: dict[str, Any] = {"_request_timeout": (self._request_timeout, read_timeout)}
             if paged:
-                kwargs["limit"] = self._page_size
+                kwargs["limit"] = limit
             if token:
                 kwargs["_continue"] = token
             try:
-                response = self._call(**kwargs)
+                data = self._call(**kwargs).data
             except ApiException as exc:
                 if exc.status == 410 and token:
                     raise ListExpired from None
                 raise
-            page = cast(RawList, json.loads(response.data))
-            del response
+            if paged:
+                limit = next_page_size(limit, len(data), self._page_size)
+            page = cast(RawList, bounds.loads(data))
+            del data
             items = typed_items(page, self.kind)
             metadata = page.get("metadata") or {}
             resource_version = str(metadata.get("resourceVersion", resource_version))
@@ -301,15 +340,21 @@ class Watcher:
             resource_version=resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=self._watch_timeout,
-            _request_timeout=(10, self._watch_timeout + 15),
+            # The head of the answer comes at once from a live server; then events, or
+            # silence, for up to the watch's own timeout.
+            _request_timeout=(self._request_timeout, self._request_timeout),
         )
         self._response = response
+        connection = getattr(response, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(self._watch_timeout + 15)
         api_version, kind = API_VERSIONS[self.kind], self.kind
         try:
             for line in _lines(response):
                 if self._stop.is_set():
                     break
-                event = cast(RawWatchEvent, json.loads(line))
+                event = cast(RawWatchEvent, bounds.loads(line))
                 kind_of_event, item = event.get("type"), event.get("object") or {}
                 if kind_of_event == "ERROR":
                     status = cast(RawStatus, item)
@@ -329,6 +374,15 @@ class Watcher:
             with contextlib.suppress(Exception):
                 response.release_conn()
         return resource_version
+
+
+def next_page_size(limit: int, weight: int, most: int) -> int:
+    """How many items to ask for next, after a page of `limit` items took `weight` bytes."""
+    if weight > PAGE_BYTES:
+        return max(1, limit * PAGE_BYTES // weight)
+    if weight < PAGE_BYTES // 4:
+        return min(most, limit * 4)
+    return min(most, limit)
 
 
 def _lines(response: Any) -> Iterator[str]:

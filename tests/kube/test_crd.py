@@ -30,6 +30,7 @@ EXAMPLES: list[dict[str, Any]] = [
                     "headerName": "x-api-key",
                     "mode": "Optional",
                     "requireHashedKeys": True,
+                    "allNamespaces": True,
                     "forwardCredential": False,
                     "clientIdHeader": "x-client-id",
                     "k8sSecretApikeyStorage": {

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from extauth.sources.kubernetes import status_for
+from extauth.sources.statuses import status_for
 from tests import harness
 from tests.harness import wait_until
 from tests.kube.conftest import GROUP, PLURAL, VERSION, Cluster
