@@ -259,9 +259,12 @@ def test_validate_and_serve_never_print_a_misplaced_key(tmp_path: Path) -> None:
     (config / "good.yaml").write_text(
         secret("good", "key-good") + "---\n" + authconfig("c", "apiKeySecretRefs: [{name: good}]")
     )
+    # This one killed serve with SIGSEGV at every start (libyaml's composer).
+    (config / "deep.yaml").write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
     validated = _cli("validate", str(config))
     assert validated.returncode == 1
     assert validated.stdout.count("bad-") == len(MISPLACED)
+    assert f"{config}/deep.yaml:1: document 1: nested more than 64" in validated.stdout
     assert KEY not in validated.stdout + validated.stderr
 
     server = harness.Extauth(config, tmp_path / "serve.log")
@@ -279,6 +282,7 @@ def test_validate_and_serve_never_print_a_misplaced_key(tmp_path: Path) -> None:
     assert "Traceback" not in log
     for index in range(len(MISPLACED)):
         assert f"rejected {config}/bad-{index:02d}.yaml (not loaded)" in log
+    assert f"rejected {config}/deep.yaml (not loaded)" in log
     assert re.search(r"loaded .*good\.yaml", log)
 
 
