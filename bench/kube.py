@@ -78,22 +78,32 @@ class Api:
             self._connections.clear()
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        connection = getattr(self._local, "connection", None)
+        payload = json.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        for attempt in (1, 2):
+            connection = self._connection(fresh=attempt == 2)
+            try:
+                connection.request(method, path, payload, headers)
+                response = connection.getresponse()
+                data = response.read()
+            except (http.client.RemoteDisconnected, ConnectionError):
+                if attempt == 2:
+                    raise
+                continue  # an idle keep-alive connection the server closed: once more
+            return response.status, json.loads(data) if data else None
+        raise AssertionError("unreachable")
+
+    def _connection(self, *, fresh: bool) -> http.client.HTTPSConnection:
+        connection: http.client.HTTPSConnection | None = getattr(self._local, "connection", None)
+        if connection is not None and fresh:
+            connection.close()
+            connection = None
         if connection is None:
             connection = http.client.HTTPSConnection(self.host, self.port, context=self.context)
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
-        payload = json.dumps(body) if body is not None else None
-        connection.request(
-            method,
-            path,
-            payload,
-            {"Content-Type": "application/json", "Accept": "application/json"},
-        )
-        response = connection.getresponse()
-        data = response.read()
-        return response.status, json.loads(data) if data else None
+        return connection
 
 
 def secret(i: int) -> dict[str, Any]:
@@ -235,7 +245,11 @@ def run(
         results["rss_ready_mb"] = round(rss_kb(pid) / 1024, 1)
         results["rss_peak_mb"] = round(rss_kb(pid, "VmHWM") / 1024, 1)
         results["keys_when_ready"] = int(metric(http_port, "extauth_api_keys"))
-        print(f"ready after {results['ready_seconds']} s", flush=True)
+        print(
+            f"ready after {results['ready_seconds']} s, RSS {results['rss_ready_mb']} MB, "
+            f"{results['keys_when_ready']:,} keys",
+            flush=True,
+        )
 
         with grpc.insecure_channel(extauth.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)

@@ -364,7 +364,7 @@ def _declared(root: dict[str, Any], path: str) -> dict[str, Any] | None:
             schema = schema.get("items")
         elif segment == "{}":
             schema = schema.get("additionalProperties")
-        elif segment in (schema.get("properties") or {}):
+        elif isinstance(schema.get("properties"), dict) and segment in schema["properties"]:
             schema = schema["properties"][segment]
         elif schema.get("x-kubernetes-preserve-unknown-fields") or isinstance(
             schema.get("additionalProperties"), dict

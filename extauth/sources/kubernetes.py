@@ -361,13 +361,14 @@ def check_crd(api: client.ApiClient) -> list[str] | None:
             log.error("kubernetes: the installed AuthConfig CRD does not serve %s", VERSION)
             return None
         root = served.get("schema", {}).get("openAPIV3Schema", {})
+        # Inside the try: a schema of an unexpected shape must not stop extauth.
+        pruned = crds.pruned_by(root)
     except Exception as exc:
         log.warning(
             "kubernetes: cannot read the AuthConfig CRD to check that it is current (%s)",
             describe(exc),
         )
         return None
-    pruned = crds.pruned_by(root)
     if pruned:
         log.error(
             "kubernetes: the installed AuthConfig CRD is outdated: it prunes %s; AuthConfigs "

@@ -5,6 +5,8 @@ settings included), and each cross-field rule refuses a bad object with its mess
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -223,3 +225,26 @@ def test_each_rule_refuses_with_its_message(cluster: Cluster, namespace: str, ca
     with pytest.raises(ValueError, match=r".") as model:
         AuthConfig.model_validate(_body("refused", spec))
     assert model.value is not None
+
+
+def test_kubectl_explain_describes_the_fields(cluster: Cluster) -> None:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed")
+    explained = subprocess.run(
+        [
+            "kubectl",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "explain",
+            "authconfig.spec.configs.apiKeyAuth.requireHashedKeys",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert explained.returncode == 0, explained.stderr
+    assert "<no description>" not in explained.stdout
+    words = " ".join(explained.stdout.split())  # kubectl wraps descriptions
+    assert "never the key itself, so a leaked Secret leaks no usable key" in words
