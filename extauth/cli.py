@@ -523,7 +523,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             print("extauth serve: --workers needs a fixed --grpc-address port", file=sys.stderr)
             return 2
         return workers.run_workers(settings, args.workers, _serve_one)
-    return _serve_one(settings)
+    if args.grpc_address.endswith(":0"):
+        return _serve_one(settings)
+    try:
+        # The same claim on the port as a --workers unit takes, held until exit.
+        with workers.port_lock(args.grpc_address):
+            return _serve_one(settings)
+    except workers.PortTaken as exc:
+        log.error("cannot listen on %s: %s", args.grpc_address, exc)
+        return 2
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

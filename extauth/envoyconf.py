@@ -492,12 +492,13 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
             grpc_service={
                 "envoy_grpc": {"cluster_name": "extauth"},
                 # A Check that could not reach an endpoint (refused, reset, draining)
-                # is tried again on another one, inside the same timeout.
+                # is tried again on another one, inside the same timeout. Envoy makes
+                # max_interval each try's timeout too: 0.25 s, half the Check's time.
                 "retry_policy": {
                     "retry_on": "5xx,connect-failure,refused-stream,reset,"
                     "unavailable,cancelled,internal",
                     "num_retries": 3,
-                    "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.05s"},
+                    "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
                     "retry_host_predicate": [
                         {
                             "name": "envoy.retry_host_predicates.previous_hosts",

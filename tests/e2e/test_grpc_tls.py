@@ -112,6 +112,17 @@ def test_envoy_with_its_client_certificate_gets_decisions(link: Link) -> None:
     with harness.echo_upstream() as upstream:
         envoy, listen = _envoy(link, "good", link.certs_dir, upstream)
         try:
+            # Envoy's grpc.health.v1 checks go over the same mutual TLS.
+            wait_until(
+                lambda: (
+                    True
+                    if b"cluster.extauth.health_check.healthy: 1"
+                    in request(envoy.admin_port, "/stats?filter=health_check.healthy").body
+                    else None
+                ),
+                10,
+                "Envoy's health check of extauth to pass",
+            )
             allowed = request(listen, "/v1/chat/completions", VALID)
             denied = request(listen, "/v1/chat/completions", {"vanity-auth": "wrong"})
         finally:

@@ -86,3 +86,28 @@ def test_a_second_unit_refuses_the_port_the_first_serves(tmp_path: Path) -> None
         third.wait_ready()
     finally:
         assert third.stop() == 0
+
+
+@pytest.mark.parametrize("first_workers", ["1", "2"])
+def test_a_single_process_and_a_workers_unit_refuse_each_others_port(
+    tmp_path: Path, first_workers: str
+) -> None:
+    second_workers = "2" if first_workers == "1" else "1"
+    first = harness.Extauth(
+        ROOT / "authconfigs", tmp_path / "first.log", "--workers", first_workers
+    )
+    try:
+        first.wait_ready()
+        second = harness.Extauth(
+            ROOT / "authconfigs",
+            tmp_path / "second.log",
+            "--workers",
+            second_workers,
+            port=first.port,
+        )
+        assert second.proc.wait(20) == 2
+        second.stop()
+        assert "already served by another extauth unit" in second.log()
+        assert harness.grpc_serving(first.address)
+    finally:
+        assert first.stop() == 0
