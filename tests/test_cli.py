@@ -282,6 +282,10 @@ def test_a_dead_worker_stops_the_others(tmp_path: Path) -> None:
         (["--namespace", "Bad_NS"], "'Bad_NS' is not a valid namespace"),
         (["--shutdown-grace", "-5"], "--shutdown-grace: must be at least 0"),
         (["--workers", "1000"], "--workers: must be at most 64 (got 1000)"),
+        (["--kube-heartbeat", "0"], "--kube-heartbeat: must be at least 0.2 (got 0)"),
+        (["--kube-request-timeout", "-1"], "--kube-request-timeout: must be at least 0.2"),
+        (["--kube-max-secret-bytes", "10"], "--kube-max-secret-bytes: must be at least 256"),
+        (["--kube-status-rate", "0"], "--kube-status-rate: must be at least 0.1 (got 0)"),
     ],
 )
 def test_serve_refuses_out_of_range_flags(args: list[str], message: str) -> None:

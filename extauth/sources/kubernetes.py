@@ -534,6 +534,7 @@ class KubernetesSource:
                 watch_timeout=self._watch_timeout,
                 page_size=self._page_size,
                 request_timeout=self._request_timeout,
+                on_error=self.heartbeat.check_soon,
             )
             for kind, namespace in pairs
         ]
@@ -590,6 +591,7 @@ class KubernetesSource:
                 yield (await queue.get())[1]
         finally:
             stop.set()
+            self.heartbeat.check_soon()
             if self.status is not None:
                 self.status.wake()
             for watcher in self.watchers:

@@ -9,6 +9,11 @@ and `/readyz` says so; the watches are kicked, so they resume on fresh connectio
 cluster with several API servers, most likely on a healthy one). While lost it asks twice
 a second; the first answer marks it back and wakes every watch out of its backoff, so
 what changed meanwhile applies within a second or two of the API server answering.
+
+A watch that fails asks at once (`check_soon`) rather than at the next beat: an outage
+shorter than the interval is then noticed too, and ends with the watches woken, whatever
+their backoff has grown to. If that question is answered, the failure was the watch's
+own (a 403, a 410): the API server is not marked lost and the watch backs off as usual.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class Heartbeat:
         self.up = True
         self.last_answer = time.monotonic()
         self.lost_count = 0  # times the API server was lost
+        self._soon = threading.Event()
 
     def silent_for(self) -> float:
         """Seconds since the API server last answered (0 while it answers)."""
@@ -57,9 +63,17 @@ class Heartbeat:
             "serving the last state it sent (changes since are not applied yet)"
         )
 
+    def check_soon(self) -> None:
+        """Ask now (a watch failed), not at the next beat; also ends `run` once stopped."""
+        self._soon.set()
+
     def run(self, stop: threading.Event) -> None:
         self.last_answer = time.monotonic()  # the source has just read the CRD
-        while not stop.wait(self.interval if self.up else _LOST_INTERVAL):
+        while not stop.is_set():
+            self._soon.wait(self.interval if self.up else _LOST_INTERVAL)
+            self._soon.clear()
+            if stop.is_set():
+                return
             self.beat()
 
     def beat(self) -> None:

@@ -198,6 +198,7 @@ class Watcher:
         watch_timeout: int,
         page_size: int = DEFAULT_PAGE_SIZE,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        on_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.kind = kind
         self.namespace = namespace
@@ -207,6 +208,7 @@ class Watcher:
         self._watch_timeout = watch_timeout
         self._page_size = page_size
         self._request_timeout = request_timeout
+        self._on_error = on_error  # the heartbeat's check_soon
         self._wake = threading.Event()
         self._response: Any = None
         self.lists = 0  # complete lists
@@ -250,6 +252,7 @@ class Watcher:
                 log.warning(
                     "kubernetes: %s: %s; retrying in %.1fs", self.where, describe(exc), backoff
                 )
+                self._on_error()
                 if self._wake.wait(backoff):
                     # The API server answers again: no reason to wait any longer.
                     self._wake.clear()

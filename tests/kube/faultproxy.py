@@ -29,6 +29,7 @@ class FaultProxy:
         self._refusing = False
         self._delay = 0.0
         self._sockets: set[socket.socket] = set()
+        self._dropped: set[socket.socket] = set()
         self._closed = False
         self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
@@ -61,11 +62,14 @@ class FaultProxy:
     def drop(self) -> None:
         with self._moving:
             sockets = list(self._sockets)
+            self._dropped.update(sockets)
         for sock in sockets:
             with contextlib.suppress(OSError):
-                # SO_LINGER 0: close with a reset, as a crashed peer's kernel does.
+                # SO_LINGER 0: closed with a reset, as a crashed peer's kernel does. A
+                # close alone would not wake the pump blocked reading it (Linux); a
+                # read-side shutdown does, and sends nothing.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()
+                sock.shutdown(socket.SHUT_RD)
 
     def close(self) -> None:
         self._closed = True
@@ -117,9 +121,16 @@ class FaultProxy:
         except OSError:
             pass
         finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
             with self._moving:
                 self._sockets.discard(source)
+                reset = source in self._dropped or sink in self._dropped
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    if reset:
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                        sock.close()
+                    else:
+                        sock.shutdown(socket.SHUT_RDWR)
             source.close()  # each socket is the source of one pump: closed once

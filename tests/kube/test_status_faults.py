@@ -159,4 +159,40 @@ def test_status_writes_that_hang_or_reset_lose_no_change(pipeline: Pipeline) -> 
         "the status to catch up once writes get through",
     )
     assert status["state"] == "Accepted"
-    assert "written" in pipeline.results
+    # Counted once the PATCH has returned, a moment after the server applied it.
+    wait_until(lambda: True if "written" in pipeline.results else None, 10, "a counted write")
+
+
+def test_recreated_under_its_name_takes_its_new_spec_after_a_relist(cluster: Cluster) -> None:
+    """Deleted and recreated while the watch was down (a 410 relist sees only the new
+    object): the same name and generation 1 again, another uid. The relist publishes the
+    new spec; generation alone would have kept the old one."""
+    namespace = f"recreate-{uuid.uuid4().hex[:6]}"
+    cluster.core.create_namespace({"metadata": {"name": namespace}})
+    ours = Cluster(cluster.kubeconfig, cluster.api, namespace, cluster.kubelite)
+
+    def create(selector: dict[str, str]) -> None:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "AuthConfig",
+            "metadata": {"name": "team"},
+            "spec": _spec(selector),
+        }
+        ours.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    create({"tier": "wide"})
+    changes: list[Change] = []
+    translator = Translator("AuthConfig", lambda change, _: changes.append(change), None)
+    watcher = Watcher(cluster.api, "AuthConfig", namespace, threading.Event(), watch_timeout=1)
+    for event in watcher._list():
+        translator.take(event)
+    ours.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "team")
+    create({"tier": "narrow"})
+    assert ours.get_authconfig("team")["metadata"]["generation"] == 1
+    for event in watcher._list():
+        translator.take(event)
+    (first, relisted) = changes
+    (new,) = relisted.upserted
+    assert isinstance(new, PlacedAuthConfig)
+    assert new.config.spec.configs[0].api_key_auth.selectors() == [{"tier": "narrow"}]
+    assert first.upserted[0] is not new
