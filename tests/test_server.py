@@ -13,7 +13,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2
 
 from extauth import decide, memory
-from extauth.server import AuthorizationService, Server, Settings
+from extauth.server import WARN_LIMIT, AuthorizationService, Server, Settings
 from extauth.wire import ext_authz_pb2 as pb
 from tests.builders import authconfig, secret
 
@@ -208,3 +208,21 @@ def test_a_secret_no_authconfig_admits_is_reported_while_serving(
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("policy: Secret ns/stray (")
     assert "key-stray" not in caplog.text
+
+
+def test_unknown_config_ids_are_logged_a_bounded_number_of_times(
+    config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A route without config_id (no --default-config) first, then many unknown ids: the
+    # first few are logged once each, then one line says the rest are not.
+    async def scenario(server: Server, stub: external_auth_pb2_grpc.AuthorizationStub) -> None:
+        await stub.Check(check_request({}, config_id=""))
+        for i in range(3 * WARN_LIMIT):
+            await stub.Check(check_request({}, config_id=f"ns.unknown-{i}"))
+
+    with caplog.at_level("WARNING", logger="extauth.server"):
+        run_with_server(config_dir, scenario)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "extauth.server"]
+    assert sum("is not loaded" in w for w in warnings) == WARN_LIMIT - 1
+    assert sum("not logging more" in w for w in warnings) == 1
+    assert sum("no config_id" in w for w in warnings) == 1
