@@ -161,6 +161,29 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_sources(parser: argparse.ArgumentParser, verb: str) -> None:
+    """Where resources come from, for `serve` (which watches) and `inspect` (which reads)."""
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"{verb} this directory of Secret and AuthConfig YAML",
+    )
+    parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help=f"{verb} Secrets and AuthConfigs in a cluster (in-cluster config or KUBECONFIG)",
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        type=_namespace,
+        metavar="NS",
+        help=f"with --kubernetes: {verb} only this namespace (repeatable; default: all)",
+    )
+    parser.add_argument("--kubeconfig", metavar="PATH", help="with --kubernetes: kubeconfig file")
+
+
 def _limits(args: argparse.Namespace) -> Limits:
     return Limits(args.max_file_bytes, args.max_documents, args.max_depth)
 
@@ -194,24 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"({ENV_PREFIX}CONFIG_DIR, {ENV_PREFIX}GRPC_ADDRESS, ...; flags take true/false, "
         f"{ENV_PREFIX}NAMESPACE a comma-separated list); the command line wins.",
     )
-    run.add_argument(
-        "--config-dir",
-        type=Path,
-        help="directory of Secret and AuthConfig YAML (watched)",
-    )
-    run.add_argument(
-        "--kubernetes",
-        action="store_true",
-        help="watch Secrets and AuthConfigs in a cluster (in-cluster config or KUBECONFIG)",
-    )
-    run.add_argument(
-        "--namespace",
-        action="append",
-        type=_namespace,
-        metavar="NS",
-        help="with --kubernetes: watch only this namespace (repeatable; default: all)",
-    )
-    run.add_argument("--kubeconfig", metavar="PATH", help="with --kubernetes: kubeconfig file")
+    _add_sources(run, "watch")
     run.add_argument(
         "--kube-watch-timeout",
         type=_bounded(int, 1, 3600),
@@ -312,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--shutdown-delay",
-        type=float,
+        type=_bounded(float, 0, 600),
         default=0.0,
         metavar="SECONDS",
         help="on SIGTERM, report NOT_SERVING but keep answering this long before closing "
@@ -411,20 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         formatter_class=_Formatter,
     )
-    look.add_argument("--config-dir", type=Path, help="a directory of Secret and AuthConfig YAML")
-    look.add_argument(
-        "--kubernetes",
-        action="store_true",
-        help="read Secrets and AuthConfigs from a cluster (in-cluster config or KUBECONFIG)",
-    )
-    look.add_argument(
-        "--namespace",
-        action="append",
-        type=_namespace,
-        metavar="NS",
-        help="with --kubernetes: only this namespace (repeatable; default: all)",
-    )
-    look.add_argument("--kubeconfig", metavar="PATH", help="with --kubernetes: kubeconfig file")
+    _add_sources(look, "read")
     look.add_argument("--output", choices=["text", "json"], default="text", help="report format")
     look.add_argument(
         "--limit",
