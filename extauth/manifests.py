@@ -46,6 +46,12 @@ _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Upper bound on nodes in one document once aliases are expanded: a real manifest has a
 # few hundred; a "billion laughs" document has billions.
 MAX_EXPANDED_NODES = 1_000_000
+# Upper bound on nodes written in one document, counted before it is composed. Composing
+# holds the GIL for the whole document (libyaml's composer is C) and costs about 500
+# bytes per node: a 4 MB flat list of two million scalars took 25 s and 1 GB, and a file
+# at --max-file-bytes would have taken the process down. 50,000 nodes compose in a few
+# tenths of a second; an AuthConfig naming 10,000 Secrets by ref fits.
+MAX_DOCUMENT_NODES = 50_000
 # --max-depth may not go above this: deeper, libyaml's composer and PyYAML's merge-key
 # handling recurse too far (the composer in C, where that is a crash).
 MAX_DEPTH_CEILING = 1_000
@@ -190,46 +196,68 @@ def _parse_text(text: str, path: str, limits: Limits) -> FileResult:
         too_deep = _prescan(text, path, limits)
         if too_deep is not None:
             return FileResult((), (too_deep,))
-        nodes = list(yaml.compose_all(text, Loader=_Loader))
+        loaded: list[Loaded] = []
+        problems: list[Problem] = []
+        ignored: list[str] = []
+        # One document composed at a time: a file's node trees are never all held at once.
+        for index, node in enumerate(yaml.compose_all(text, Loader=_Loader), start=1):
+            _load_one(node, index, path, limits, loaded, problems, ignored)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
         reason = getattr(exc, "problem", None) or "invalid YAML"
         return FileResult((), (Problem(path, line, f"YAML syntax error: {reason}"),))
-
-    loaded: list[Loaded] = []
-    problems: list[Problem] = []
-    ignored: list[str] = []
-    for index, node in enumerate(nodes, start=1):
-        if node is None or _is_null(node):
-            continue
-        origin = Origin(path, node.start_mark.line + 1, index)
-        try:
-            result = _load_document(node, origin, limits)
-        except Exception as exc:  # one document's failure, whatever it is, is its own
-            reason = f"document {index}: {failure(exc)}"
-            result = [Problem(path, origin.line, reason)]
-        if isinstance(result, Loaded):
-            loaded.append(result)
-        elif isinstance(result, str):
-            ignored.append(result)
-        else:
-            problems.extend(_withheld(result, node, index))
     return FileResult(tuple(loaded), tuple(problems), tuple(ignored))
+
+
+def _load_one(
+    node: yaml.Node | None,
+    index: int,
+    path: str,
+    limits: Limits,
+    loaded: list[Loaded],
+    problems: list[Problem],
+    ignored: list[str],
+) -> None:
+    if node is None or _is_null(node):
+        return
+    origin = Origin(path, node.start_mark.line + 1, index)
+    try:
+        result = _load_document(node, origin, limits)
+    except Exception as exc:  # one document's failure, whatever it is, is its own
+        reason = f"document {index}: {failure(exc)}"
+        result = [Problem(path, origin.line, reason)]
+    if isinstance(result, Loaded):
+        loaded.append(result)
+    elif isinstance(result, str):
+        ignored.append(result)
+    else:
+        problems.extend(_withheld(result, node, index))
 
 
 _COLLECTION_STARTS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _COLLECTION_ENDS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+_NODES = (*_COLLECTION_STARTS, yaml.ScalarEvent, yaml.AliasEvent)
 
 
 def _prescan(text: str, path: str, limits: Limits) -> Problem | None:
-    """Refuse too many documents or too deep a nesting, from the event stream (libyaml's
-    parser keeps its own stack: it does not recurse), before anything is composed."""
+    """Refuse too many documents, too deep a nesting or too many nodes in one document,
+    from the event stream (libyaml's parser keeps its own stack: it does not recurse),
+    before anything is composed."""
     parser = _Loader(text)
-    depth = documents = 0
+    depth = documents = nodes = 0
     try:
         while parser.check_event():
             event = parser.get_event()  # type: ignore[no-untyped-call]
+            if isinstance(event, _NODES):
+                nodes += 1
+                if nodes > MAX_DOCUMENT_NODES:
+                    return Problem(
+                        path,
+                        _line(event.start_mark),
+                        f"document {documents}: more than {MAX_DOCUMENT_NODES} YAML nodes "
+                        "(values, lists and mappings); split it",
+                    )
             if isinstance(event, _COLLECTION_STARTS):
                 depth += 1
                 if depth > limits.max_depth:
@@ -243,6 +271,7 @@ def _prescan(text: str, path: str, limits: Limits) -> Problem | None:
                 depth -= 1
             elif isinstance(event, yaml.DocumentStartEvent):
                 documents += 1
+                nodes = 0
                 if documents > limits.max_documents:
                     return Problem(
                         path,
