@@ -273,3 +273,34 @@ def test_the_first_path_wins_a_conflict_whatever_came_first_and_after_a_restart(
         assert not allowed(restarted.address, "key-z")
     finally:
         assert restarted.stop() == 0
+
+
+def test_a_revocation_does_not_wait_for_thousands_of_files_landing_at_once(
+    tmp_path: Path,
+) -> None:
+    """Each changed file is read in a worker thread; the directory listing that finds
+    removals ran on the same thread pool, so it queued behind every pending read: with
+    20,000 files landing at once, a deleted Secret stayed valid for seconds."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "cfg.yaml").write_text(CONFIG)
+    victim = config / "victim.yaml"
+    victim.write_text(labelled("victim", "victim-key"))
+    server = harness.Extauth(config, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        assert allowed(server.address, "victim-key")
+        staged = []
+        for i in range(3000):
+            hidden = config / f".t{i}.yaml"
+            hidden.write_text(labelled(f"t{i}", f"key-{i}"))
+            staged.append(hidden)
+        for hidden in staged:
+            hidden.rename(config / hidden.name[1:])
+        time.sleep(0.3)  # the watcher has seen them and queued their reads
+        victim.unlink()
+        becomes(server.address, "victim-key", False, timeout=1)
+        becomes(server.address, "key-2999", True, timeout=60)
+        assert server.proc.poll() is None
+    finally:
+        assert server.stop() == 0

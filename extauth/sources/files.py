@@ -30,6 +30,7 @@ else by the general loader.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -319,6 +320,10 @@ class FileSource:
         """
         wake = asyncio.Event()
         watch = _Watch(self._resync_seconds, wake, self._use_inotify)
+        # The listing that finds removals has a thread of its own: on the pool that reads
+        # files, it would wait behind every pending read (thousands of files landing at
+        # once held a revocation for seconds).
+        lister = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="extauth-listing")
         reads: dict[Path, tuple[Signature, asyncio.Task[_Outcome]]] = {}
         waiter: asyncio.Future[Any] | None = None
         try:
@@ -340,7 +345,7 @@ class FileSource:
                 await asyncio.sleep(0.02)  # let a burst of events arrive together
                 wake.clear()
                 watch.drain()
-                change = await self._step(watch, reads)
+                change = await self._step(watch, reads, lister)
                 if change is not None and not change.empty:
                     yield change
         finally:
@@ -349,13 +354,17 @@ class FileSource:
             for _, task in reads.values():
                 task.cancel()
             watch.close()
+            lister.shutdown(wait=False)
 
     async def _step(
-        self, watch: _Watch, reads: dict[Path, tuple[Signature, asyncio.Task[_Outcome]]]
+        self,
+        watch: _Watch,
+        reads: dict[Path, tuple[Signature, asyncio.Task[_Outcome]]],
+        lister: concurrent.futures.Executor,
     ) -> Change | None:
         """One rescan: removals now, the reads that finished, new reads started."""
         try:
-            listing = await asyncio.to_thread(self._list)
+            listing = await asyncio.get_running_loop().run_in_executor(lister, self._list)
         except ConfigDirError as exc:
             if not self._missing:
                 log.error("config: %s; keeping the last good state", exc)
