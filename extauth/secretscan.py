@@ -58,9 +58,10 @@ _SINGLE = r"'([ -&(-~]*)'"  # printable ASCII without "'": no '' to decode
 _VALUE = rf"(?:({_PLAIN})|{_DOUBLE}|{_SINGLE})"
 _KEY = r"([A-Za-z0-9_./-]+)"
 
-# Blank lines and whole-line comments. YAML also ends a line at NEL, LS and PS (and CR,
-# which reading the file already turned into LF): a comment must not hide one.
-_COMMENT = r"#[^\n\r\x85\u2028\u2029]*"
+# Blank lines and whole-line comments. YAML also ends a line at NEL, LS and PS (and CR):
+# a comment must not hide one. YAML refuses control characters (and U+FFFE, U+FFFF)
+# everywhere, comments included: a comment holds only what it allows.
+_COMMENT = r"#[\t\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*"
 _GAP = re.compile(rf"(?:(?:{_COMMENT})?\n)*+")
 # One Secret with what precedes it: a gap, its `---` (which only the first may lack), a gap.
 # The gaps are possessive (`*+`): a gap is never followed by a line it could have taken,

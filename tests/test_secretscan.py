@@ -245,3 +245,16 @@ def test_other_layouts_are_left_to_the_general_loader() -> None:
     assert _general(flow) is not None
     config = yaml.safe_dump({"apiVersion": "extauth.solo.io/v1", "kind": "AuthConfig"})
     assert secretscan.scan(config, PATH) is None
+
+
+def test_a_comment_holding_a_character_yaml_refuses_is_left_to_the_general_loader() -> None:
+    """YAML refuses control characters (and U+FFFE, U+FFFF) anywhere in a file, comments
+    included; the fast path took any character in a comment, so a NUL in a comment line
+    made a file that the general loader (and kubectl) refuse load all the same."""
+    good = "apiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
+    good += "metadata:\n  name: a\nstringData:\n  api-key: key-a\n"
+    assert secretscan.scan("# fine\t\u00e9\u2027\ufffd\U0001f600\n" + good, PATH) is not None
+    for refused in ("\x00", "\x01", "\x08", "\x0b", "\x1b", "\x7f", "\x9f", "\ufffe", "\uffff"):
+        text = f"# a{refused}b\n---\n" + good
+        assert not manifests.parse_text(text, PATH).ok, repr(refused)
+        assert secretscan.scan(text, PATH) is None, repr(refused)
