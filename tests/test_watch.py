@@ -8,6 +8,7 @@ user.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -302,5 +303,30 @@ def test_a_revocation_does_not_wait_for_thousands_of_files_landing_at_once(
         becomes(server.address, "victim-key", False, timeout=1)
         becomes(server.address, "key-2999", True, timeout=60)
         assert server.proc.poll() is None
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_file_written_in_place_is_not_applied_when_touched_mid_write(tmp_path: Path) -> None:
+    """inotify's IN_ATTRIB (chmod, touch, chown) says nothing about the writer being done;
+    it cleared the 'being written' mark like IN_CLOSE_WRITE, so a half-written file that
+    was touched mid-write was applied."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "cfg.yaml").write_text(CONFIG)
+    server = harness.Extauth(config, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        with (config / "team.yaml").open("w") as handle:
+            handle.write(labelled("b", "key-b") + "---\n")  # valid alone: must not apply
+            handle.flush()
+            time.sleep(0.3)
+            (config / "team.yaml").chmod(0o640)
+            os.utime(config / "team.yaml")
+            time.sleep(1.5)
+            assert not allowed(server.address, "key-b")
+            handle.write(labelled("c", "key-c"))
+        becomes(server.address, "key-b", True, timeout=2)
+        assert allowed(server.address, "key-c")
     finally:
         assert server.stop() == 0

@@ -465,6 +465,8 @@ class _Watch:
         path = directory / event.name
         if event.mask & inotify.IN_MODIFY:
             self._writing.add(path)
+        elif event.mask & inotify.IN_ATTRIB:
+            pass  # chmod, touch, chown: says nothing about whether a writer is done
         else:
             # Closed after writing, renamed in or out, created anew, deleted.
             self._writing.discard(path)
