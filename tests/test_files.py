@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -467,3 +468,27 @@ def test_a_slow_read_holds_up_no_removal_and_no_other_file(
         await changes.close()
 
     asyncio.run(run())
+
+
+def test_a_fifo_renamed_over_a_file_after_the_listing_does_not_block_its_read(
+    tmp_path: Path,
+) -> None:
+    """The listing saw a regular file; by the time it is read, a FIFO has been renamed
+    over it. The check for an unopenable file opened it blocking: the worker thread
+    waited for a writer forever, that path was never read again (its read never
+    finished), and SIGTERM hung on the stuck thread."""
+    fifo = tmp_path / "x.yaml"
+    os.mkfifo(fifo)
+    outcome: list[object] = []
+    reader = threading.Thread(
+        target=lambda: outcome.append(FileSource(tmp_path)._read(fifo, True)), daemon=True
+    )
+    reader.start()
+    reader.join(10)
+    try:
+        assert not reader.is_alive(), "the read is blocked opening the FIFO"
+        assert outcome == [files._Outcome(None)]
+    finally:
+        if reader.is_alive():  # release it: a writer opening the FIFO lets its open return
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(10)

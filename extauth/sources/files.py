@@ -400,9 +400,11 @@ class FileSource:
 
 
 def _unopenable(path: Path) -> str | None:
-    """Why the file cannot be opened, if it cannot (it then keeps its last good state)."""
+    """Why the file cannot be opened, if it cannot (it then keeps its last good state).
+    Non-blocking: a FIFO renamed over the file since the listing must not hold the
+    thread until a writer comes (reading it then says it is not a regular file)."""
     try:
-        os.close(os.open(path, os.O_RDONLY))
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     except FileNotFoundError:
         return None  # gone: the next listing says so
     except OSError as exc:
