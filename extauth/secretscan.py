@@ -34,7 +34,7 @@ import re
 
 from yaml.resolver import Resolver
 
-from extauth.manifests import DEFAULT_LIMITS, Limits, Origin
+from extauth.manifests import DEFAULT_LIMITS, MAX_DOCUMENT_NODES, Limits, Origin
 from extauth.resources import (
     API_KEY_ENTRY,
     EXPIRES_AT_ENTRY,
@@ -147,6 +147,13 @@ def _documents(text: str, path: str, max_documents: int) -> list[ApiKey]:
 
 def _key(match: re.Match[str], path: str, line: int, document: int) -> ApiKey:
     name, namespace, labels_block, kind, entries_block = match.group(3, 4, 5, 6, 7)
+    # The document's YAML nodes, which the general loader caps: 13, 2 for a namespace,
+    # 2 and 2 per label for labels, 2 per entry.
+    nodes = 13 + 2 * (namespace is not None) + 2 * entries_block.count("\n")
+    if labels_block:
+        nodes += 2 + 2 * labels_block.count("\n")
+    if nodes > MAX_DOCUMENT_NODES:
+        raise _NotCanonical  # the general loader refuses it, with the message
     namespace = namespace or "default"
     labels = _labels(labels_block) if labels_block else _NO_LABELS
     if _resolves(name) or not _namespace_ok(namespace):

@@ -258,3 +258,23 @@ def test_a_comment_holding_a_character_yaml_refuses_is_left_to_the_general_loade
         text = f"# a{refused}b\n---\n" + good
         assert not manifests.parse_text(text, PATH).ok, repr(refused)
         assert secretscan.scan(text, PATH) is None, repr(refused)
+
+
+def test_a_secret_over_the_node_limit_is_left_to_the_general_loader() -> None:
+    """The general loader refuses a document of more than MAX_DOCUMENT_NODES YAML nodes
+    before composing it; the fast path must not accept such a Secret (thousands of
+    labels) that the general loader refuses."""
+    head = "apiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\nmetadata:\n  name: a\n"
+    # 13 nodes, 2 per label (and 2 for `labels:`), 2 per entry.
+    over = (manifests.MAX_DOCUMENT_NODES - 17) // 2 + 1
+    for count, fits in ((over - 1, True), (over, False)):
+        labels = "".join(f"    l{i}: v\n" for i in range(count))
+        text = f"{head}  labels:\n{labels}stringData:\n  api-key: key-a\n"
+        general = manifests.parse_text(text, PATH)
+        assert general.ok is fits
+        fast = secretscan.scan(text, PATH)
+        assert (fast is not None) is fits
+        if fast is not None:
+            assert [key_fields(k) for k in fast] == [
+                key_fields(k) for k in definitions(general.resources)
+            ]
