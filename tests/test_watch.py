@@ -330,3 +330,39 @@ def test_a_file_written_in_place_is_not_applied_when_touched_mid_write(tmp_path:
         assert allowed(server.address, "key-c")
     finally:
         assert server.stop() == 0
+
+
+def test_a_config_dir_symlink_retargeted_is_watched_where_it_now_leads(tmp_path: Path) -> None:
+    """`--config-dir current`, with `current` a symlink swapped from one release to the
+    next (a common deploy). inotify watches the directory the path led to when the
+    watch was added; the path did not change, so the watch stayed on the old release:
+    in the new one, a half-written file counted as complete (no IN_MODIFY seen) and a
+    deletion waited for the next resync."""
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    for release in (v1, v2):
+        release.mkdir()
+        (release / "cfg.yaml").write_text(CONFIG)
+    (v1 / "a.yaml").write_text(labelled("a", "key-a"))
+    (v2 / "b.yaml").write_text(labelled("b", "key-b"))
+    current = tmp_path / "current"
+    current.symlink_to(v1)
+    server = harness.Extauth(current, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        assert allowed(server.address, "key-a")
+        (tmp_path / "next").symlink_to(v2)
+        (tmp_path / "next").replace(current)
+        becomes(server.address, "key-b", True, timeout=5)
+        assert not allowed(server.address, "key-a")
+        time.sleep(2.5)  # past the period in which a newly watched directory is not trusted
+        with (v2 / "team.yaml").open("w") as handle:
+            handle.write(labelled("c", "key-c") + "---\n")  # valid alone: must not apply
+            handle.flush()
+            time.sleep(3)
+            assert not allowed(server.address, "key-c")
+            handle.write(labelled("d", "key-d"))
+        becomes(server.address, "key-c", True, timeout=2)
+        (v2 / "b.yaml").unlink()
+        becomes(server.address, "key-b", False, timeout=1)
+    finally:
+        assert server.stop() == 0

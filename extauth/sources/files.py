@@ -427,6 +427,8 @@ class _Watch:
         self._directories: dict[Path, int] = {}
         self._paths: dict[int, Path] = {}
         self._since: dict[Path, float] = {}  # when each directory's watch began
+        # The directory each path led to when its watch was added (device, inode).
+        self._identity: dict[Path, tuple[int, int]] = {}
         self._writing: set[Path] = set()
         self._distrust_until = 0.0
         self._complete = True  # every directory has a watch
@@ -480,10 +482,23 @@ class _Watch:
         if self._inotify is None:
             return
         wanted = set(directories)
-        for gone in self._directories.keys() - wanted:
+        identities: dict[Path, tuple[int, int] | None] = {}
+        for directory in wanted:
+            try:
+                found = directory.stat()
+                identities[directory] = (found.st_dev, found.st_ino)
+            except OSError:
+                identities[directory] = None
+        # A watch follows the directory it was added on, not the path: a path that now
+        # leads elsewhere (a symlink retargeted, a directory renamed over) is watched anew.
+        moved = {
+            d for d in wanted & self._directories.keys() if identities[d] != self._identity.get(d)
+        }
+        for gone in (self._directories.keys() - wanted) | moved:
             wd = self._directories.pop(gone)
             self._paths.pop(wd, None)
             self._since.pop(gone, None)
+            self._identity.pop(gone, None)
             self._inotify.remove(wd)
         complete = True
         for directory in wanted - self._directories.keys():
@@ -496,7 +511,11 @@ class _Watch:
                 continue
             self._directories[directory] = wd
             self._paths[wd] = directory
-            self._since[directory] = -float("inf") if trusted else time.monotonic()
+            identity = identities[directory]
+            if identity is not None:
+                self._identity[directory] = identity
+            trust = trusted and directory not in moved
+            self._since[directory] = -float("inf") if trust else time.monotonic()
         self._complete = complete
 
     def forget(self, present: Iterable[Path]) -> None:
