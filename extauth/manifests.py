@@ -23,6 +23,7 @@ from __future__ import annotations
 import binascii
 import functools
 import os
+import re
 import stat
 import traceback
 from collections.abc import Iterator, Sequence
@@ -507,6 +508,9 @@ def _withheld(problems: list[Problem], root: yaml.Node, document: int) -> list[P
 
 
 _HELD_MIN = 4
+# What separates a name from a value when the space after a colon is forgotten: never
+# part of a valid Secret entry name.
+_SWALLOWED = re.compile(r"[:=\s]+")
 
 
 def _held_values(root: yaml.Node) -> set[str]:
@@ -530,6 +534,14 @@ def _held_values(root: yaml.Node) -> set[str]:
         for entry, held_node in value.value:
             if not isinstance(entry, yaml.ScalarNode):
                 below.append(entry)
+            elif _SWALLOWED.search(entry.value):
+                # `{api-key:KEY}` (no space after the colon) is one entry named
+                # `api-key:KEY`: a name no Secret can have, holding what was meant as
+                # its value. The name and each part of it are held.
+                parts = [entry.value, *_SWALLOWED.split(entry.value)]
+                held.update(parts)
+                if key.value == "data":
+                    held.update(decoded for part in parts for decoded in _decoded(part))
             if not isinstance(held_node, yaml.ScalarNode) or held_node.tag != _STR_TAG:
                 below.append(held_node)
             elif entry.value in KEY_ENTRIES:

@@ -259,6 +259,26 @@ def test_secret_problems_never_quote_values(
         assert secret_value not in message
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        "{api-key:dGVhbTEta2V5}",  # the space after the colon forgotten: one name, no value
+        "{api-key=dGVhbTEta2V5}",
+        "{api-key dGVhbTEta2V5}",
+        "{x-org: ZGV2ZWxvcGVycw==, api-key:dGVhbTEta2V5: x}",
+    ],
+)
+def test_an_entry_name_that_swallowed_its_value_is_never_quoted(data: str) -> None:
+    """A forgotten space after `api-key:` in a flow mapping makes the key part of the
+    entry's name, which messages show (as kubectl describe does): the key was in the
+    log and in validate's output. A name holding ':', '=' or whitespace (never a valid
+    entry name) is held like a value."""
+    text = SECRET.replace("data: {api-key: dGVhbTEta2V5, x-org: ZGV2ZWxvcGVycw==}", f"data: {data}")
+    message = only_problem(text)
+    assert message.startswith("f.yaml:5: document 1: refused (the reason is withheld")
+    assert "dGVhbTEta2V5" not in message
+
+
 def test_alias_bomb_is_refused_quickly() -> None:
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for level in range(1, 9):
