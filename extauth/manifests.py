@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from extauth.resources import (
     APIKEY_SECRET_TYPE,
     AUTHCONFIG_API_VERSION,
+    EXPIRES_AT_ENTRY,
     KEY_ENTRIES,
     AuthConfig,
     Secret,
@@ -511,6 +512,7 @@ _HELD_MIN = 4
 # What separates a name from a value when the space after a colon is forgotten: never
 # part of a valid Secret entry name.
 _SWALLOWED = re.compile(r"[:=\s]+")
+_SPECIAL_ENTRIES = frozenset((*KEY_ENTRIES, EXPIRES_AT_ENTRY))
 
 
 def _held_values(root: yaml.Node) -> set[str]:
@@ -534,10 +536,13 @@ def _held_values(root: yaml.Node) -> set[str]:
         for entry, held_node in value.value:
             if not isinstance(entry, yaml.ScalarNode):
                 below.append(entry)
-            elif _SWALLOWED.search(entry.value):
+            elif _SWALLOWED.search(entry.value) or (
+                _is_null(held_node) and entry.value not in _SPECIAL_ENTRIES
+            ):
                 # `{api-key:KEY}` (no space after the colon) is one entry named
                 # `api-key:KEY`: a name no Secret can have, holding what was meant as
-                # its value. The name and each part of it are held.
+                # its value; in `{api-key, KEY}`, KEY is an entry without a value. The
+                # name and each part of it are held.
                 parts = [entry.value, *_SWALLOWED.split(entry.value)]
                 held.update(parts)
                 if key.value == "data":

@@ -279,6 +279,20 @@ def test_an_entry_name_that_swallowed_its_value_is_never_quoted(data: str) -> No
     assert "dGVhbTEta2V5" not in message
 
 
+def test_an_entry_without_a_value_is_never_quoted() -> None:
+    """`{api-key, KEY}`: a comma for a colon makes the key an entry name without a value."""
+    text = SECRET.replace("{api-key: dGVhbTEta2V5, x-org", "{api-key, dGVhbTEta2V5, x-org")
+    result = parse(text)
+    assert not result.ok
+    assert result.problems
+    for problem in result.problems:
+        assert "dGVhbTEta2V5" not in str(problem)
+        assert "team1-key" not in str(problem)
+    # A known entry left without a value is named, as before.
+    missing = only_problem(SECRET.replace("x-org: ZGV2ZWxvcGVycw==", "api-key-hash: ~"))
+    assert "data.api-key-hash: Input should be a valid string" in missing
+
+
 def test_alias_bomb_is_refused_quickly() -> None:
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for level in range(1, 9):
