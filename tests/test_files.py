@@ -492,3 +492,33 @@ def test_a_fifo_renamed_over_a_file_after_the_listing_does_not_block_its_read(
         if reader.is_alive():  # release it: a writer opening the FIFO lets its open return
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
             reader.join(10)
+
+
+def test_a_symlinked_file_being_written_through_its_target_waits_until_stable(
+    tmp_path: Path,
+) -> None:
+    """inotify reports writes under the name written to: a file linked from the config
+    directory (`team.yaml -> /srv/keys/team.yaml`) written in place at its target gives
+    the watched directory no IN_MODIFY, and the half-written file counted as complete.
+    A symlinked file is vouched for by time (an unchanged signature), not by events."""
+
+    async def run() -> None:
+        config, outside = tmp_path / "config", tmp_path / "outside"
+        config.mkdir()
+        outside.mkdir()
+        link = config / "team.yaml"
+        link.symlink_to(outside / "team.yaml")
+        watch = files._Watch(0.3, asyncio.Event(), enabled=True)
+        watch.follow([config], trusted=True)
+        with (outside / "team.yaml").open("w") as handle:
+            handle.write("half")
+            handle.flush()
+            await asyncio.sleep(0.05)
+            watch.drain()
+            found = walk(config).files[link]
+            assert not watch.ready(link, found)
+            await asyncio.sleep(0.35)
+            assert watch.ready(link, found)  # unchanged for a full period
+        watch.close()
+
+    asyncio.run(run())

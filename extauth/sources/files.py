@@ -534,6 +534,9 @@ class _Watch:
             and now >= self._distrust_until
             and since is not None
             and now - since >= self._period
+            # A symlinked file is written under its target's name, which may be in
+            # no watched directory: its events say nothing here.
+            and not path.is_symlink()
         ):
             self._stable.pop(path, None)
             return path not in self._writing
