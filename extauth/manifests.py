@@ -204,6 +204,10 @@ def _parse_text(text: str, path: str, limits: Limits) -> FileResult:
         # One document composed at a time: a file's node trees are never all held at once.
         for index, node in enumerate(yaml.compose_all(text, Loader=_Loader), start=1):
             _load_one(node, index, path, limits, loaded, problems, ignored)
+    except yaml.reader.ReaderError as exc:
+        # No mark: the position is in the UTF-8 bytes libyaml was given.
+        line = text.encode("utf-8", "surrogatepass")[: exc.position].count(b"\n") + 1
+        return FileResult((), (Problem(path, line, f"YAML syntax error: {exc.reason}"),))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1

@@ -353,3 +353,14 @@ def test_a_document_of_millions_of_nodes_is_refused_before_it_is_composed(
     # Just under the limit: composed and read (here: not a resource).
     under = "[" + ",".join(["a"] * (manifests.MAX_DOCUMENT_NODES - 1)) + "]\n"
     assert "expected a mapping" in only_problem(under)
+
+
+def test_a_control_character_is_reported_on_its_line_by_name() -> None:
+    """libyaml's reader error has no mark: the message said 'line 1: invalid YAML'
+    wherever the NUL was. Its position (in UTF-8 bytes) gives the line."""
+    assert only_problem("a: é\nb: 2\nc: x\x00y\n") == (
+        "f.yaml:3: YAML syntax error: control characters are not allowed"
+    )
+    assert only_problem("# \u00e9\u00e9\n---\n" + SECRET + "# \x1b[2J\n").startswith(
+        "f.yaml:8: YAML syntax error: control characters are not allowed"
+    )
