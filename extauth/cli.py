@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import logging
 import os
@@ -459,6 +460,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         stream=sys.stderr,
     )
     logging.getLogger("urllib3").setLevel(logging.ERROR)
+    # A file name need not be UTF-8 (it reaches Python as lone surrogates): printed
+    # escaped, as stderr already does, never a UnicodeEncodeError in place of the report.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     if args.command == "validate":
         return validate(args.paths, _limits(args), args.output)
     if args.command == "keys":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import binascii
 import functools
 import os
+import re
 import stat
 import traceback
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,7 @@ from pydantic import ValidationError
 from extauth.resources import (
     APIKEY_SECRET_TYPE,
     AUTHCONFIG_API_VERSION,
+    EXPIRES_AT_ENTRY,
     KEY_ENTRIES,
     AuthConfig,
     Secret,
@@ -46,6 +48,12 @@ _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Upper bound on nodes in one document once aliases are expanded: a real manifest has a
 # few hundred; a "billion laughs" document has billions.
 MAX_EXPANDED_NODES = 1_000_000
+# Upper bound on nodes written in one document, counted before it is composed. Composing
+# holds the GIL for the whole document (libyaml's composer is C) and costs about 500
+# bytes per node: a 4 MB flat list of two million scalars took 25 s and 1 GB, and a file
+# at --max-file-bytes would have taken the process down. 50,000 nodes compose in a few
+# tenths of a second; an AuthConfig naming 10,000 Secrets by ref fits.
+MAX_DOCUMENT_NODES = 50_000
 # --max-depth may not go above this: deeper, libyaml's composer and PyYAML's merge-key
 # handling recurse too far (the composer in C, where that is a crash).
 MAX_DEPTH_CEILING = 1_000
@@ -190,32 +198,49 @@ def _parse_text(text: str, path: str, limits: Limits) -> FileResult:
         too_deep = _prescan(text, path, limits)
         if too_deep is not None:
             return FileResult((), (too_deep,))
-        nodes = list(yaml.compose_all(text, Loader=_Loader))
+        loaded: list[Loaded] = []
+        problems: list[Problem] = []
+        ignored: list[str] = []
+        # One document composed at a time: a file's node trees are never all held at once.
+        for index, document in enumerate(yaml.compose_all(text, Loader=_Loader), start=1):
+            if document is None or _is_null(document):
+                continue
+            for node, here in _resources(document, index):
+                _load_one(node, index, here, path, limits, (loaded, problems, ignored))
+    except yaml.reader.ReaderError as exc:
+        # No mark: the position is in the UTF-8 bytes libyaml was given.
+        line = text.encode("utf-8", "surrogatepass")[: exc.position].count(b"\n") + 1
+        return FileResult((), (Problem(path, line, f"YAML syntax error: {exc.reason}"),))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
         reason = getattr(exc, "problem", None) or "invalid YAML"
         return FileResult((), (Problem(path, line, f"YAML syntax error: {reason}"),))
-
-    loaded: list[Loaded] = []
-    problems: list[Problem] = []
-    ignored: list[str] = []
-    for index, document in enumerate(nodes, start=1):
-        if document is None or _is_null(document):
-            continue
-        for node, here in _resources(document, index):
-            origin = Origin(path, node.start_mark.line + 1, index)
-            try:
-                result = _load_document(node, origin, limits, here)
-            except Exception as exc:  # one document's failure, whatever it is, is its own
-                result = [Problem(path, origin.line, f"{here}: {failure(exc)}")]
-            if isinstance(result, Loaded):
-                loaded.append(result)
-            elif isinstance(result, str):
-                ignored.append(result)
-            else:
-                problems.extend(_withheld(result, node, here))
     return FileResult(tuple(loaded), tuple(problems), tuple(ignored))
+
+
+def _load_one(
+    node: yaml.Node,
+    index: int,
+    here: str,
+    path: str,
+    limits: Limits,
+    into: tuple[list[Loaded], list[Problem], list[str]],
+) -> None:
+    """One resource of document `index` (named `here` in messages), into what it adds to:
+    the loaded, the problems, the ignored."""
+    loaded, problems, ignored = into
+    origin = Origin(path, node.start_mark.line + 1, index)
+    try:
+        result = _load_document(node, origin, limits, here)
+    except Exception as exc:  # one document's failure, whatever it is, is its own
+        result = [Problem(path, origin.line, f"{here}: {failure(exc)}")]
+    if isinstance(result, Loaded):
+        loaded.append(result)
+    elif isinstance(result, str):
+        ignored.append(result)
+    else:
+        problems.extend(_withheld(result, node, here))
 
 
 def _resources(document: yaml.Node, index: int) -> Iterator[tuple[yaml.Node, str]]:
@@ -254,18 +279,32 @@ _STEPS: dict[type, int] = {
     yaml.MappingEndEvent: -1,
     yaml.SequenceEndEvent: -1,
 }
+# The events that make a node: counted against MAX_DOCUMENT_NODES.
+_NODES = frozenset(
+    {yaml.MappingStartEvent, yaml.SequenceStartEvent, yaml.ScalarEvent, yaml.AliasEvent}
+)
 
 
 def _prescan(text: str, path: str, limits: Limits) -> Problem | None:
-    """Refuse too many documents or too deep a nesting, from the event stream (libyaml's
-    parser keeps its own stack: it does not recurse), before anything is composed."""
+    """Refuse too many documents, too deep a nesting or too many nodes in one document,
+    from the event stream (libyaml's parser keeps its own stack: it does not recurse),
+    before anything is composed."""
     parser = _Loader(text)
-    get_event, steps = parser.get_event, _STEPS
-    depth = documents = 0
+    get_event, steps, node_events = parser.get_event, _STEPS, _NODES
+    depth = documents = nodes = 0
     try:
         while True:
             event = get_event()  # type: ignore[no-untyped-call]
             kind = type(event)
+            if kind in node_events:
+                nodes += 1
+                if nodes > MAX_DOCUMENT_NODES:
+                    return Problem(
+                        path,
+                        _line(event.start_mark),
+                        f"document {documents}: more than {MAX_DOCUMENT_NODES} YAML nodes "
+                        "(values, lists and mappings); split it",
+                    )
             step = steps.get(kind)
             if step is not None:
                 depth += step
@@ -278,6 +317,7 @@ def _prescan(text: str, path: str, limits: Limits) -> Problem | None:
                     )
             elif kind is yaml.DocumentStartEvent:
                 documents += 1
+                nodes = 0
                 if documents > limits.max_documents:
                     return Problem(
                         path,
@@ -529,6 +569,10 @@ def _withheld(problems: list[Problem], root: yaml.Node, here: str) -> list[Probl
 
 
 _HELD_MIN = 4
+# What separates a name from a value when the space after a colon is forgotten: never
+# part of a valid Secret entry name.
+_SWALLOWED = re.compile(r"[:=\s]+")
+_SPECIAL_ENTRIES = frozenset((*KEY_ENTRIES, EXPIRES_AT_ENTRY))
 
 
 def _held_values(root: yaml.Node) -> set[str]:
@@ -552,6 +596,17 @@ def _held_values(root: yaml.Node) -> set[str]:
         for entry, held_node in value.value:
             if not isinstance(entry, yaml.ScalarNode):
                 below.append(entry)
+            elif _SWALLOWED.search(entry.value) or (
+                _is_null(held_node) and entry.value not in _SPECIAL_ENTRIES
+            ):
+                # `{api-key:KEY}` (no space after the colon) is one entry named
+                # `api-key:KEY`: a name no Secret can have, holding what was meant as
+                # its value; in `{api-key, KEY}`, KEY is an entry without a value. The
+                # name and each part of it are held.
+                parts = [entry.value, *_SWALLOWED.split(entry.value)]
+                held.update(parts)
+                if key.value == "data":
+                    held.update(decoded for part in parts for decoded in _decoded(part))
             if not isinstance(held_node, yaml.ScalarNode) or held_node.tag != _STR_TAG:
                 below.append(held_node)
             elif entry.value in KEY_ENTRIES:

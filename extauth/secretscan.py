@@ -35,7 +35,7 @@ from base64 import b64decode
 
 from yaml.resolver import Resolver
 
-from extauth.manifests import DEFAULT_LIMITS, Limits, Origin
+from extauth.manifests import DEFAULT_LIMITS, MAX_DOCUMENT_NODES, Limits, Origin
 from extauth.resources import (
     API_KEY_ENTRY,
     EXPIRES_AT_ENTRY,
@@ -58,9 +58,10 @@ _SINGLE = r"'([ -&(-~]*)'"  # printable ASCII without "'": no '' to decode
 _VALUE = rf"(?:({_PLAIN})|{_DOUBLE}|{_SINGLE})"
 _KEY = r"([A-Za-z0-9_./-]+)"
 
-# Blank lines and whole-line comments. YAML also ends a line at NEL, LS and PS (and CR,
-# which reading the file already turned into LF): a comment must not hide one.
-_COMMENT = r"#[^\n\r\x85\u2028\u2029]*"
+# Blank lines and whole-line comments. YAML also ends a line at NEL, LS and PS (and CR):
+# a comment must not hide one. YAML refuses control characters (and U+FFFE, U+FFFF)
+# everywhere, comments included: a comment holds only what it allows.
+_COMMENT = r"#[\t\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*"
 _GAP = re.compile(rf"(?:(?:{_COMMENT})?\n)*+")
 # One Secret with what precedes it: a gap, its `---` (which only the first may lack), a gap.
 # The gaps are possessive (`*+`): a gap is never followed by a line it could have taken,
@@ -146,6 +147,13 @@ def _documents(text: str, path: str, max_documents: int) -> list[ApiKey]:
 
 def _key(match: re.Match[str], path: str, line: int, document: int) -> ApiKey:
     name, namespace, labels_block, kind, entries_block = match.group(3, 4, 5, 6, 7)
+    # The document's YAML nodes, which the general loader caps: 13, 2 for a namespace,
+    # 2 and 2 per label for labels, 2 per entry.
+    nodes = 13 + 2 * (namespace is not None) + 2 * entries_block.count("\n")
+    if labels_block:
+        nodes += 2 + 2 * labels_block.count("\n")
+    if nodes > MAX_DOCUMENT_NODES:
+        raise _NotCanonical  # the general loader refuses it, with the message
     namespace = namespace or "default"
     labels = _labels(labels_block) if labels_block else _NO_LABELS
     if _resolves(name) or not _namespace_ok(namespace):

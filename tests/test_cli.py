@@ -468,3 +468,27 @@ def test_validate_of_a_missing_path_says_so_plainly() -> None:
     result = run_cli("validate", "/no/such/place.yaml")
     assert result.returncode == 1
     assert "1 error(s) (no file read)" in result.stderr
+
+
+def test_validate_prints_a_file_name_that_is_not_utf8_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A file name that is not UTF-8 (bytes a POSIX file system allows) reaches Python as
+    lone surrogates; printing it to a strict UTF-8 stdout (a UTF-8 locale,
+    PYTHONIOENCODING=utf-8) raised UnicodeEncodeError: a traceback instead of the report."""
+    (tmp_path / os.fsdecode(b"team-\xff.yaml")).write_text("kind: [\n")
+    (tmp_path / "z.yaml").write_text("kind: [\n")
+    found = subprocess.run(
+        [sys.executable, "-m", "extauth.cli", "validate", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    assert "Traceback" not in found.stderr
+    assert found.returncode == 1
+    assert f"{tmp_path}/team-\\udcff.yaml:2: YAML syntax error" in found.stdout
+    assert f"{tmp_path / 'z.yaml'}:2: YAML syntax error" in found.stdout
+    assert "2 error(s) in 2 file(s)" in found.stderr

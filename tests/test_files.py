@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -465,5 +466,59 @@ def test_a_slow_read_holds_up_no_removal_and_no_other_file(
         late = await changes.next(timeout=5)
         assert [d.owner for d in late.upserted] == [("ns", "s")]
         await changes.close()
+
+    asyncio.run(run())
+
+
+def test_a_fifo_renamed_over_a_file_after_the_listing_does_not_block_its_read(
+    tmp_path: Path,
+) -> None:
+    """The listing saw a regular file; by the time it is read, a FIFO has been renamed
+    over it. The check for an unopenable file opened it blocking: the worker thread
+    waited for a writer forever, that path was never read again (its read never
+    finished), and SIGTERM hung on the stuck thread."""
+    fifo = tmp_path / "x.yaml"
+    os.mkfifo(fifo)
+    outcome: list[object] = []
+    reader = threading.Thread(
+        target=lambda: outcome.append(FileSource(tmp_path)._read(fifo, True)), daemon=True
+    )
+    reader.start()
+    reader.join(10)
+    try:
+        assert not reader.is_alive(), "the read is blocked opening the FIFO"
+        assert outcome == [files._Outcome(None)]
+    finally:
+        if reader.is_alive():  # release it: a writer opening the FIFO lets its open return
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(10)
+
+
+def test_a_symlinked_file_being_written_through_its_target_waits_until_stable(
+    tmp_path: Path,
+) -> None:
+    """inotify reports writes under the name written to: a file linked from the config
+    directory (`team.yaml -> /srv/keys/team.yaml`) written in place at its target gives
+    the watched directory no IN_MODIFY, and the half-written file counted as complete.
+    A symlinked file is vouched for by time (an unchanged signature), not by events."""
+
+    async def run() -> None:
+        config, outside = tmp_path / "config", tmp_path / "outside"
+        config.mkdir()
+        outside.mkdir()
+        link = config / "team.yaml"
+        link.symlink_to(outside / "team.yaml")
+        watch = files._Watch(0.3, asyncio.Event(), enabled=True)
+        watch.follow([config], trusted=True)
+        with (outside / "team.yaml").open("w") as handle:
+            handle.write("half")
+            handle.flush()
+            await asyncio.sleep(0.05)
+            watch.drain()
+            found = walk(config).files[link]
+            assert not watch.ready(link, found)
+            await asyncio.sleep(0.35)
+            assert watch.ready(link, found)  # unchanged for a full period
+        watch.close()
 
     asyncio.run(run())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from extauth import manifests
 from extauth.resources import AuthConfig, Secret
@@ -257,6 +259,40 @@ def test_secret_problems_never_quote_values(
         assert secret_value not in message
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        "{api-key:dGVhbTEta2V5}",  # the space after the colon forgotten: one name, no value
+        "{api-key=dGVhbTEta2V5}",
+        "{api-key dGVhbTEta2V5}",
+        "{x-org: ZGV2ZWxvcGVycw==, api-key:dGVhbTEta2V5: x}",
+    ],
+)
+def test_an_entry_name_that_swallowed_its_value_is_never_quoted(data: str) -> None:
+    """A forgotten space after `api-key:` in a flow mapping makes the key part of the
+    entry's name, which messages show (as kubectl describe does): the key was in the
+    log and in validate's output. A name holding ':', '=' or whitespace (never a valid
+    entry name) is held like a value."""
+    text = SECRET.replace("data: {api-key: dGVhbTEta2V5, x-org: ZGV2ZWxvcGVycw==}", f"data: {data}")
+    message = only_problem(text)
+    assert message.startswith("f.yaml:5: document 1: refused (the reason is withheld")
+    assert "dGVhbTEta2V5" not in message
+
+
+def test_an_entry_without_a_value_is_never_quoted() -> None:
+    """`{api-key, KEY}`: a comma for a colon makes the key an entry name without a value."""
+    text = SECRET.replace("{api-key: dGVhbTEta2V5, x-org", "{api-key, dGVhbTEta2V5, x-org")
+    result = parse(text)
+    assert not result.ok
+    assert result.problems
+    for problem in result.problems:
+        assert "dGVhbTEta2V5" not in str(problem)
+        assert "team1-key" not in str(problem)
+    # A known entry left without a value is named, as before.
+    missing = only_problem(SECRET.replace("x-org: ZGV2ZWxvcGVycw==", "api-key-hash: ~"))
+    assert "data.api-key-hash: Input should be a valid string" in missing
+
+
 def test_alias_bomb_is_refused_quickly() -> None:
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for level in range(1, 9):
@@ -287,3 +323,44 @@ def test_unreadable_files_are_problems(tmp_path: Path) -> None:
     assert "not UTF-8" in str(manifests.load_file(binary).problems[0])
     missing = manifests.load_file(tmp_path / "gone.yaml")
     assert "cannot read file" in str(missing.problems[0])
+
+
+def test_a_document_of_millions_of_nodes_is_refused_before_it_is_composed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 4 MB flat list (two million scalars) took 25 s and 1 GB to compose, holding the
+    GIL; a file at --max-file-bytes would have exhausted memory. The node count is
+    checked on the event stream first, like the depth."""
+    composed: list[str] = []
+    real = yaml.compose_all
+
+    def compose_all(*args: Any, **kwargs: Any) -> Any:
+        composed.append("composed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(yaml, "compose_all", compose_all)
+    flat = "[" + ",".join(["a"] * (manifests.MAX_DOCUMENT_NODES + 1)) + "]\n"
+    block = "".join(f"k{i}: v\n" for i in range(manifests.MAX_DOCUMENT_NODES // 2 + 1))
+    for text, document in ((flat, 1), (SECRET + "---\n" + block, 2)):
+        result = manifests.parse_text(text, "f.yaml")
+        assert not result.resources
+        assert len(result.problems) == 1
+        assert str(result.problems[0]).startswith(
+            f"f.yaml:{1 if document == 1 else 6 + manifests.MAX_DOCUMENT_NODES // 2}: "
+            f"document {document}: more than {manifests.MAX_DOCUMENT_NODES} YAML nodes"
+        )
+    assert composed == []
+    # Just under the limit: composed and read (here: not a resource).
+    under = "[" + ",".join(["a"] * (manifests.MAX_DOCUMENT_NODES - 1)) + "]\n"
+    assert "expected a mapping" in only_problem(under)
+
+
+def test_a_control_character_is_reported_on_its_line_by_name() -> None:
+    """libyaml's reader error has no mark: the message said 'line 1: invalid YAML'
+    wherever the NUL was. Its position (in UTF-8 bytes) gives the line."""
+    assert only_problem("a: é\nb: 2\nc: x\x00y\n") == (
+        "f.yaml:3: YAML syntax error: control characters are not allowed"
+    )
+    assert only_problem("# \u00e9\u00e9\n---\n" + SECRET + "# \x1b[2J\n").startswith(
+        "f.yaml:8: YAML syntax error: control characters are not allowed"
+    )

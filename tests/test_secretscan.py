@@ -245,3 +245,34 @@ def test_other_layouts_are_left_to_the_general_loader() -> None:
     assert _general(flow) is not None
     config = yaml.safe_dump({"apiVersion": "extauth.solo.io/v1", "kind": "AuthConfig"})
     assert secretscan.scan(config, PATH) is None
+
+
+def test_a_comment_holding_a_character_yaml_refuses_is_left_to_the_general_loader() -> None:
+    """YAML refuses control characters (and U+FFFE, U+FFFF) anywhere in a file, comments
+    included; the fast path took any character in a comment, so a NUL in a comment line
+    made a file that the general loader (and kubectl) refuse load all the same."""
+    good = "apiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
+    good += "metadata:\n  name: a\nstringData:\n  api-key: key-a\n"
+    assert secretscan.scan("# fine\t\u00e9\u2027\ufffd\U0001f600\n" + good, PATH) is not None
+    for refused in ("\x00", "\x01", "\x08", "\x0b", "\x1b", "\x7f", "\x9f", "\ufffe", "\uffff"):
+        text = f"# a{refused}b\n---\n" + good
+        assert not manifests.parse_text(text, PATH).ok, repr(refused)
+        assert secretscan.scan(text, PATH) is None, repr(refused)
+
+
+def test_a_secret_over_the_node_limit_is_left_to_the_general_loader() -> None:
+    """The general loader refuses a document of more than MAX_DOCUMENT_NODES YAML nodes
+    before composing it; the fast path must not accept such a Secret (thousands of
+    labels) that the general loader refuses."""
+    head = "apiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\nmetadata:\n  name: a\n"
+    # 13 nodes, 2 per label (and 2 for `labels:`), 2 per entry.
+    over = (manifests.MAX_DOCUMENT_NODES - 17) // 2 + 1
+    for count, fits in ((over - 1, True), (over, False)):
+        labels = "".join(f"    l{i}: v\n" for i in range(count))
+        text = f"{head}  labels:\n{labels}stringData:\n  api-key: key-a\n"
+        general = _general(text)
+        assert (general is not None) is fits
+        fast = secretscan.scan(text, PATH)
+        assert (fast is not None) is fits
+        if fast is not None:
+            assert [_fields(k) for k in fast] == general

@@ -8,6 +8,7 @@ user.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -273,3 +274,95 @@ def test_the_first_path_wins_a_conflict_whatever_came_first_and_after_a_restart(
         assert not allowed(restarted.address, "key-z")
     finally:
         assert restarted.stop() == 0
+
+
+def test_a_revocation_does_not_wait_for_thousands_of_files_landing_at_once(
+    tmp_path: Path,
+) -> None:
+    """Each changed file is read in a worker thread; the directory listing that finds
+    removals ran on the same thread pool, so it queued behind every pending read: with
+    20,000 files landing at once, a deleted Secret stayed valid for seconds."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "cfg.yaml").write_text(CONFIG)
+    victim = config / "victim.yaml"
+    victim.write_text(labelled("victim", "victim-key"))
+    server = harness.Extauth(config, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        assert allowed(server.address, "victim-key")
+        staged = []
+        for i in range(3000):
+            hidden = config / f".t{i}.yaml"
+            hidden.write_text(labelled(f"t{i}", f"key-{i}"))
+            staged.append(hidden)
+        for hidden in staged:
+            hidden.rename(config / hidden.name[1:])
+        time.sleep(0.3)  # the watcher has seen them and queued their reads
+        victim.unlink()
+        becomes(server.address, "victim-key", False, timeout=1)
+        becomes(server.address, "key-2999", True, timeout=60)
+        assert server.proc.poll() is None
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_file_written_in_place_is_not_applied_when_touched_mid_write(tmp_path: Path) -> None:
+    """inotify's IN_ATTRIB (chmod, touch, chown) says nothing about the writer being done;
+    it cleared the 'being written' mark like IN_CLOSE_WRITE, so a half-written file that
+    was touched mid-write was applied."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "cfg.yaml").write_text(CONFIG)
+    server = harness.Extauth(config, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        with (config / "team.yaml").open("w") as handle:
+            handle.write(labelled("b", "key-b") + "---\n")  # valid alone: must not apply
+            handle.flush()
+            time.sleep(0.3)
+            (config / "team.yaml").chmod(0o640)
+            os.utime(config / "team.yaml")
+            time.sleep(1.5)
+            assert not allowed(server.address, "key-b")
+            handle.write(labelled("c", "key-c"))
+        becomes(server.address, "key-b", True, timeout=2)
+        assert allowed(server.address, "key-c")
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_config_dir_symlink_retargeted_is_watched_where_it_now_leads(tmp_path: Path) -> None:
+    """`--config-dir current`, with `current` a symlink swapped from one release to the
+    next (a common deploy). inotify watches the directory the path led to when the
+    watch was added; the path did not change, so the watch stayed on the old release:
+    in the new one, a half-written file counted as complete (no IN_MODIFY seen) and a
+    deletion waited for the next resync."""
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    for release in (v1, v2):
+        release.mkdir()
+        (release / "cfg.yaml").write_text(CONFIG)
+    (v1 / "a.yaml").write_text(labelled("a", "key-a"))
+    (v2 / "b.yaml").write_text(labelled("b", "key-b"))
+    current = tmp_path / "current"
+    current.symlink_to(v1)
+    server = harness.Extauth(current, tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        assert allowed(server.address, "key-a")
+        (tmp_path / "next").symlink_to(v2)
+        (tmp_path / "next").replace(current)
+        becomes(server.address, "key-b", True, timeout=5)
+        assert not allowed(server.address, "key-a")
+        time.sleep(2.5)  # past the period in which a newly watched directory is not trusted
+        with (v2 / "team.yaml").open("w") as handle:
+            handle.write(labelled("c", "key-c") + "---\n")  # valid alone: must not apply
+            handle.flush()
+            time.sleep(3)
+            assert not allowed(server.address, "key-c")
+            handle.write(labelled("d", "key-d"))
+        becomes(server.address, "key-c", True, timeout=2)
+        (v2 / "b.yaml").unlink()
+        becomes(server.address, "key-b", False, timeout=1)
+    finally:
+        assert server.stop() == 0

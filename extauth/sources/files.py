@@ -30,6 +30,7 @@ else by the general loader.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -319,6 +320,10 @@ class FileSource:
         """
         wake = asyncio.Event()
         watch = _Watch(self._resync_seconds, wake, self._use_inotify)
+        # The listing that finds removals has a thread of its own: on the pool that reads
+        # files, it would wait behind every pending read (thousands of files landing at
+        # once held a revocation for seconds).
+        lister = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="extauth-listing")
         reads: dict[Path, tuple[Signature, asyncio.Task[_Outcome]]] = {}
         waiter: asyncio.Future[Any] | None = None
         try:
@@ -340,7 +345,7 @@ class FileSource:
                 await asyncio.sleep(0.02)  # let a burst of events arrive together
                 wake.clear()
                 watch.drain()
-                change = await self._step(watch, reads)
+                change = await self._step(watch, reads, lister)
                 if change is not None and not change.empty:
                     yield change
         finally:
@@ -349,13 +354,17 @@ class FileSource:
             for _, task in reads.values():
                 task.cancel()
             watch.close()
+            lister.shutdown(wait=False)
 
     async def _step(
-        self, watch: _Watch, reads: dict[Path, tuple[Signature, asyncio.Task[_Outcome]]]
+        self,
+        watch: _Watch,
+        reads: dict[Path, tuple[Signature, asyncio.Task[_Outcome]]],
+        lister: concurrent.futures.Executor,
     ) -> Change | None:
         """One rescan: removals now, the reads that finished, new reads started."""
         try:
-            listing = await asyncio.to_thread(self._list)
+            listing = await asyncio.get_running_loop().run_in_executor(lister, self._list)
         except ConfigDirError as exc:
             if not self._missing:
                 log.error("config: %s; keeping the last good state", exc)
@@ -391,9 +400,11 @@ class FileSource:
 
 
 def _unopenable(path: Path) -> str | None:
-    """Why the file cannot be opened, if it cannot (it then keeps its last good state)."""
+    """Why the file cannot be opened, if it cannot (it then keeps its last good state).
+    Non-blocking: a FIFO renamed over the file since the listing must not hold the
+    thread until a writer comes (reading it then says it is not a regular file)."""
     try:
-        os.close(os.open(path, os.O_RDONLY))
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     except FileNotFoundError:
         return None  # gone: the next listing says so
     except OSError as exc:
@@ -416,6 +427,8 @@ class _Watch:
         self._directories: dict[Path, int] = {}
         self._paths: dict[int, Path] = {}
         self._since: dict[Path, float] = {}  # when each directory's watch began
+        # The directory each path led to when its watch was added (device, inode).
+        self._identity: dict[Path, tuple[int, int]] = {}
         self._writing: set[Path] = set()
         self._distrust_until = 0.0
         self._complete = True  # every directory has a watch
@@ -456,6 +469,8 @@ class _Watch:
         path = directory / event.name
         if event.mask & inotify.IN_MODIFY:
             self._writing.add(path)
+        elif event.mask & inotify.IN_ATTRIB:
+            pass  # chmod, touch, chown: says nothing about whether a writer is done
         else:
             # Closed after writing, renamed in or out, created anew, deleted.
             self._writing.discard(path)
@@ -467,10 +482,23 @@ class _Watch:
         if self._inotify is None:
             return
         wanted = set(directories)
-        for gone in self._directories.keys() - wanted:
+        identities: dict[Path, tuple[int, int] | None] = {}
+        for directory in wanted:
+            try:
+                found = directory.stat()
+                identities[directory] = (found.st_dev, found.st_ino)
+            except OSError:
+                identities[directory] = None
+        # A watch follows the directory it was added on, not the path: a path that now
+        # leads elsewhere (a symlink retargeted, a directory renamed over) is watched anew.
+        moved = {
+            d for d in wanted & self._directories.keys() if identities[d] != self._identity.get(d)
+        }
+        for gone in (self._directories.keys() - wanted) | moved:
             wd = self._directories.pop(gone)
             self._paths.pop(wd, None)
             self._since.pop(gone, None)
+            self._identity.pop(gone, None)
             self._inotify.remove(wd)
         complete = True
         for directory in wanted - self._directories.keys():
@@ -483,7 +511,11 @@ class _Watch:
                 continue
             self._directories[directory] = wd
             self._paths[wd] = directory
-            self._since[directory] = -float("inf") if trusted else time.monotonic()
+            identity = identities[directory]
+            if identity is not None:
+                self._identity[directory] = identity
+            trust = trusted and directory not in moved
+            self._since[directory] = -float("inf") if trust else time.monotonic()
         self._complete = complete
 
     def forget(self, present: Iterable[Path]) -> None:
@@ -502,6 +534,9 @@ class _Watch:
             and now >= self._distrust_until
             and since is not None
             and now - since >= self._period
+            # A symlinked file is written under its target's name, which may be in
+            # no watched directory: its events say nothing here.
+            and not path.is_symlink()
         ):
             self._stable.pop(path, None)
             return path not in self._writing
