@@ -149,7 +149,10 @@ class AuthorizationService:
         self._metrics = metrics or Metrics()
         self._decision_log = decision_log
         self._warned_policy: Policy | None = None
+        # Config ids warned about (None: a route without one) under `_warned_policy`, and
+        # whether the limit was reached: a flag of its own, since None is an id here.
         self._warned: set[str | None] = set()
+        self._warned_enough = False
 
     async def check(
         self, request: pb.CheckRequest, context: grpc.aio.ServicerContext[pb.CheckRequest, bytes]
@@ -188,12 +191,12 @@ class AuthorizationService:
     def _warn_config(self, policy: Policy, decision: decide.Deny) -> None:
         """Log a route's config problem once per policy version, not once per request."""
         if policy is not self._warned_policy:
-            self._warned_policy, self._warned = policy, set()
-        if decision.config_id in self._warned or len(self._warned) > WARN_LIMIT:
+            self._warned_policy, self._warned, self._warned_enough = policy, set(), False
+        if self._warned_enough or decision.config_id in self._warned:
             return
         if len(self._warned) == WARN_LIMIT:
             # Config ids come from whoever reaches the port: a bounded number of lines.
-            self._warned.add(None)
+            self._warned_enough = True
             log.warning(
                 "check: more than %d unknown config ids since the last policy change; "
                 "not logging more (extauth_decisions_total counts them)",
