@@ -13,6 +13,7 @@ other spelling of the name that an upstream might decode to the same parameter
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote_plus
@@ -69,6 +70,13 @@ def query_param(path: str, name: str) -> str | None:
     return None
 
 
+def parameters_over(path: str, limit: int) -> bool:
+    """Whether the query of `path` has more than `limit` parameters, as `smuggled` splits
+    it (on "&" and ";"); counted without splitting, so a huge query costs next to nothing."""
+    query = path.partition("?")[2]
+    return query.count("&") + query.count(";") >= limit
+
+
 def _normal(name: str) -> str:
     """A parameter name as lenient upstreams read it: percent-decoded (twice: some decode
     again), case-folded, PHP's `a.b`/`a b`/`a[b` -> `a_b` and `a[]` -> `a`."""
@@ -109,14 +117,21 @@ def smuggled(path: str, names: Iterable[str]) -> bool:
 _COOKIE_SEPARATORS = re.compile("[;,]")
 
 
+@functools.lru_cache(maxsize=1024)
+def _cookie_pattern(name: str) -> re.Pattern[str]:
+    """The first `name=value` cookie: at the start or after a separator and optional
+    whitespace, the name exactly, then "=". One search, in C: walking a header of
+    60,000 separators cookie by cookie in Python took 11 ms, for a request without a key."""
+    return re.compile(f"(?:^|[;,])[{_OWS}]*{re.escape(name)}=([^;,]*)")
+
+
 def cookie(header: str | None, name: str) -> str | None:
-    if not header:
+    if not header or f"{name}=" not in header:
         return None
-    for part in _COOKIE_SEPARATORS.split(header):
-        key, sep, value = part.strip(_OWS).partition("=")
-        if sep and key == name:
-            return value.strip(_OWS).strip('"') or None
-    return None
+    found = _cookie_pattern(name).search(header)
+    if found is None:
+        return None
+    return found.group(1).strip(_OWS).strip('"') or None
 
 
 def without_cookies(header: str, names: frozenset[str]) -> str:

@@ -24,6 +24,9 @@ What every config does to give an attacker nothing (issue 11):
   decided), never from request headers, and cuts client-chosen values short;
 - the ext_authz link is health checked over grpc.health.v1, failing endpoints are ejected,
   and a Check that finds a connection refused or reset is retried on another endpoint;
+- the limits of an edge: 10 s to send request headers, 25,000 client connections in
+  all, 32 KiB buffered per connection, 100 streams per HTTP/2 connection; paths are
+  normalized before routes match;
 - Envoy's admin listens on 127.0.0.1 only; where something outside the pod or container
   must reach readiness or stats, a separate listener exposes just those two paths.
 """
@@ -59,6 +62,12 @@ SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 # Client-chosen values in the access log are cut to this many characters.
 LOG_VALUE_LIMIT = 256
 REQUEST_ID_LIMIT = 64
+
+# An edge's limits (Envoy's defaults have none; see its "edge proxy" best practices): a
+# client gets this long to send its request headers, however it trickles them, and all
+# clients together this many connections (probes on the ops listener are exempt).
+REQUEST_HEADERS_TIMEOUT = "10s"
+MAX_DOWNSTREAM_CONNECTIONS = 25_000
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -434,6 +443,8 @@ def _ops_listener(endpoint: Endpoint, admin: Endpoint) -> dict[str, Any]:
     return {
         "name": "ops",
         "address": _address(endpoint),
+        # Readiness answers even when clients hold every connection the limit allows.
+        "ignore_global_conn_limit": True,
         "filter_chains": [
             {
                 "filters": [
@@ -528,6 +539,7 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
         {
             "name": "ingress",
             "address": _address(target.listen),
+            "per_connection_buffer_limit_bytes": 32768,
             "filter_chains": [
                 {
                     "filters": [
@@ -556,6 +568,19 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
                                     "headers_with_underscores_action": "REJECT_REQUEST",
                                     "max_headers_count": MAX_REQUEST_HEADERS,
                                 },
+                                # A client trickling header bytes held its connection
+                                # and buffered headers for as long as it liked.
+                                request_headers_timeout=REQUEST_HEADERS_TIMEOUT,
+                                http2_protocol_options={
+                                    "max_concurrent_streams": 100,
+                                    "initial_stream_window_size": 65536,
+                                    "initial_connection_window_size": 1048576,
+                                },
+                                # Routes match (and the upstream receives) the path with
+                                # dot segments resolved and slashes merged: `/a/../b`
+                                # cannot match one route and reach another.
+                                normalize_path=True,
+                                merge_slashes=True,
                                 access_log=_access_log(),
                                 route_config={
                                     "name": "routes",
@@ -579,6 +604,18 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
         "node": {"id": "extauth-envoy", "cluster": "extauth-envoy"},
         "admin": {"address": _address(target.admin)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": _typed(
+                        "envoy.extensions.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS,
+                    ),
+                }
+            ]
+        },
     }
 
 

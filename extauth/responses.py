@@ -56,6 +56,11 @@ _DENIALS: dict[Reason, tuple[pb.StatusCode, int, str]] = {
         GRPC_INVALID_ARGUMENT,
         "the API key parameter appears twice or in an encoded spelling; send it once, as is",
     ),
+    Reason.TOO_MANY_PARAMETERS: (
+        pb.BadRequest,
+        GRPC_INVALID_ARGUMENT,
+        "too many query parameters",
+    ),
     Reason.TOO_MANY_HEADERS: (
         pb.RequestHeaderFieldsTooLarge,
         GRPC_RESOURCE_EXHAUSTED,

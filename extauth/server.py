@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauth import decide, memory, responses
@@ -149,13 +150,21 @@ class AuthorizationService:
         self._metrics = metrics or Metrics()
         self._decision_log = decision_log
         self._warned_policy: Policy | None = None
+        # Config ids warned about (None: a route without one) under `_warned_policy`, and
+        # whether the limit was reached: a flag of its own, since None is an id here.
         self._warned: set[str | None] = set()
-        self._silenced = False
+        self._warned_enough = False
 
     async def check(
-        self, request: pb.CheckRequest, context: grpc.aio.ServicerContext[pb.CheckRequest, bytes]
+        self,
+        request: pb.CheckRequest | None,
+        context: grpc.aio.ServicerContext[pb.CheckRequest | None, bytes],
     ) -> bytes:
         start = time.perf_counter()
+        if request is None:
+            # Not a CheckRequest (parse_check): denied, counted as an internal error and
+            # not logged; Envoy never sends one.
+            return self._failed(start)
         policy = self._holder.current
         try:
             attributes = request.attributes
@@ -173,9 +182,7 @@ class AuthorizationService:
                 frame.filename,
                 frame.lineno,
             )
-            failed = decide.Deny(decide.Reason.INTERNAL, None)
-            self._metrics.record(failed, time.perf_counter() - start)
-            return responses.encode(failed)
+            return self._failed(start)
         if isinstance(decision, decide.Deny) and decision.reason in (
             decide.Reason.NO_CONFIG,
             decide.Reason.UNKNOWN_CONFIG,
@@ -186,15 +193,20 @@ class AuthorizationService:
             self._decision_log.write(decision, headers, http.path)
         return encoded
 
+    def _failed(self, start: float) -> bytes:
+        failed = decide.Deny(decide.Reason.INTERNAL, None)
+        self._metrics.record(failed, time.perf_counter() - start)
+        return responses.encode(failed)
+
     def _warn_config(self, policy: Policy, decision: decide.Deny) -> None:
         """Log a route's config problem once per policy version, not once per request."""
         if policy is not self._warned_policy:
-            self._warned_policy, self._warned, self._silenced = policy, set(), False
-        if decision.config_id in self._warned or self._silenced:
+            self._warned_policy, self._warned, self._warned_enough = policy, set(), False
+        if self._warned_enough or decision.config_id in self._warned:
             return
         if len(self._warned) >= WARN_LIMIT:
             # Config ids come from whoever reaches the port: a bounded number of lines.
-            self._silenced = True
+            self._warned_enough = True
             log.warning(
                 "check: more than %d unknown config ids since the last policy change; "
                 "not logging more (extauth_decisions_total counts them)",
@@ -210,13 +222,23 @@ class AuthorizationService:
             )
 
 
+def parse_check(data: bytes) -> pb.CheckRequest | None:
+    """The CheckRequest in `data`, or None when it is not one. grpc would log a traceback
+    for every malformed message (a kilobyte of log per request from anyone on the port);
+    Check answers None with a deny instead."""
+    try:
+        return pb.CheckRequest.FromString(data)
+    except DecodeError:
+        return None
+
+
 def authorization_handler(service: AuthorizationService) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         AUTHORIZATION_SERVICE,
         {
             CHECK_METHOD: grpc.unary_unary_rpc_method_handler(
                 service.check,
-                request_deserializer=pb.CheckRequest.FromString,
+                request_deserializer=parse_check,
                 # None: the handler returns finished bytes, which grpc sends as they are.
                 response_serializer=None,
             )

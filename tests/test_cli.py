@@ -102,7 +102,15 @@ def test_validate_selects_the_files_serve_reads(
         assert "not read: extauth reads only *.yaml or *.yml files" in capsys.readouterr().out
     assert cli.main(["validate", str(tmp_path / "team.YAML")]) == 0
     capsys.readouterr()
-    result = run_cli("serve", "--config-dir", str(tmp_path / "notes.txt"))
+    # A port of its own: another unit on the default 9001 (a neighbour on a shared
+    # machine) would be refused first, before the config is read.
+    result = run_cli(
+        "serve",
+        "--config-dir",
+        str(tmp_path / "notes.txt"),
+        "--grpc-address",
+        f"127.0.0.1:{harness.free_port()}",
+    )
     assert result.returncode == 2
     assert "not read: extauth reads only" in result.stderr
 

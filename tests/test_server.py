@@ -114,18 +114,28 @@ def test_exception_in_check_fails_closed(
     assert "key-a" not in caplog.text
 
 
-def test_garbage_bytes_are_rejected_not_allowed(config_dir: Path) -> None:
+def test_garbage_bytes_are_denied_without_a_traceback_each(
+    config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # grpc logged a ten-line DecodeError traceback for every malformed message: a caller
+    # on the port wrote a kilobyte of log per request, without limit.
     async def scenario(server: Server, stub: external_auth_pb2_grpc.AuthorizationStub) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
                 "/envoy.service.auth.v3.Authorization/Check"
             )
-            with pytest.raises(grpc.aio.AioRpcError) as failure:
-                await call(b"\xff\xff\xff\xff")
-            # A failed RPC: Envoy (failure_mode_allow: false) turns it into a deny.
-            assert failure.value.code() != grpc.StatusCode.OK
+            for garbage in (b"\xff\xff\xff\xff", b"\x0a\x05\x12", b"\x0a" * 1000) * 20:
+                reply = pb.CheckResponse.FromString(await call(garbage))
+                assert reply.WhichOneof("http_response") == "denied_response"
+                assert reply.denied_response.status.code == 500
+                assert reply.status.code == 13
+            # and well-formed Checks are answered as ever
+            assert (await stub.Check(check_request({"x-key": "key-a"}))).status.code == 0
 
-    run_with_server(config_dir, scenario)
+    with caplog.at_level("INFO"):
+        run_with_server(config_dir, scenario)
+    assert "Traceback" not in caplog.text
+    assert "DecodeError" not in caplog.text
 
 
 def test_shutdown_drains_in_flight_checks(
@@ -137,8 +147,8 @@ def test_shutdown_drains_in_flight_checks(
 
     async def slow(
         self: AuthorizationService,
-        request: pb.CheckRequest,
-        context: grpc.aio.ServicerContext[pb.CheckRequest, bytes],
+        request: pb.CheckRequest | None,
+        context: grpc.aio.ServicerContext[pb.CheckRequest | None, bytes],
     ) -> bytes:
         entered.set()
         await gate.wait()

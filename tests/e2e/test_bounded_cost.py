@@ -113,3 +113,23 @@ def test_decision_log_cuts_client_values(service: tuple[harness.Extauth, int]) -
     assert len(lines[-1]["request_id"]) == 64
     assert len(lines[-1]["path"]) == 256
     assert lines[-1]["result"] == "allow"
+
+
+def test_a_check_without_a_config_id_does_not_unbound_the_warnings(tmp_path: Path) -> None:
+    # The "no config_id" warning and the "not logging more" marker both used None in the
+    # set of warned ids: after one of the first and 19 unknown ids, the set never grew
+    # past the limit and every further unknown id logged the marker again, one line per
+    # Check for as long as a caller on the port cared to send them.
+    extauth = harness.Extauth(ROOT / "authconfigs", tmp_path / "extauth.log")
+    try:
+        extauth.wait_ready()
+        with grpc.insecure_channel(extauth.address) as channel:
+            assert _check(channel, "").denied_response.status.code == 403
+            for i in range(300):
+                assert _check(channel, f"ns.unknown-{i}").denied_response.status.code == 403
+    finally:
+        extauth.stop()
+    lines = extauth.log().splitlines()
+    assert sum("no config_id" in line for line in lines) == 1
+    assert sum("not logging more" in line for line in lines) == 1
+    assert sum("is not loaded" in line for line in lines) < 20
