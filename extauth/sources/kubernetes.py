@@ -599,6 +599,8 @@ class KubernetesSource:
             deadline = time.monotonic() + 2
             for thread in threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
+            # Its connections closed now, not whenever the collector finds them.
+            api.close()
 
 
 _KINDS: tuple[Kind, ...] = ("Secret", "AuthConfig")
