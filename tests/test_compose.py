@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from extauth import envoyconf
-from extauth.cli import validate
+from extauth.cli import build_parser, validate
 from tests.harness import ROOT
 
 COMPOSE = ROOT / "compose.yaml"
@@ -164,3 +164,10 @@ def test_images_are_built_by_the_dockerfile(services: dict[str, Any]) -> None:
     assert "USER 10001" in dockerfile
     module = PurePosixPath(*services["upstream"]["entrypoint"][2].split(".")).with_suffix(".py")
     assert (ROOT / module).exists()
+
+
+def test_the_extauth_command_is_one_extauth_accepts(services: dict[str, Any]) -> None:
+    # parse_args exits (SystemExit 2) on an unknown flag or a bad value.
+    args = build_parser().parse_args(services["extauth"]["command"])
+    assert args.command == "serve"
+    assert args.shutdown_delay == 2.0  # Envoy's 1 s health checks see NOT_SERVING first

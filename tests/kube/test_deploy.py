@@ -228,8 +228,10 @@ def test_what_a_cluster_admin_checks(overlay: str) -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "--kubernetes" in container["args"]
     grace = next(a for a in container["args"] if a.startswith("--shutdown-grace="))
+    delay = next(a for a in container["args"] if a.startswith("--shutdown-delay="))
     pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert extauth["terminationGracePeriodSeconds"] > pause + float(grace.split("=")[1])
+    stopping = pause + float(delay.split("=")[1]) + float(grace.split("=")[1])
+    assert extauth["terminationGracePeriodSeconds"] > stopping
 
     # Only Envoy reaches the gRPC port.
     policy = one(documents, "NetworkPolicy", "extauth")
