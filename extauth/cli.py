@@ -742,7 +742,6 @@ def _unadmitted(policy: Policy) -> list[Problem]:
     checked alone is not a mistake."""
     if not policy.configs:
         return []
-    holders = {id(key): key for key in policy.keys.values()}.values()
     return [
         Problem(
             key.path,
@@ -751,8 +750,7 @@ def _unadmitted(policy: Policy) -> list[Problem]:
             "denied everywhere",
             warning=True,
         )
-        for key in holders
-        if not policy.admitted_anywhere(key)
+        for key in inspecting.unadmitted(policy)
     ]
 
 

@@ -89,6 +89,12 @@ def report(policy: Policy) -> Report:
     return Report(tuple(views), unadmitted, tuple(str(p) for p in policy.problems))
 
 
+def unadmitted(policy: Policy) -> list[ApiKey]:
+    """The key holders no AuthConfig admits, by namespace and name: keys that work
+    nowhere (validate warns about them, as `report` lists them)."""
+    return [key for key in _distinct(policy.keys.values()) if not policy.admitted_anywhere(key)]
+
+
 def _distinct(keys: Iterable[ApiKey]) -> list[ApiKey]:
     """Each holder once (a key in rotation has two digests), by namespace and name."""
     seen: dict[int, ApiKey] = {id(k): k for k in keys}
