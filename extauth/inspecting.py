@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+from extauth.apikeys import ApiKey
+from extauth.deciding import admits, admitted_anywhere, rule_grant
 from extauth.policy import CompiledConfig, KeyRule, Policy
-from extauth.snapshot import ApiKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ def report(policy: Policy) -> Report:
 def unadmitted(policy: Policy) -> list[ApiKey]:
     """The key holders no AuthConfig admits, by namespace and name: keys that work
     nowhere (validate warns about them, as `report` lists them)."""
-    return [key for key in _distinct(policy.keys.values()) if not policy.admitted_anywhere(key)]
+    return [key for key in _distinct(policy.keys.values()) if not admitted_anywhere(policy, key)]
 
 
 def _distinct(keys: Iterable[ApiKey]) -> list[ApiKey]:
@@ -104,16 +105,16 @@ def _distinct(keys: Iterable[ApiKey]) -> list[ApiKey]:
 def _admits(config: CompiledConfig, key: ApiKey) -> bool:
     # With a booleanExpr, a key counts if any entry admits it: which combination a
     # request satisfies depends on the request, not on the key alone.
-    return any(rule.admits(key) for rule in config.rules)
+    return any(admits(rule, key) for rule in config.rules)
 
 
 def _identity(config: CompiledConfig, key: ApiKey) -> Identity:
     headers: dict[str, str] = {}
     missing: list[str] = []
     for rule in config.rules:
-        if not rule.admits(key):
+        if not admits(rule, key):
             continue
-        grant = rule.grant(key, None)
+        grant = rule_grant(rule, key, None)
         headers.update(grant.set_headers)
         missing.extend(m for m in grant.missing_required if m not in missing)
     expiry = None
