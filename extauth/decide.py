@@ -81,8 +81,15 @@ def decide(
     headers: Mapping[str, str],
     path: str,
     now: float | None = None,
+    host: str = "",
 ) -> Decision:
-    config_id = context_extensions.get(CONFIG_ID) or policy.default_config
+    # The route's config_id, else the AuthConfig claiming the request's host
+    # (spec.hosts, for gateways that send no per-route context), else the default.
+    config_id = (
+        context_extensions.get(CONFIG_ID)
+        or (policy.hosts.lookup(host) if host else None)
+        or policy.default_config
+    )
     if not policy.loaded:
         return Deny(Reason.NOT_READY, config_id)
     if not config_id:

@@ -170,7 +170,9 @@ class AuthorizationService:
             attributes = request.attributes
             http = attributes.request.http
             headers = request_headers(http)
-            decision = decide.decide(policy, attributes.context_extensions, headers, http.path)
+            decision = decide.decide(
+                policy, attributes.context_extensions, headers, http.path, host=http.host
+            )
             encoded = responses.encode(decision)
         except Exception as exc:
             # The message or a traceback's locals may quote request data (a key): log
@@ -215,7 +217,10 @@ class AuthorizationService:
             return
         self._warned.add(decision.config_id)
         if decision.reason is decide.Reason.NO_CONFIG:
-            log.warning("check: route has no config_id and there is no --default-config; denying")
+            log.warning(
+                "check: route has no config_id, its host matches no AuthConfig's hosts "
+                "and there is no --default-config; denying"
+            )
         else:
             log.warning(
                 "check: AuthConfig '%s' is not loaded; denying", shown(decision.config_id or "")
