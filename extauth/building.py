@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeVar
 
-from extauth import boolexpr
+from extauth import boolexpr, hosts
 from extauth.apikeys import KUBERNETES_PREFIX, ApiKey, Owner
 from extauth.changes import Change, Definition, PlacedAuthConfig, Removal
 from extauth.deciding import rule_grant
@@ -140,6 +140,8 @@ class PolicyBuilder:
         self._idle: set[Owner] = set()
         self._expiries: dict[Owner, float] = {}
         self._compiled: dict[str, CompiledConfig] = {}
+        self._hosts = hosts.HostTable()
+        self._host_problems: tuple[Problem, ...] = ()
         self._problems: dict[_ProblemKey, Problem] = {}
         self._configs_changed = True
         self._published: Policy | None = None
@@ -448,6 +450,7 @@ class PolicyBuilder:
         configs: Mapping[str, CompiledConfig]
         if previous is None or self._configs_changed:
             configs = MappingProxyType(dict(self._compiled))
+            self._hosts, self._host_problems = self._host_table()
         else:
             configs = previous.configs
         self._configs_changed = False
@@ -456,13 +459,42 @@ class PolicyBuilder:
             configs=configs,
             default_config=self.default_config,
             usage_label=self.usage_label,
-            problems=tuple(self._problems.values()) + tuple(self._config_warnings()),
+            problems=(
+                tuple(self._problems.values())
+                + self._host_problems
+                + tuple(self._config_warnings())
+            ),
             loaded=True,
             expiries=tuple(self._expiries.values()),
             holders=self._defined - len(self._idle),
+            hosts=self._hosts,
         )
         self._published = policy
         return policy
+
+    def _host_table(self) -> tuple[hosts.HostTable, tuple[Problem, ...]]:
+        """The host table of the AuthConfigs in effect, and a problem for each pattern
+        one of them claims after another that ranks first (as `rank` orders duplicate
+        definitions: files first, then the oldest object). Rebuilt whole on a change of
+        AuthConfigs: a few microseconds per pattern."""
+        placed = {d[0].config.config_id: d[0] for d in self._configs.values()}
+        table, conflicts = hosts.build(
+            (rank(p), config_id, hosts.normalize_all(p.config.spec.hosts))
+            for config_id, p in placed.items()
+            if p.config.spec.hosts
+        )
+        problems = []
+        for conflict in conflicts:
+            refused, holder = placed[conflict.refused], placed[conflict.holder]
+            problems.append(
+                _problem(
+                    refused.origin,
+                    f"AuthConfig {'/'.join(refused.owner)}: host {conflict.pattern!r} is "
+                    f"already claimed by AuthConfig {'/'.join(holder.owner)} "
+                    f"({holder.origin}), which comes first; refused for this AuthConfig",
+                )
+            )
+        return table, tuple(problems)
 
     def _config_warnings(self) -> Iterable[Problem]:
         """References to Secrets that are not there, and referenced keys that lack metadata

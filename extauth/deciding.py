@@ -58,8 +58,9 @@ def decide(
     headers: Mapping[str, str],
     path: str,
     now: float | None = None,
+    host: str = "",
 ) -> Decision:
-    config_id = context_extensions.get(CONFIG_ID) or policy.default_config
+    config_id = config_id_of(policy, context_extensions, host)
     if not policy.loaded:
         return Deny(Reason.NOT_READY, config_id)
     if not config_id:
@@ -85,13 +86,23 @@ def decide(
     return _check_keys(policy, config, looked_up, headers, now)
 
 
+def config_id_of(policy: Policy, context_extensions: Mapping[str, str], host: str) -> str | None:
+    """The route's config_id, else the AuthConfig claiming the request's host (spec.hosts,
+    for gateways that send no per-route context), else the default."""
+    return (
+        context_extensions.get(CONFIG_ID)
+        or (policy.hosts.lookup(host) if host else None)
+        or policy.default_config
+    )
+
+
 def cache_key(
-    policy: Policy, context_extensions: Mapping[str, str], headers: Mapping[str, str]
+    policy: Policy, context_extensions: Mapping[str, str], headers: Mapping[str, str], host: str
 ) -> tuple[str, bytes] | None:
     """Under which (config id, key digest) a request's answer may be cached: only for a
     config whose answer depends on the key alone (`CompiledConfig.key_header`), and only
     for the policy it was decided under. None: decide afresh."""
-    config_id = context_extensions.get(CONFIG_ID) or policy.default_config
+    config_id = config_id_of(policy, context_extensions, host)
     if not config_id:
         return None
     config = policy.configs.get(config_id)

@@ -53,6 +53,8 @@ class ConfigView:
     boolean_expr: str | None
     selections: tuple[Selection, ...]
     identities: tuple[Identity, ...]
+    # spec.hosts patterns this config holds (a pattern another config holds is a problem).
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ def report(policy: Policy) -> Report:
     holders = _distinct(policy.keys.values())
     admitted: set[int] = set()
     views: list[ConfigView] = []
+    claimed = policy.hosts.claims()
     for config_id in sorted(policy.configs):
         config = policy.configs[config_id]
         identities: list[Identity] = []
@@ -84,6 +87,7 @@ def report(policy: Policy) -> Report:
                 config.expr.source if config.expr is not None else None,
                 tuple(_selection(rule) for rule in config.rules),
                 tuple(identities),
+                tuple(claimed.get(config_id, ())),
             )
         )
     unadmitted = tuple(_owner(k) for k in holders if id(k) not in admitted)
@@ -145,6 +149,8 @@ def render(result: Report, limit: int) -> str:
         lines.append(f"AuthConfig {view.config_id}: {view.state}")
         if view.boolean_expr:
             lines.append(f"  booleanExpr: {view.boolean_expr}")
+        if view.hosts:
+            lines.append(f"  hosts (routes without config_id): {', '.join(view.hosts)}")
         for selection in view.selections:
             label = f"  entry {selection.name}" if selection.name else "  apiKeyAuth"
             lines.append(

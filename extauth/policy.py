@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from extauth import hosts
 from extauth.apikeys import ApiKey, Owner
 from extauth.boolexpr import BoolExpr
 from extauth.origins import Problem
@@ -114,6 +115,8 @@ class Policy:
     # Expiry times (POSIX) of the keys that have one, for the expiring-keys metric.
     expiries: tuple[float, ...] = ()
     holders: int = 0
+    # spec.hosts of the configs in effect: which config a route without config_id gets.
+    hosts: hosts.HostTable = field(default_factory=hosts.HostTable)
 
     @property
     def key_count(self) -> int:

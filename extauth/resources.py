@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from extauth import boolexpr
+from extauth import boolexpr, hosts
 from extauth.apikeys import (
     API_KEY_ENTRY,
     API_KEY_HASH_ENTRY,
@@ -423,10 +423,22 @@ class AuthConfigEntry(_Model):
         return data
 
 
+def _check_hosts(value: list[str]) -> list[str]:
+    hosts.normalize_all(value)  # raises HostPatternError (a ValueError) naming the pattern
+    return value
+
+
+# Host patterns (extension, as Authorino's spec.hosts): a Check whose route names no
+# config_id picks the AuthConfig claiming the request's host (extauth/hosts.py).
+HostPatterns = Annotated[list[str], AfterValidator(_check_hosts)]
+MAX_HOSTS = 256
+
+
 class AuthConfigSpec(_Model):
     configs: list[AuthConfigEntry] = Field(min_length=1)
     # Over the entries' names, e.g. "teamkeys || partnerkeys"; without it all must pass.
     boolean_expr: str | None = None
+    hosts: HostPatterns | None = Field(default=None, max_length=MAX_HOSTS)
 
     @model_validator(mode="after")
     def _check_expr(self) -> AuthConfigSpec:

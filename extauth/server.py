@@ -152,13 +152,13 @@ class AuthorizationService:
             http = attributes.request.http
             headers = request_headers(http)
             route = attributes.context_extensions
-            key = deciding.cache_key(policy, route, headers)
+            key = deciding.cache_key(policy, route, headers, http.host)
             hit = cache.get(key) if key is not None else None
             decision: Decision
             if hit is not None and deciding.fits(hit[0], headers):
                 decision, encoded = hit
             else:
-                decision = deciding.decide(policy, route, headers, http.path)
+                decision = deciding.decide(policy, route, headers, http.path, host=http.host)
                 encoded = responses.encode(decision)
                 if key is not None and isinstance(decision, Allow):
                     cache.put(key, decision, encoded)
@@ -199,7 +199,10 @@ class AuthorizationService:
             return
         self._warned.add(decision.config_id)
         if decision.reason is Reason.NO_CONFIG:
-            log.warning("check: route has no config_id and there is no --default-config; denying")
+            log.warning(
+                "check: route has no config_id, its host matches no AuthConfig's hosts "
+                "and there is no --default-config; denying"
+            )
         else:
             log.warning(
                 "check: AuthConfig '%s' is not loaded; denying", shown(decision.config_id or "")

@@ -102,7 +102,7 @@ def test_raw_header_map_is_read(config_dir: Path) -> None:
 def test_exception_in_check_fails_closed(
     config_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(*args: object) -> Decision:
+    def broken(*args: object, **kwargs: object) -> Decision:
         raise ValueError("boom with key-a inside")
 
     monkeypatch.setattr(deciding, "decide", broken)

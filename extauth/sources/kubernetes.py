@@ -243,8 +243,10 @@ class Translator:
                         _origin(self.kind, owner, kubernetes_rank(item)),
                     )
                 else:
+                    # Ranked by age too: of two claiming one host, the older keeps it.
                     definition = PlacedAuthConfig(
-                        AuthConfig.model_validate(item), _origin(self.kind, owner)
+                        AuthConfig.model_validate(item),
+                        _origin(self.kind, owner, kubernetes_rank(item)),
                     )
             except ValidationError as exc:
                 problem = "; ".join(manifests.error_messages(exc))
