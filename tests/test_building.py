@@ -10,7 +10,8 @@ from extauth.apikeys import ApiKey, digest
 from extauth.building import PolicyBuilder, PolicyHolder, compile_policy
 from extauth.changes import Change, Removal
 from extauth.origins import Origin
-from tests.builders import authconfig, merge, secret, snapshot
+from tests.builders import REFS as X_KEY_REFS
+from tests.builders import allowed, authconfig, merge, secret, snapshot
 
 REFS = """
 headerName: x-key
@@ -344,3 +345,26 @@ def test_a_publish_copies_the_change_not_the_index() -> None:
     assert digest("key-9") not in compacted.keys.base  # superseded: gone from the base
     assert compacted.keys[digest("new-key-9")].name == "s9"
     assert len(compacted.keys) == 249
+
+
+def test_expiries_follow_the_policy() -> None:
+    builder = PolicyBuilder()
+    builder.apply(
+        snapshot(secret("a", "key-a", expires_at="2030-01-01T00:00:00Z"), secret("b", "key-b"))
+    )
+    assert len(builder.build().expiries) == 1
+    builder.apply(Change(removed=(Removal("Secret", ("ns", "a"), "t.yaml"),)))
+    assert builder.build().expiries == ()
+
+
+def test_a_next_key_that_clashes_is_refused_alone() -> None:
+    policy = compile_policy(
+        snapshot(
+            secret("a", "key-a"),
+            secret("b", "key-b", api_key_next="key-a"),
+            authconfig("cfg", X_KEY_REFS),
+        )
+    )
+    assert allowed(policy, {"x-key": "key-a"}).identity == "a"  # type: ignore[union-attr]
+    assert allowed(policy, {"x-key": "key-b"}).identity == "b"  # type: ignore[union-attr]
+    assert any("holds the same API key" in str(p) for p in policy.problems)
