@@ -35,6 +35,7 @@ from extauth import boolexpr, hosts
 from extauth.apikeys import KUBERNETES_PREFIX, ApiKey, Owner
 from extauth.changes import Change, Definition, PlacedAuthConfig, Removal
 from extauth.deciding import rule_grant
+from extauth.definitions import ByOwner, Ranked
 from extauth.origins import Origin, Problem
 from extauth.policy import CompiledConfig, HeaderRule, KeyIndex, KeyRule, KeySource, Policy
 
@@ -126,28 +127,28 @@ def rank(definition: Definition) -> tuple[int, str, int, str, str]:
 
 
 class PolicyBuilder:
-    """Mutable working state, changed incrementally; `build()` publishes a `Policy`."""
+    """Mutable working state, changed incrementally; `build()` publishes a `Policy`.
+
+    Three tables of one rule (`definitions.Ranked`: the first by rank is in effect, the
+    next takes over): AuthConfigs and Secrets by owner, and of the Secrets in effect,
+    the one holding each key digest. What those tables decide is carried out by the
+    effects: a config compiled, a Secret's digests claimed and released.
+    """
 
     def __init__(self, default_config: str | None = None, usage_label: str | None = None) -> None:
         self.default_config = default_config
         self.usage_label = usage_label
-        # AuthConfig definitions per owner, by rank; the first is in effect.
-        self._configs: dict[Owner, list[PlacedAuthConfig]] = {}
-        # Secrets are kept flatter, for a million of them: the definition in effect by
-        # namespace and name (no owner tuple, no list per Secret), and apart, the rare
-        # other definitions of the same Secret from other sources, which rank after it.
-        self._secrets: dict[str, dict[str, ApiKey]] = {}
-        self._shadowed: dict[Owner, list[ApiKey]] = {}
-        # The key holding each digest: of the Secrets in effect that claim it, the one
-        # of lowest rank; the rare other claimants wait, and the best of them takes over
-        # when the holder goes.
-        self._admitted: dict[bytes, ApiKey] = {}
-        # What was published of it (`KeyIndex`), and the digests changed since: None once
-        # more than `_dirty_limit` have, when the next publish makes a new base.
+        self._configs: ByOwner[PlacedAuthConfig] = ByOwner(rank)
+        self._secrets: ByOwner[ApiKey] = ByOwner(rank)
+        # Of the Secrets in effect, the one holding each digest: `first` is the working
+        # index (`_admitted`), which a publish turns into a `KeyIndex`.
+        self._holders: Ranked[bytes, ApiKey] = Ranked(rank)
+        self._admitted = self._holders.first
+        # What was published of it, and the digests changed since: None once more than
+        # `_dirty_limit` have, when the next publish makes a new base.
         self._index = KeyIndex()
         self._dirty: set[bytes] | None = None
         self._dirty_limit = 0
-        self._waiting: dict[bytes, list[Owner]] = {}
         # Secrets in effect, and those of them that hold none of their digests.
         self._defined = 0
         self._idle: set[Owner] = set()
@@ -190,14 +191,16 @@ class PolicyBuilder:
 
     def _upsert(self, definition: Definition) -> None:
         if isinstance(definition, ApiKey):
-            self._define_secret(definition)
+            namespace, name = definition.namespace, definition.name
+            self._define(self._secrets, namespace, name, definition, self._secret_effect)
         else:
-            self._define(self._configs, definition, self._config_effect)
+            namespace, name = definition.owner
+            self._define(self._configs, namespace, name, definition, self._config_effect)
 
     def _remove(self, removal: Removal) -> None:
         self._problems.pop(("twice", removal.owner, removal.source), None)
         if removal.kind == "Secret":
-            self._undefine_secret(removal)
+            self._undefine(self._secrets, removal, self._secret_effect)
         else:
             self._undefine(self._configs, removal, self._config_effect)
 
@@ -207,7 +210,7 @@ class PolicyBuilder:
         first wins, the loser is reported and returned."""
         if self._applying_ids is None:
             self._applying_ids = {id(d) for d in self._applying}
-        owner, path = definition.owner, definition.origin.path
+        owner, path = definition.owner, definition.path
         if id(existing) not in self._applying_ids:
             self._problems.pop(("twice", owner, path), None)
             return None
@@ -223,44 +226,44 @@ class PolicyBuilder:
 
     def _define(
         self,
-        table: dict[Owner, list[_D]],
+        owners: ByOwner[_D],
+        namespace: str,
+        name: str,
         definition: _D,
         effect: Callable[[_D | None, _D | None], None],
     ) -> None:
-        definitions = table.setdefault(definition.owner, [])
-        before = definitions[0] if definitions else None
-        for i, existing in enumerate(definitions):
-            if existing.origin.path == definition.origin.path:
-                if self._same_source_twice(existing, definition) is not definition:
-                    definitions[i] = definition
-                break
-        else:
-            definitions.append(definition)
-        definitions.sort(key=rank)
-        self._report_duplicates(definition.owner, definitions)
-        if definitions[0] is not before:
-            effect(before, definitions[0])
+        table = owners.namespaces.get(namespace) or owners.table(namespace)
+        if name not in table.first:  # the only definition of its owner: in effect
+            table.first[name] = definition
+            effect(None, definition)
+            return
+        path = definition.path
+        same = next((d for d in table.candidates(name) if d.path == path), None)
+        if same is not None and self._same_source_twice(same, definition) is definition:
+            return  # refused: the first document of the source stays
+        before = table.put(name, definition, replacing=same)
+        self._report_duplicates(definition.owner, table.candidates(name))
+        if table.first[name] is not before:
+            effect(before, table.first[name])
 
     def _undefine(
         self,
-        table: dict[Owner, list[_D]],
+        owners: ByOwner[_D],
         removal: Removal,
         effect: Callable[[_D | None, _D | None], None],
     ) -> None:
-        definitions = table.get(removal.owner)
-        if not definitions:
+        namespace, name = removal.owner
+        table = owners.namespaces.get(namespace)
+        if table is None:
             return
-        before = definitions[0]
-        kept = [d for d in definitions if d.origin.path != removal.source]
-        for gone in definitions:
-            if gone.origin.path == removal.source:
-                self._problems.pop(("duplicate", removal.owner, gone.origin.path), None)
-        if kept:
-            table[removal.owner] = kept
-        else:
-            del table[removal.owner]
-        self._report_duplicates(removal.owner, kept)
-        after = kept[0] if kept else None
+        before, removed = table.discard(name, lambda d: d.path == removal.source)
+        for gone in removed:
+            self._problems.pop(("duplicate", removal.owner, gone.path), None)
+        if before is None or not removed:
+            return
+        after = table.first.get(name)
+        owners.tidy(namespace)
+        self._report_duplicates(removal.owner, table.candidates(name))
         if after is not before:
             effect(before, after)
 
@@ -270,197 +273,98 @@ class PolicyBuilder:
             return
         first = definitions[0]
         kind = "Secret" if isinstance(first, ApiKey) else "AuthConfig"
-        self._problems.pop(("duplicate", owner, first.origin.path), None)
+        self._problems.pop(("duplicate", owner, first.path), None)
         for later in definitions[1:]:
-            self._problems[("duplicate", owner, later.origin.path)] = _problem(
+            self._problems[("duplicate", owner, later.path)] = _problem(
                 later.origin,
                 f"{kind} {'/'.join(owner)} is already defined at {first.origin}, which "
                 "comes first; this definition is refused",
             )
 
-    def _secret(self, owner: Owner) -> ApiKey | None:
-        names = self._secrets.get(owner[0])
-        return names.get(owner[1]) if names else None
-
-    def _define_secret(self, key: ApiKey) -> None:
-        names = self._secrets.get(key.namespace)
-        if names is None:
-            names = self._secrets[key.namespace] = {}
-        current = names.get(key.name)
-        if current is None:
-            # A new Secret with an unclaimed key: the initial load's million times, so
-            # done here in a few dictionary operations.
-            names[key.name] = key
-            self._defined += 1
-            if (
-                key.next_digest is None
-                and key.expires_at is None
-                and key.digest not in self._admitted
-            ):
-                self._admitted[key.digest] = key  # it holds its key: not idle
-                if self._dirty is not None:
-                    self._dirty.add(key.digest)
-                    if len(self._dirty) > self._dirty_limit:
-                        self._dirty = None
-            else:
-                self._secret_effect(None, key)
-            return
-        if current.path == key.path:
-            if self._same_source_twice(current, key) is not key:
-                names[key.name] = key
-                self._secret_effect(current, key)
-            return
-        owner = key.owner
-        later = self._shadowed.setdefault(owner, [])
-        for i, existing in enumerate(later):
-            if existing.path == key.path:
-                if self._same_source_twice(existing, key) is not key:
-                    later[i] = key
-                break
-        else:
-            later.append(key)
-        best = min(later, key=rank)
-        if rank(best) < rank(current):
-            # A definition from a source that ranks first: it takes effect.
-            later.remove(best)
-            later.append(current)
-            names[key.name] = best
-            self._secret_effect(current, best)
-        later.sort(key=rank)
-        self._report_duplicates(owner, [names[key.name], *later])
-
-    def _undefine_secret(self, removal: Removal) -> None:
-        owner = removal.owner
-        names = self._secrets.get(owner[0])
-        current = names.get(owner[1]) if names else None
-        if names is None or current is None:
-            return
-        later = self._shadowed.pop(owner, [])
-        for gone in later:
-            if gone.path == removal.source:
-                self._problems.pop(("duplicate", owner, gone.path), None)
-        kept = [d for d in later if d.path != removal.source]
-        if current.path != removal.source:
-            if kept:
-                self._shadowed[owner] = kept
-            self._report_duplicates(owner, [current, *kept])
-            return
-        after: ApiKey | None = None
-        if kept:
-            after = names[owner[1]] = kept.pop(0)  # kept by rank: the next in line
-            if kept:
-                self._shadowed[owner] = kept
-            self._report_duplicates(owner, [after, *kept])
-        else:
-            del names[owner[1]]
-            if not names:
-                del self._secrets[owner[0]]
-            self._defined -= 1
-        self._secret_effect(current, after)
-
     def _secret_effect(self, before: ApiKey | None, after: ApiKey | None) -> None:
-        if before is not None and before.expires_at is not None:
-            self._expiries.pop(before.owner, None)
-        if after is not None and after.expires_at is not None:
-            self._expiries[after.owner] = after.expires_at
-        if (
-            before is not None
-            and after is not None
-            and before.digests == after.digests
-            and rank(before) == rank(after)
-        ):
-            # Same keys, same rank, new metadata or labels: the same claims, in place.
-            for key_digest in after.digests:
-                holder = self._admitted[key_digest]
-                if holder is before:
-                    self._hold(key_digest, after)
-                    for waiter in self._waiting.get(key_digest, ()):
-                        self._refuse(key_digest, waiter, after)
-                else:
-                    self._refuse(key_digest, after.owner, holder)
-            return
+        """A Secret's definition in effect changed: its digests change hands."""
         if before is not None:
+            if before.expires_at is not None:
+                self._expiries.pop(before.owner, None)
             self._release(before)
+            if after is None:
+                self._defined -= 1
+                self._idle.discard(before.owner)
         if after is not None:
-            self._claim(after)
+            if after.expires_at is not None:
+                self._expiries[after.owner] = after.expires_at
+            if before is None:
+                self._defined += 1
+                if after.next_digest is None and after.digest not in self._admitted:
+                    # A new Secret with an unclaimed key (a million times at startup).
+                    self._admitted[after.digest] = after
+                    if self._dirty is not None:
+                        self._touch(after.digest)
+                    return
+            if self._claim(after) or before is not None:
+                self._recount(after)
 
-    def _claim(self, key: ApiKey) -> None:
+    def _claim(self, key: ApiKey) -> bool:
+        """Claim the key's digests; whether another Secret claims one of them too."""
+        holders = self._holders
+        contended = False
         for key_digest in key.digests:
-            holder = self._admitted.get(key_digest)
-            if holder is None:
-                self._hold(key_digest, key)
+            before = holders.put(key_digest, key)
+            if before is None:
+                self._touch(key_digest)
                 continue
-            waiting = self._waiting.setdefault(key_digest, [])
-            if rank(key) < rank(holder):
-                # The newcomer ranks first: it takes the key, the holder waits.
-                self._hold(key_digest, key)
-                waiting.append(holder.owner)
-                for waiter in waiting:
-                    self._refuse(key_digest, waiter, key)
-                self._count(holder.owner)
-            else:
-                waiting.append(key.owner)
-                self._refuse(key_digest, key.owner, holder)
-        self._count(key.owner)
+            contended = True
+            if holders.first[key_digest] is not before:  # it ranks first: it takes over
+                self._touch(key_digest)
+                self._recount(before)
+            self._refresh(key_digest, ())
+        return contended
 
     def _release(self, key: ApiKey) -> None:
-        owner = key.owner
+        holders = self._holders
         for key_digest in key.digests:
-            holder = self._admitted.get(key_digest)
-            if holder is None:
+            before, removed = holders.discard(key_digest, lambda held: held is key)
+            if not removed:
                 continue
-            self._problems.pop(("conflict", owner, key_digest.hex()), None)
-            waiting = self._waiting.pop(key_digest, [])
-            if holder.owner != owner:
-                # It was waiting for this digest: it waits no more.
-                if owner in waiting:
-                    waiting.remove(owner)
-                if waiting:
-                    self._waiting[key_digest] = waiting
-                continue
-            if not waiting:
-                self._hold(key_digest, None)
-                continue
-            claimants = [self._secret(waiter) for waiter in waiting]
-            successor = min((c for c in claimants if c is not None), key=rank)
-            waiting.remove(successor.owner)
-            self._hold(key_digest, successor)
-            if waiting:
-                self._waiting[key_digest] = waiting
-            self._problems.pop(("conflict", successor.owner, key_digest.hex()), None)
-            self._count(successor.owner)
-            for waiter in waiting:
-                self._refuse(key_digest, waiter, successor)
-        self._count(owner)
+            after = holders.first.get(key_digest)
+            if after is not before:
+                self._touch(key_digest)
+                if after is not None:
+                    self._recount(after)  # the next in rank took over
+            self._refresh(key_digest, removed)
 
-    def _hold(self, key_digest: bytes, key: ApiKey | None) -> None:
-        """Give the digest to `key` (None: to no one), noting it for the next publish."""
-        if key is None:
-            del self._admitted[key_digest]
-        else:
-            self._admitted[key_digest] = key
+    def _touch(self, key_digest: bytes) -> None:
+        """Note a digest whose holder changed, for the next publish."""
         if self._dirty is not None:
             self._dirty.add(key_digest)
             if len(self._dirty) > self._dirty_limit:
                 self._dirty = None  # past the limit: the next publish compacts
 
-    def _count(self, owner: Owner) -> None:
-        """Keep the set of defined Secrets that hold none of their digests."""
-        key = self._secret(owner)
-        if key is None or any(self._admitted.get(d) is key for d in key.digests):
-            self._idle.discard(owner)
+    def _recount(self, key: ApiKey) -> None:
+        """Keep the set of Secrets in effect that hold none of their digests."""
+        if self._secrets.get(key.namespace, key.name) is not key:
+            return
+        if any(self._admitted.get(d) is key for d in key.digests):
+            self._idle.discard(key.owner)
         else:
-            self._idle.add(owner)
+            self._idle.add(key.owner)
 
-    def _refuse(self, key_digest: bytes, refused: Owner, holder: ApiKey) -> None:
-        key = self._secret(refused)
-        assert key is not None  # a claimant is defined
-        self._problems[("conflict", refused, key_digest.hex())] = _problem(
-            key.origin,
-            f"Secret {key.namespace}/{key.name} holds the same API key as "
-            f"Secret {holder.namespace}/{holder.name} ({holder.origin}), which comes "
-            "first; refused",
-        )
+    def _refresh(self, key_digest: bytes, gone: Iterable[ApiKey]) -> None:
+        """The conflict problems of one digest: every Secret waiting for it is refused."""
+        hexed = key_digest.hex()
+        for key in gone:
+            self._problems.pop(("conflict", key.owner, hexed), None)
+        holder = self._admitted.get(key_digest)
+        if holder is None:
+            return
+        self._problems.pop(("conflict", holder.owner, hexed), None)
+        for key in self._holders.others.get(key_digest, ()):
+            self._problems[("conflict", key.owner, hexed)] = _problem(
+                key.origin,
+                f"Secret {key.namespace}/{key.name} holds the same API key as "
+                f"Secret {holder.namespace}/{holder.name} ({holder.origin}), which comes "
+                "first; refused",
+            )
 
     def _config_effect(
         self, before: PlacedAuthConfig | None, after: PlacedAuthConfig | None
@@ -525,7 +429,7 @@ class PolicyBuilder:
         one of them claims after another that ranks first (as `rank` orders duplicate
         definitions: files first, then the oldest object). Rebuilt whole on a change of
         AuthConfigs: a few microseconds per pattern."""
-        placed = {d[0].config.config_id: d[0] for d in self._configs.values()}
+        placed = {p.config.config_id: p for p in self._configs.values()}
         table, conflicts = hosts.build(
             (rank(p), config_id, hosts.normalize_all(p.config.spec.hosts))
             for config_id, p in placed.items()
@@ -551,13 +455,12 @@ class PolicyBuilder:
             yield Problem(
                 "--default-config", 0, f"AuthConfig {self.default_config!r} does not exist"
             )
-        for definitions in self._configs.values():
-            placed = definitions[0]
+        for placed in self._configs.values():
             compiled = self._compiled[placed.config.config_id]
             name = "/".join(placed.owner)  # as every other message names a resource
             for rule in compiled.rules:
                 for owner in sorted(rule.refs):
-                    key = self._secret(owner)
+                    key = self._secrets.get(*owner)
                     if key is None or not any(self._admitted.get(d) is key for d in key.digests):
                         yield _problem(
                             placed.origin,

@@ -36,6 +36,11 @@ class PlacedAuthConfig:
     def owner(self) -> Owner:
         return (self.config.metadata.namespace, self.config.metadata.name)
 
+    @property
+    def path(self) -> str:
+        """The source it was defined in (as `ApiKey.path`)."""
+        return self.origin.path
+
 
 Definition = ApiKey | PlacedAuthConfig
 
