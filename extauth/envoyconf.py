@@ -74,7 +74,7 @@ GATEWAY_HOSTS: dict[str, str] = {
     "*.wild.example.com": "gateways.wild",
 }
 # kgateway names its filter after the GatewayExtension (deploy/gateways/kgateway.yaml).
-KGATEWAY_FILTER = "ext_auth/extauth-system/extauth"
+KGATEWAY_FILTER = "ext_auth/gateways/extauth"
 
 CONFIG_ID = "agentgateway-system.apikey-auth"
 SECRET_NAME = "provider-key"  # noqa: S105 (the SDS resource name, not a secret)
