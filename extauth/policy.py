@@ -176,6 +176,9 @@ class Policy:
     holders: int = 0
     # spec.hosts of the configs in effect: which config a route without config_id gets.
     hosts: hosts.HostTable = field(default_factory=hosts.HostTable)
+    # Hosts refused to an AuthConfig (another claimed them first), by the origin path of
+    # the refused definition: what its Kubernetes status says.
+    host_refusals: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key_count(self) -> int:
@@ -295,6 +298,7 @@ class PolicyBuilder:
         self._compiled: dict[str, CompiledConfig] = {}
         self._hosts = hosts.HostTable()
         self._host_problems: tuple[Problem, ...] = ()
+        self._host_refusals: Mapping[str, str] = {}
         self._problems: dict[_ProblemKey, Problem] = {}
         self._configs_changed = True
         self._published: Policy | None = None
@@ -604,6 +608,7 @@ class PolicyBuilder:
         if previous is None or self._configs_changed:
             configs = MappingProxyType(dict(self._compiled))
             self._hosts, self._host_problems = self._host_table()
+            self._host_refusals = _refusals(self._host_problems)
         else:
             configs = previous.configs
         self._configs_changed = False
@@ -621,6 +626,7 @@ class PolicyBuilder:
             expiries=tuple(self._expiries.values()),
             holders=self._defined - len(self._idle),
             hosts=self._hosts,
+            host_refusals=self._host_refusals,
         )
         self._published = policy
         return policy
@@ -680,6 +686,13 @@ class PolicyBuilder:
                             f"{name}: its key is denied there",
                             warning=True,
                         )
+
+
+def _refusals(problems: Iterable[Problem]) -> Mapping[str, str]:
+    found: dict[str, list[str]] = {}
+    for problem in problems:
+        found.setdefault(problem.path, []).append(problem.message)
+    return MappingProxyType({path: "; ".join(messages) for path, messages in found.items()})
 
 
 def compile_policy(

@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from kubernetes import client, config
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -52,6 +52,9 @@ from extauth.snapshot import (
 )
 from extauth.sources import bounds, liveness, statuses
 from extauth.sources.statuses import StatusWriter
+
+if TYPE_CHECKING:  # the policy is downstream: only its type is needed here
+    from extauth.policy import Policy
 from extauth.sources.watching import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_REQUEST_TIMEOUT,
@@ -460,6 +463,19 @@ class KubernetesSource:
             ["result"],
             registry=registry,
         )
+
+    def policy_published(self, policy: Policy) -> None:
+        """Hosts the policy refuses an AuthConfig of this cluster (another claimed them
+        first) go into its status; a refusal lifted clears it."""
+        if self.status is None:
+            return
+        prefix = f"{KUBERNETES_PREFIX}AuthConfig/"
+        notes: dict[Owner, str] = {}
+        for path, message in policy.host_refusals.items():
+            if path.startswith(prefix):
+                namespace, _, name = path[len(prefix) :].partition("/")
+                notes[(namespace, name)] = message
+        self.status.set_notes(notes)
 
     def problems(self) -> list[str]:
         """What /readyz reports beside its verdict."""
