@@ -17,7 +17,7 @@ from typing import Any
 import shtab
 from pydantic import ValidationError
 
-from extauth import __version__, inspecting, keys, loader, manifests, resources, workers
+from extauth import __version__, inspecting, keys, loader, manifests, resources, tracing, workers
 from extauth.manifests import DEFAULT_LIMITS, MAX_DEPTH_CEILING, Limits, Problem
 from extauth.policy import Policy, compile_policy
 from extauth.server import Settings, grpc_credentials, serve, sources_for
@@ -332,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long SIGTERM waits for in-flight checks",
     )
+    run.add_argument(
+        "--otel",
+        action="store_true",
+        help="trace every Check with OpenTelemetry, exported over OTLP/gRPC as the standard "
+        "OTEL_* variables say (needs the otel extra; an OTEL_EXPORTER_OTLP_ENDPOINT turns "
+        "it on too)",
+    )
     _add_limits(run)
 
     check = commands.add_parser(
@@ -485,6 +492,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.grpc_client_ca is not None and args.grpc_tls_cert is None:
         print("extauth serve: --grpc-client-ca needs --grpc-tls-cert", file=sys.stderr)
         return 2
+    otel = tracing.wanted(args.otel, os.environ if environ is None else environ)
+    if otel and not tracing.available():
+        print(
+            "extauth serve: tracing needs the otel extra: pip install 'extauth[otel]'",
+            file=sys.stderr,
+        )
+        return 2
     settings = Settings(
         config_dir=args.config_dir,
         grpc_address=args.grpc_address,
@@ -508,6 +522,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         grpc_tls_key=args.grpc_tls_key,
         grpc_client_ca=args.grpc_client_ca,
         limits=_limits(args),
+        otel=otel,
     )
     try:
         # Read once here so that a missing or unreadable file stops the start, with
