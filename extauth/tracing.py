@@ -22,7 +22,7 @@ import importlib.util
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from extauth.decide import Allow, Decision, Reason
@@ -41,7 +41,10 @@ SPAN_NAME = "extauth Check"
 MAX_TRACE_HEADER = 1024
 # The variables that turn tracing on without --otel (the SDK reads the rest itself).
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+# Every header the W3C and B3 propagators read; a carrier without the first five has no
+# parent to offer.
 _TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid")
+_ALL_TRACE_HEADERS = (*_TRACE_HEADERS, "x-b3-sampled", "x-b3-flags", "x-b3-parentspanid")
 
 
 def available() -> bool:
@@ -68,14 +71,26 @@ def wanted(flag: bool, environ: Mapping[str, str] = os.environ) -> bool:
     return flag or any(environ.get(name) for name in ENDPOINT_VARIABLES)
 
 
-def _carrier(pairs: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
-    """The headers a parent may come from, as the propagators read them: names in lower
-    case, the first value of each, values too long for a trace header left out."""
+def _from_metadata(pairs: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+    """The trace headers of the gRPC call, as the propagators read them: the first value
+    of each, values too long for a trace header left out."""
     values: dict[str, str] = {}
     for name, value in pairs:
-        if isinstance(value, bytes) or len(value) > MAX_TRACE_HEADER:
-            continue  # binary gRPC metadata (-bin) or an oversized value
-        values.setdefault(name.lower(), value)
+        if name not in _ALL_TRACE_HEADERS or isinstance(value, bytes):
+            continue
+        if len(value) <= MAX_TRACE_HEADER:
+            values.setdefault(name, value)
+    return values
+
+
+def _from_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The same from the HTTP request's headers (lower-case names, as Envoy sends them):
+    looked up by name, never a walk over every header the client sent."""
+    values: dict[str, str] = {}
+    for name in _ALL_TRACE_HEADERS:
+        value = headers.get(name)
+        if value is not None and len(value) <= MAX_TRACE_HEADER:
+            values[name] = value
     return values
 
 
@@ -96,9 +111,10 @@ class CheckTracing:
         self._b3 = B3MultiFormat()
         self._failed = False
 
-    def _parent(self, carriers: Iterable[dict[str, str]]) -> Context | None:
+    def _parent(self, carriers: Iterable[Callable[[], dict[str, str]]]) -> Context | None:
         """The first valid remote parent: W3C before B3, the call before the request."""
-        for carrier in carriers:
+        for read in carriers:
+            carrier = read()
             if not any(name in carrier for name in _TRACE_HEADERS):
                 continue
             for propagator in (self._w3c, self._b3):
@@ -131,8 +147,9 @@ class CheckTracing:
         seconds: float,
     ) -> None:
         end = time.time_ns()
-        carriers = (_carrier(metadata or ()), _carrier(headers.items()))
-        parent = self._parent(carriers)
+        parent = self._parent(
+            (lambda: _from_metadata(metadata or ()), lambda: _from_headers(headers))
+        )
         attributes: dict[str, str] = {}
         if isinstance(decision, Allow):
             attributes["extauth.config"] = decision.config_id
