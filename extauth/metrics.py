@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from extauth.decide import Allow, Decision, Reason
+from extauth.decisions import Allow, Decision, Reason
 from extauth.policy import Policy
 
 decision_log = logging.getLogger("extauth.decisions")
@@ -101,21 +101,11 @@ class Metrics:
             "Admitted keys whose expires-at falls within the next 7 days.",
             registry=self.registry,
         )
-        self.unreadable = Gauge(
-            "extauth_config_unreadable_paths",
-            "Files and directories below --config-dir that cannot be read; what was loaded "
-            "from them keeps serving.",
-            registry=self.registry,
-        )
         self.expired = Gauge(
             "extauth_api_keys_expired",
             "Loaded keys past their expires-at (denied as expired_api_key).",
             registry=self.registry,
         )
-
-    def track_unreadable(self, count: Callable[[], int]) -> None:
-        """Paths of the config directory that cannot be read now, counted at scrape time."""
-        self.unreadable.set_function(lambda: float(count()))
 
     def record(self, decision: Decision, seconds: float) -> None:
         # Allows are counted once, by (config, usage label); their per-config totals are

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from extauth.decide import Allow, Decision, Reason
+from extauth.decisions import Allow, Decision, Reason
 from extauth.metrics import shown
 
 if TYPE_CHECKING:

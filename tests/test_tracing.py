@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from extauth import tracing
-from extauth.policy import PolicyHolder
+from extauth.building import PolicyHolder
 from extauth.server import AuthorizationService, authorization_handler
 from tests.builders import authconfig, secret, snapshot
 
