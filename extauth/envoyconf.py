@@ -135,6 +135,10 @@ class Target:
     ops: Endpoint | None = None
     grpc_tls: GrpcTls | None = None
     routing: Routing = "config_id"
+    # An OpenTelemetry collector (OTLP/gRPC) for Envoy's spans; None: no tracing. Envoy
+    # passes its ext_authz span to extauth (traceparent in the Check's gRPC metadata), so
+    # `extauth serve --otel` exporting to the same collector joins the trace.
+    tracing: Endpoint | None = None
 
     @property
     def extauth_endpoints(self) -> tuple[Endpoint, ...]:
@@ -192,6 +196,9 @@ LOCAL_MTLS = Target(
 
 # Istio's shape: AuthConfigs chosen by host, several virtual hosts, no per-route settings.
 ISTIO = dataclasses.replace(LOCAL, routing="istio")
+# Traces to a collector on the OTLP/gRPC port (an OpenTelemetry Collector, Jaeger, Tempo).
+OTLP_PORT = 4317
+LOCAL_TRACING = dataclasses.replace(LOCAL, tracing=Endpoint("127.0.0.1", OTLP_PORT))
 
 # Committed files: path -> (target, provider-key mode).
 FILES: dict[str, tuple[Target, ProviderKey]] = {
@@ -214,6 +221,7 @@ FILES: dict[str, tuple[Target, ProviderKey]] = {
         dataclasses.replace(LOCAL, routing="agentgateway"),
         "passthrough",
     ),
+    "envoy/envoy-tracing.yaml": (LOCAL_TRACING, "file"),
     "envoy/compose/envoy.yaml": (COMPOSE, "file"),
     "deploy/kubernetes/envoy-config/envoy.yaml": (KUBERNETES, "file"),
 }
@@ -443,7 +451,7 @@ def _routes(host_rewrite: str | None, per_route: Any = _DEFAULT) -> list[dict[st
     return routes
 
 
-def _access_log() -> list[dict[str, Any]]:
+def _access_log(traced: bool = False) -> list[dict[str, Any]]:
     """One JSON line per request: who (identity, team) and what, never a key.
 
     Identity, team and config come from ext_authz's dynamic metadata, that is from what
@@ -475,6 +483,8 @@ def _access_log() -> list[dict[str, Any]]:
                         # The x-org extauth injected (from the key's Secret).
                         "x_org": f"%DYNAMIC_METADATA({metadata}:headers:x-org)%",
                         "authz_reason": f"%DYNAMIC_METADATA({metadata}:reason)%",
+                        # The trace this request's spans (Envoy's, extauth's) belong to.
+                        **({"trace_id": "%TRACE_ID%"} if traced else {}),
                     },
                     "formatters": [
                         {
@@ -566,6 +576,39 @@ def _ops_listener(endpoint: Endpoint, admin: Endpoint) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _tracing(target: Target) -> dict[str, Any]:
+    """The connection manager's tracing: a span per request, and one per ext_authz Check
+    whose context Envoy sends to extauth, all exported to the collector. Envoy samples
+    every request by default: lower `random_sampling` under heavy traffic (extauth follows
+    Envoy's decision, carried in the traceparent's flags)."""
+    if target.tracing is None:
+        return {}
+    return {
+        "tracing": {
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": _typed(
+                    "envoy.config.trace.v3.OpenTelemetryConfig",
+                    grpc_service={"envoy_grpc": {"cluster_name": "otel"}, "timeout": "1s"},
+                    service_name="envoy",
+                ),
+            },
+            "random_sampling": {"value": 100.0},
+        }
+    }
+
+
+def _otel_cluster(endpoint: Endpoint) -> dict[str, Any]:
+    cluster = _cluster("otel", (endpoint,))
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            explicit_http_config={"http2_protocol_options": {}},
+        )
+    }
+    return cluster
 
 
 def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
@@ -683,7 +726,8 @@ def _config(
                                 # cannot match one route and reach another.
                                 normalize_path=True,
                                 merge_slashes=True,
-                                access_log=_access_log(),
+                                access_log=_access_log(target.tracing is not None),
+                                **_tracing(target),
                                 route_config={
                                     "name": "routes",
                                     "virtual_hosts": virtual_hosts,
@@ -700,6 +744,8 @@ def _config(
     if target.ops is not None:
         listeners.append(_ops_listener(target.ops, target.admin))
         clusters.append(_cluster("admin", (target.admin,)))
+    if target.tracing is not None:
+        clusters.append(_otel_cluster(target.tracing))
 
     return {
         # SDS needs a node identity; harmless elsewhere.
@@ -768,6 +814,12 @@ def render(config: dict[str, Any], target: Target, provider_key: ProviderKey) ->
     )
     if target.routing != "config_id":
         header += _ROUTING_NOTES[target.routing]
+    if target.tracing is not None:
+        header += (
+            f"# Traces: Envoy's spans go to an OTLP/gRPC collector on "
+            f"{target.tracing.host}:{target.tracing.port};\n"
+            "# run extauth with --otel and OTEL_EXPORTER_OTLP_ENDPOINT naming the same one.\n"
+        )
     if target.grpc_tls is not None:
         header += (
             f"# The ext_authz link is mutual TLS: Envoy trusts {target.grpc_tls.ca} for\n"
