@@ -156,6 +156,7 @@ class PolicyBuilder:
         self._compiled: dict[str, CompiledConfig] = {}
         self._hosts = hosts.HostTable()
         self._host_problems: tuple[Problem, ...] = ()
+        self._host_refusals: Mapping[str, str] = {}
         self._problems: dict[_ProblemKey, Problem] = {}
         self._configs_changed = True
         self._published: Policy | None = None
@@ -383,6 +384,7 @@ class PolicyBuilder:
         if previous is None or self._configs_changed:
             configs = MappingProxyType(dict(self._compiled))
             self._hosts, self._host_problems = self._host_table()
+            self._host_refusals = _refusals(self._host_problems)
         else:
             configs = previous.configs
         self._configs_changed = False
@@ -400,6 +402,7 @@ class PolicyBuilder:
             expiries=tuple(self._expiries.values()),
             holders=self._defined - len(self._idle),
             hosts=self._hosts,
+            host_refusals=self._host_refusals,
         )
         self._published = policy
         return policy
@@ -478,6 +481,14 @@ class PolicyBuilder:
                             f"{name}: its key is denied there",
                             warning=True,
                         )
+
+
+def _refusals(problems: Iterable[Problem]) -> Mapping[str, str]:
+    """Each refused definition's host problems, by its origin path: one status note."""
+    found: dict[str, list[str]] = {}
+    for problem in problems:
+        found.setdefault(problem.path, []).append(problem.message)
+    return MappingProxyType({path: "; ".join(messages) for path, messages in found.items()})
 
 
 def compile_policy(

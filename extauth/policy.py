@@ -163,6 +163,9 @@ class Policy:
     holders: int = 0
     # spec.hosts of the configs in effect: which config a route without config_id gets.
     hosts: hosts.HostTable = field(default_factory=hosts.HostTable)
+    # Hosts refused to an AuthConfig (another claimed them first), by the origin path of
+    # the refused definition: what its Kubernetes status says.
+    host_refusals: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key_count(self) -> int:
