@@ -272,9 +272,16 @@ class Server:
         """What /readyz says beside its verdict (a Kubernetes API server not answering)."""
         return [problem for source in self.sources for problem in source.problems()]
 
+    def _published(self, policy: Policy) -> None:
+        """Tell the sources that report on their objects (AuthConfig status) what the
+        policy made of them."""
+        self.metrics.policy_loaded(policy)
+        for source in self.sources:
+            source.policy_published(policy)
+
     def _update(self, changes: list[Change]) -> None:
         with memory.collector_paused():
-            self.metrics.policy_loaded(self.holder.update(changes))
+            self._published(self.holder.update(changes))
         if sum(len(c.upserted) for c in changes) >= memory.SETTLE_AFTER:
             memory.settle()
 
@@ -385,7 +392,7 @@ class Server:
                     for _ in self.holder.builder.steps(change):
                         await asyncio.sleep(0)
                 policy = self.holder.publish()
-                self.metrics.policy_loaded(policy)
+                self._published(policy)
             _warn_unadmitted(policy, batch)
             if sum(len(c.upserted) for c in batch) >= memory.SETTLE_AFTER:
                 memory.settle()

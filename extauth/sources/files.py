@@ -46,6 +46,7 @@ from extauth import loader, manifests, memory
 from extauth.changes import Change, Definition, Removal, removal_of
 from extauth.manifests import DEFAULT_LIMITS, Limits
 from extauth.origins import Problem
+from extauth.policy import Policy
 from extauth.sources import bulk, inotify
 from extauth.sources.listing import Listing, ListingError, Signature, walk
 
@@ -118,6 +119,9 @@ class FileSource:
         """Nothing for /readyz: what cannot be read is logged and counted, and the last
         good state of it keeps serving."""
         return []
+
+    def policy_published(self, policy: Policy) -> None:
+        """Nothing to write back: a file has no status (problems go to the log)."""
 
     # -- one scan, read in full (the initial state, tests) ---------------------------------
 
