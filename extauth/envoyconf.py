@@ -134,11 +134,11 @@ class Target:
     # for probes and scrapers outside the container; None: no such listener.
     ops: Endpoint | None = None
     grpc_tls: GrpcTls | None = None
+    routing: Routing = "config_id"
     # An OpenTelemetry collector (OTLP/gRPC) for Envoy's spans; None: no tracing. Envoy
     # passes its ext_authz span to extauth (traceparent in the Check's gRPC metadata), so
     # `extauth serve --otel` exporting to the same collector joins the trace.
     tracing: Endpoint | None = None
-    routing: Routing = "config_id"
 
     @property
     def extauth_endpoints(self) -> tuple[Endpoint, ...]:
@@ -194,11 +194,11 @@ LOCAL_MTLS = Target(
     ),
 )
 
+# Istio's shape: AuthConfigs chosen by host, several virtual hosts, no per-route settings.
+ISTIO = dataclasses.replace(LOCAL, routing="istio")
 # Traces to a collector on the OTLP/gRPC port (an OpenTelemetry Collector, Jaeger, Tempo).
 OTLP_PORT = 4317
 LOCAL_TRACING = dataclasses.replace(LOCAL, tracing=Endpoint("127.0.0.1", OTLP_PORT))
-# Istio's shape: AuthConfigs chosen by host, several virtual hosts, no per-route settings.
-ISTIO = dataclasses.replace(LOCAL, routing="istio")
 
 # Committed files: path -> (target, provider-key mode).
 FILES: dict[str, tuple[Target, ProviderKey]] = {
@@ -207,7 +207,6 @@ FILES: dict[str, tuple[Target, ProviderKey]] = {
     "envoy/envoy-key-inline.yaml": (LOCAL, "inline"),
     "envoy/envoy-passthrough.yaml": (LOCAL, "passthrough"),
     "envoy/envoy-grpc-mtls.yaml": (LOCAL_MTLS, "file"),
-    "envoy/envoy-tracing.yaml": (LOCAL_TRACING, "file"),
     "envoy/envoy-istio.yaml": (ISTIO, "file"),
     # What the gateways of deploy/gateways/ send extauth (tests/e2e/test_gateways.py).
     "tests/e2e/gateways/envoy-gateway.yaml": (
@@ -222,6 +221,7 @@ FILES: dict[str, tuple[Target, ProviderKey]] = {
         dataclasses.replace(LOCAL, routing="agentgateway"),
         "passthrough",
     ),
+    "envoy/envoy-tracing.yaml": (LOCAL_TRACING, "file"),
     "envoy/compose/envoy.yaml": (COMPOSE, "file"),
     "deploy/kubernetes/envoy-config/envoy.yaml": (KUBERNETES, "file"),
 }
@@ -812,14 +812,14 @@ def render(config: dict[str, Any], target: Target, provider_key: ProviderKey) ->
         + ") about every request.\n"
         f"# Provider key: {provider_key} (see extauth/envoyconf.py for the modes).\n"
     )
+    if target.routing != "config_id":
+        header += _ROUTING_NOTES[target.routing]
     if target.tracing is not None:
         header += (
             f"# Traces: Envoy's spans go to an OTLP/gRPC collector on "
             f"{target.tracing.host}:{target.tracing.port};\n"
             "# run extauth with --otel and OTEL_EXPORTER_OTLP_ENDPOINT naming the same one.\n"
         )
-    if target.routing != "config_id":
-        header += _ROUTING_NOTES[target.routing]
     if target.grpc_tls is not None:
         header += (
             f"# The ext_authz link is mutual TLS: Envoy trusts {target.grpc_tls.ca} for\n"
