@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 from http import HTTPStatus
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,15 @@ class StatusServer:
             self._server.close()
             await self._server.wait_closed()
 
-    def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+    def _route(self, method: str, path: str, accept: str = "") -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"method not allowed\n"
         path = path.partition("?")[0]
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+            # OpenMetrics (`# EOF`, typed `_total` counters) when the scraper asks for it
+            # (Prometheus does by default); the classic text format otherwise.
+            encode, content_type = choose_encoder(accept)
+            return 200, content_type, encode(self._registry)
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
@@ -70,10 +74,8 @@ class StatusServer:
             else:
                 parts = line.decode("latin-1").split()
                 method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-                # Drain the headers; nothing in them matters here.
-                while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                    pass
-                status, kind, body = self._route(method, path)
+                accept = await _accept_header(reader)
+                status, kind, body = self._route(method, path, accept)
             head = (
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: {kind}\r\n"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
@@ -86,3 +88,22 @@ class StatusServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+_MAX_HEADERS = 100
+
+
+async def _accept_header(reader: asyncio.StreamReader) -> str:
+    """Drain the request's headers (at most 100, each within the stream's line limit);
+    only Accept matters here (the /metrics format)."""
+    accept: list[str] = []
+    for _ in range(_MAX_HEADERS):
+        line = await asyncio.wait_for(reader.readline(), 5)
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, sep, value = line.decode("latin-1").partition(":")
+        if sep and name.strip().lower() == "accept":
+            accept.append(value.strip())
+    else:
+        raise ValueError("too many headers")
+    return ",".join(accept)[:_MAX_REQUEST_LINE]

@@ -35,6 +35,7 @@ from extauth.manifests import DEFAULT_LIMITS, Limits
 from extauth.metrics import DecisionLog, Metrics, shown
 from extauth.policy import Policy, PolicyHolder
 from extauth.snapshot import ApiKey, Change
+from extauth.sourcehealth import SourceHealth
 from extauth.sources import Source
 from extauth.sources.files import FileSource
 from extauth.wire import AUTHORIZATION_SERVICE, CHECK_METHOD
@@ -123,6 +124,12 @@ def sources_for(settings: Settings) -> list[Source]:
             )
         )
     return sources
+
+
+def source_health(sources: list[Source]) -> list[SourceHealth]:
+    """The sources' health objects (the status page and `extauth_source_*`)."""
+    found = [getattr(source, "health", None) for source in sources]
+    return [health for health in found if isinstance(health, SourceHealth)]
 
 
 def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:
@@ -260,6 +267,7 @@ class Server:
             register = getattr(source, "register_metrics", None)
             if register is not None:
                 register(self.metrics.registry)
+        self.metrics.track_sources(source_health(self.sources))
         files = [s for s in self.sources if isinstance(s, FileSource)]
         self.metrics.track_unreadable(lambda: sum(s.unreadable for s in files))
         self.status = StatusServer(self.metrics.registry, self.is_ready, self.problems)
@@ -275,6 +283,11 @@ class Server:
         """What /readyz says beside its verdict (a Kubernetes API server not answering)."""
         found: list[str] = []
         for source in self.sources:
+            health = getattr(source, "health", None)
+            if isinstance(health, SourceHealth):
+                problem = health.view().problem
+                found.extend([problem] if problem else [])
+                continue
             report = getattr(source, "problems", None)
             if report is not None:
                 found.extend(report())

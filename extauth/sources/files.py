@@ -43,6 +43,7 @@ from typing import Any
 from extauth import loader, manifests, memory
 from extauth.manifests import DEFAULT_LIMITS, Limits
 from extauth.snapshot import Change, Definition, Removal, removal_of
+from extauth.sourcehealth import SourceHealth
 from extauth.sources import bulk, inotify
 from extauth.sources.listing import Listing, ListingError, Signature, walk
 
@@ -95,6 +96,13 @@ class FileSource:
         self._unreadable_files: dict[Path, str] = {}
         self._notes: set[tuple[Path, str]] = set()
         self.listing = Listing()
+        self.health = SourceHealth(
+            "files",
+            errors=("unlistable", "unreadable"),
+            restarts=("inotify_overflow",),
+            kinds=("File",),
+        )
+        self.health.rejected_now = lambda: len(self._rejected)
 
     @property
     def unreadable(self) -> int:
@@ -115,7 +123,15 @@ class FileSource:
             removed = self._remove_gone(listing)
             for path, signature in changed:
                 self._commit(path, signature, read[path], upserted, removed)
+        self._synced()
         return Change(tuple(upserted), tuple(removed))
+
+    def _synced(self) -> None:
+        """A rescan is complete: current, unless something below the root is unreadable."""
+        if self.unreadable:
+            self.health.down(f"{self.unreadable} path(s) below {self.root} cannot be read")
+        else:
+            self.health.synced()
 
     def _list(self) -> Listing:
         try:
@@ -125,6 +141,7 @@ class FileSource:
         for path, reason in listing.unreadable.items():
             if self._unreadable_entries.get(path) != reason:
                 log.error("config: %s %s; keeping what was loaded from there", path, reason)
+                self.health.error("unreadable")
         for path in self._unreadable_entries.keys() - listing.unreadable.keys():
             log.info("config: %s is readable again", path)
         self._unreadable_entries = dict(listing.unreadable)
@@ -174,6 +191,7 @@ class FileSource:
             # Not marked rejected: a chmod changes no signature, so it is tried again at
             # every rescan (an open call) and reported once.
             if self._unreadable_files.get(path) != outcome.unreadable:
+                self.health.error("unreadable")
                 log.error(
                     "config: cannot read %s (%s); %s",
                     path,
@@ -187,6 +205,7 @@ class FileSource:
         found = outcome.definitions
         if found is None:
             self._rejected[path] = signature
+            self.health.rejected("File")
             return
         self._rejected.pop(path, None)
         accepted = self._accepted.get(path)
@@ -319,7 +338,7 @@ class FileSource:
         state and are retried.
         """
         wake = asyncio.Event()
-        watch = _Watch(self._resync_seconds, wake, self._use_inotify)
+        watch = _Watch(self._resync_seconds, wake, self._use_inotify, self.health)
         # The listing that finds removals has a thread of its own: on the pool that reads
         # files, it would wait behind every pending read (thousands of files landing at
         # once held a revocation for seconds).
@@ -368,6 +387,8 @@ class FileSource:
         except ConfigDirError as exc:
             if not self._missing:
                 log.error("config: %s; keeping the last good state", exc)
+                self.health.error("unlistable")
+            self.health.down(f"{exc}; serving the last good state")
             self._missing = True
             # Reads that finished meanwhile are dropped (their files are read again once
             # the directory is back), so that they do not wake the loop again and again.
@@ -396,6 +417,8 @@ class FileSource:
                 asyncio.to_thread(self._read_alone, path, path in self._accepted, signature[1])
             )
             reads[path] = (signature, task)
+        if not reads:
+            self._synced()
         return Change(tuple(upserted), tuple(removed))
 
 
@@ -420,8 +443,15 @@ class _Watch:
     """inotify on every directory of the tree, and what it says about which changed
     files are complete; where it cannot say, time does (see the module's docstring)."""
 
-    def __init__(self, period: float, wake: asyncio.Event, enabled: bool) -> None:
+    def __init__(
+        self,
+        period: float,
+        wake: asyncio.Event,
+        enabled: bool,
+        health: SourceHealth | None = None,
+    ) -> None:
         self._period = period
+        self._health = health or SourceHealth("files")
         self._wake = wake
         self._inotify: inotify.Inotify | None = None
         self._directories: dict[Path, int] = {}
@@ -455,6 +485,7 @@ class _Watch:
     def _handle(self, event: inotify.Event) -> None:
         if event.mask & inotify.IN_Q_OVERFLOW:
             log.warning("config: inotify queue overflow; rescanning")
+            self._health.restarted("inotify_overflow")
             self._writing.clear()
             self._distrust_until = time.monotonic() + self._period
             return

@@ -50,6 +50,7 @@ from extauth.snapshot import (
     Removal,
     removal_of,
 )
+from extauth.sourcehealth import SourceHealth, State
 from extauth.sources import bounds, liveness, statuses
 from extauth.sources.statuses import StatusWriter
 from extauth.sources.watching import (
@@ -152,6 +153,8 @@ class Translator:
         self._max_secret_bytes = max_secret_bytes
         self._rejected = rejected  # counts a rejection, by reason
         self.known: dict[Owner, _Known] = {}
+        # Objects whose latest version is rejected (extauth_config_problems counts them).
+        self.rejected_owners: set[Owner] = set()
         self._listing = 0
         self._seen: set[Owner] = set()
         self._pending = Folded()
@@ -189,6 +192,7 @@ class Translator:
     def _forget(self, owner: Owner) -> Change:
         if self._status is not None:
             self._status.forget(owner)
+        self.rejected_owners.discard(owner)
         gone = self.known.pop(owner, None)
         if gone is not None and gone.definition is not None:
             return Change(removed=(removal_of(gone.definition),))
@@ -199,6 +203,7 @@ class Translator:
         removed: list[Removal] = []
         for owner in sorted(set(self.known) - seen):
             gone = self.known.pop(owner)
+            self.rejected_owners.discard(owner)
             if self._status is not None:
                 self._status.forget(owner)
             if gone.definition is not None:
@@ -270,7 +275,10 @@ class Translator:
             definition or previous,
             problem,
         )
-        if problem is not None:
+        if problem is None:
+            self.rejected_owners.discard(owner)
+        else:
+            self.rejected_owners.add(owner)
             self._rejected(reason)
             keeping = "keeping its last good version" if previous else "not loaded"
             log.error(
@@ -419,6 +427,28 @@ class KubernetesSource:
         self.pruned: list[str] | None = None
         self._rejected: Counter | None = None
         self._status_writes: Counter | None = None
+        self.health = SourceHealth(
+            "kubernetes",
+            errors=("connection", "timeout", "unanswered"),
+            restarts=("ended", "expired", "connection", "timeout"),
+            kinds=("Secret", "AuthConfig"),
+        )
+        self.health.rejected_now = lambda: sum(len(t.rejected_owners) for t in self.translators)
+        self.health.state = self._state
+        self._synced_at: float | None = None
+
+    def _state(self) -> State:
+        """Current when the API server answers and every watch has listed and is open;
+        then as of the heartbeat's last answer. Read at scrape time."""
+        if not self.heartbeat.up:
+            return False, self.heartbeat.describe(), self._synced_at
+        failing = [w for w in self.watchers if w.failure is not None]
+        if not self.watchers or failing:
+            what = f"{failing[0].where}: {failing[0].failure}" if failing else "not started"
+            return False, f"kubernetes: {what}", self._synced_at
+        answered = time.time() - (time.monotonic() - self.heartbeat.last_answer)
+        self._synced_at = max(self._synced_at or 0.0, answered)
+        return True, None, self._synced_at
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         gauge = Gauge(
@@ -485,6 +515,7 @@ class KubernetesSource:
             custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
 
     def _lost(self) -> None:
+        self.health.error("unanswered")
         for watcher in self.watchers:
             watcher.kick()
 
@@ -496,6 +527,7 @@ class KubernetesSource:
 
     def _count_rejected(self, kind: Kind) -> Callable[[str], None]:
         def count(reason: str) -> None:
+            self.health.rejected(kind)
             if self._rejected is not None:
                 self._rejected.labels(kind, reason).inc()
 
@@ -535,6 +567,7 @@ class KubernetesSource:
                 page_size=self._page_size,
                 request_timeout=self._request_timeout,
                 on_error=self.heartbeat.check_soon,
+                health=self.health,
             )
             for kind, namespace in pairs
         ]
