@@ -289,14 +289,23 @@ class DecisionLog:
     def write(self, decision: Decision, headers: Mapping[str, str], path: str) -> None:
         if self.sample < 1.0 and random.random() >= self.sample:  # noqa: S311 (sampling)
             return
-        entry: dict[str, str | float] = {
-            "ts": round(time.time(), 3),
-            "config": (decision.config_id or "")[:SHOWN_LIMIT],
-            "request_id": headers.get("x-request-id", "")[:REQUEST_ID_LIMIT],
-            "path": path.partition("?")[0][:PATH_LIMIT],
-        }
+        entry = _Entry(
+            ts=round(time.time(), 3),
+            config=(decision.config_id or "")[:SHOWN_LIMIT],
+            request_id=headers.get("x-request-id", "")[:REQUEST_ID_LIMIT],
+            path=path.partition("?")[0][:PATH_LIMIT],
+        )
         if isinstance(decision, Allow):
             entry.update(result="allow", identity=decision.identity, team=decision.usage)
         else:
             entry.update(result="deny", reason=decision.reason.value)
-        decision_log.info(json.dumps(entry, separators=(",", ":")))
+        # The entry is the record's fields: keys of the line with --log-format json, the
+        # message (as JSON, made only if a text line is written) otherwise.
+        decision_log.info(entry, extra={"fields": entry, "brief": "decision"})
+
+
+class _Entry(dict[str, str | float]):
+    """A decision as a text log message: compact JSON, which escapes what the client sent."""
+
+    def __str__(self) -> str:
+        return json.dumps(self, separators=(",", ":"))
