@@ -295,7 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-address",
         type=_address,
         metavar="HOST:PORT",
-        help="serve /metrics (Prometheus), /healthz and /readyz here",
+        help="serve /metrics (Prometheus), /healthz, /readyz and the status page (/) here",
+    )
+    run.add_argument(
+        "--no-status-page",
+        action="store_true",
+        help="do not serve the status page at / of --http-address (404 instead)",
     )
     run.add_argument(
         "--usage-label",
@@ -514,6 +519,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         shutdown_grace=args.shutdown_grace,
         shutdown_delay=args.shutdown_delay,
         http_address=args.http_address,
+        status_page=not args.no_status_page,
         usage_label=args.usage_label,
         decision_log=args.decision_log,
         decision_log_sample=args.decision_log_sample,

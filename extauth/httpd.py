@@ -1,4 +1,5 @@
-"""A minimal HTTP/1.1 endpoint for operators: `/metrics`, `/healthz`, `/readyz`.
+"""A minimal HTTP/1.1 endpoint for operators: `/metrics`, `/healthz`, `/readyz`, and the
+status page at `/` (statuspage.py; off with `--no-status-page`).
 
 It is deliberately tiny (asyncio streams, GET only, one request per connection) so the
 service needs no web framework; Prometheus and kubelet probes are its only clients.
@@ -27,8 +28,10 @@ class StatusServer:
         registry: CollectorRegistry,
         is_ready: Callable[[], bool],
         problems: Callable[[], list[str]] = list,
+        page: Callable[[str], bytes] | None = None,
     ) -> None:
         self._registry = registry
+        self._page = page  # the status page for a query string; None: 404
         self._is_ready = is_ready
         self._problems = problems
         self._server: asyncio.Server | None = None
@@ -75,10 +78,18 @@ class StatusServer:
                 parts = line.decode("latin-1").split()
                 method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
                 accept = await _accept_header(reader)
-                status, kind, body = self._route(method, path, accept)
+                page, _, query = path.partition("?")
+                if page == "/" and self._page is not None and method in ("GET", "HEAD"):
+                    # In a thread: the first render after a policy change works out who
+                    # every AuthConfig admits, which must not hold up Checks meanwhile.
+                    status, kind = 200, _HTML
+                    body = await asyncio.to_thread(self._page, query)
+                else:
+                    status, kind, body = self._route(method, path, accept)
+            extra = _PAGE_HEADERS if kind == _HTML else ""
             head = (
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: {kind}\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+                f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n"
             )
             writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
             await writer.drain()
@@ -91,6 +102,15 @@ class StatusServer:
 
 
 _MAX_HEADERS = 100
+_HTML = "text/html; charset=utf-8"
+# The page has no script and loads nothing: a browser is told to run and fetch nothing,
+# so a value that escaped escaping still could not act.
+_PAGE_HEADERS = (
+    "content-security-policy: default-src 'none'; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'\r\n"
+    "x-content-type-options: nosniff\r\ncache-control: no-store\r\n"
+    "referrer-policy: no-referrer\r\n"
+)
 
 
 async def _accept_header(reader: asyncio.StreamReader) -> str:

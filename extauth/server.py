@@ -29,7 +29,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauth import decide, memory, responses
+from extauth import decide, memory, responses, statuspage
 from extauth.httpd import StatusServer
 from extauth.manifests import DEFAULT_LIMITS, Limits
 from extauth.metrics import DecisionLog, Metrics, shown
@@ -61,6 +61,8 @@ class Settings:
     shutdown_delay: float = 0.0
     # /metrics, /healthz, /readyz; None: not served (metrics are still kept).
     http_address: str | None = None
+    # The status page at / of http_address (--no-status-page: off, a 404).
+    status_page: bool = True
     usage_label: str | None = None
     decision_log: bool = False
     decision_log_sample: float = 1.0
@@ -270,7 +272,16 @@ class Server:
         self.metrics.track_sources(source_health(self.sources))
         files = [s for s in self.sources if isinstance(s, FileSource)]
         self.metrics.track_unreadable(lambda: sum(s.unreadable for s in files))
-        self.status = StatusServer(self.metrics.registry, self.is_ready, self.problems)
+        self.usage = statuspage.UsageHistory(lambda: self.metrics.usage_counts)
+        page = statuspage.StatusPage(
+            lambda: self.holder.current, source_health(self.sources), self.usage
+        )
+        self.status = StatusServer(
+            self.metrics.registry,
+            self.is_ready,
+            self.problems,
+            page.render if settings.status_page else None,
+        )
         self.port: int | None = None
         # Set once every source's initial state is loaded and the port is listening.
         self.ready = asyncio.Event()
@@ -364,6 +375,8 @@ class Server:
         queue: asyncio.Queue[Change] = asyncio.Queue()
         tasks = [asyncio.create_task(self._pump(stream, queue)) for stream in streams]
         tasks.append(asyncio.create_task(self._apply(queue)))
+        if self.settings.http_address and self.settings.status_page:
+            tasks.append(asyncio.create_task(self._sample_usage()))
         try:
             await stop.wait()
         finally:
@@ -381,6 +394,12 @@ class Server:
             await server.stop(self.settings.shutdown_grace)
             await self.status.stop()
             log.info("stopped")
+
+    async def _sample_usage(self) -> None:
+        """The status page's usage chart: per-team totals once a step."""
+        while True:
+            self.usage.sample()
+            await asyncio.sleep(self.usage.step)
 
     @staticmethod
     async def _pump(stream: AsyncIterator[Change], queue: asyncio.Queue[Change]) -> None:

@@ -33,6 +33,11 @@ class HealthView:
     restarts: dict[str, int]
     rejected: dict[str, int]
     rejected_now: int  # resources rejected in the current state (their last good serves)
+    # Some of them (kind, name, reason), for the status page; at most ITEMS_LIMIT.
+    rejected_items: tuple[tuple[str, str, str], ...] = ()
+
+
+ITEMS_LIMIT = 100
 
 
 State = tuple[bool, str | None, float | None]  # (up, problem, last sync)
@@ -61,6 +66,8 @@ class SourceHealth:
         # How many resources are rejected now (a rejected file, a Rejected AuthConfig):
         # the source's own count, read at scrape time.
         self.rejected_now: Callable[[], int] = lambda: 0
+        # Which ones, as (kind, name, reason); read for the status page only.
+        self.rejected_list: Callable[[], list[tuple[str, str, str]]] = list
         # A source that knows its state better at read time than by events (Kubernetes:
         # its watches and heartbeat) sets this; it then replaces up, problem, last sync.
         self.state: Callable[[], State] | None = None
@@ -88,15 +95,21 @@ class SourceHealth:
         with self._lock:
             self._rejected[kind] = self._rejected.get(kind, 0) + 1
 
-    def view(self) -> HealthView:
+    def view(self, items: bool = False) -> HealthView:
+        """`items`: with `rejected_items` (the status page), not for a scrape."""
         with self._lock:
             up, problem, last_sync = self._up, self._problem, self._last_sync
             errors, restarts = dict(self._errors), dict(self._restarts)
             rejected = dict(self._rejected)
+        listed: tuple[tuple[str, str, str], ...] = ()
         try:
             if self.state is not None:
                 up, problem, last_sync = self.state()
             now = self.rejected_now()
+            if items:
+                listed = tuple(self.rejected_list()[:ITEMS_LIMIT])
         except Exception:  # a state read mid-change: never fail a scrape for it
             now = 0
-        return HealthView(self.source, up, last_sync, problem, errors, restarts, rejected, now)
+        return HealthView(
+            self.source, up, last_sync, problem, errors, restarts, rejected, now, listed
+        )

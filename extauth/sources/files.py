@@ -63,6 +63,7 @@ class _Outcome:
 
     definitions: tuple[Definition, ...] | None
     unreadable: str | None = None
+    problem: str | None = None  # why it is rejected (the first error), for the status page
 
 
 class ConfigDirError(Exception):
@@ -103,6 +104,8 @@ class FileSource:
             kinds=("File",),
         )
         self.health.rejected_now = lambda: len(self._rejected)
+        self.health.rejected_list = self._rejected_list
+        self._rejected_reasons: dict[Path, str] = {}
 
     @property
     def unreadable(self) -> int:
@@ -125,6 +128,12 @@ class FileSource:
                 self._commit(path, signature, read[path], upserted, removed)
         self._synced()
         return Change(tuple(upserted), tuple(removed))
+
+    def _rejected_list(self) -> list[tuple[str, str, str]]:
+        return [
+            ("File", str(path), self._rejected_reasons.get(path, "rejected"))
+            for path in sorted(self._rejected)
+        ]
 
     def _synced(self) -> None:
         """A rescan is complete: current, unless something below the root is unreadable."""
@@ -174,6 +183,7 @@ class FileSource:
             removed.extend(removal_of(d) for d in self._accepted.pop(gone).definitions)
         for gone in set(self._rejected) - set(listing.files):
             del self._rejected[gone]
+            self._rejected_reasons.pop(gone, None)
         for gone in set(self._unreadable_files) - set(listing.files):
             del self._unreadable_files[gone]
         return removed
@@ -205,9 +215,11 @@ class FileSource:
         found = outcome.definitions
         if found is None:
             self._rejected[path] = signature
+            self._rejected_reasons[path] = outcome.problem or "rejected"
             self.health.rejected("File")
             return
         self._rejected.pop(path, None)
+        self._rejected_reasons.pop(path, None)
         accepted = self._accepted.get(path)
         self._accepted[path] = _Accepted(signature, found)
         upserted.extend(found)
@@ -274,7 +286,7 @@ class FileSource:
     def _failed(self, path: Path, exc: BaseException, had_good: bool) -> _Outcome:
         reason = manifests.failure(exc)  # its type and place only: never its message
         log.error("config: rejected %s (%s): %s: %s", path, _keeping(had_good), path, reason)
-        return _Outcome(None)
+        return _Outcome(None, problem=reason)
 
     def _load(self, path: Path, had_good: bool) -> _Outcome:
         unopenable = _unopenable(path)
@@ -297,14 +309,16 @@ class FileSource:
         """Log what a read of the general loader found; its outcome."""
         for note in ignored:
             log.info("config: %s: %s", path, note)
+        first: str | None = None
         for problem in problems:
             if problem.warning:
                 log.warning("config: %s", problem)
             elif found is None:
                 log.error("config: rejected %s (%s): %s", path, _keeping(had_good), problem)
+                first = first or str(problem)
         if found is not None:
             log.info("config: loaded %s (%d resource(s))", path, len(found))
-        return _Outcome(found)
+        return _Outcome(found, problem=first)
 
     def _read_apart(self, path: Path, had_good: bool) -> _Outcome:
         """`_read`, in a child process (bulk.read_apart): for large files while serving."""

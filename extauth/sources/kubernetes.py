@@ -435,7 +435,17 @@ class KubernetesSource:
         )
         self.health.rejected_now = lambda: sum(len(t.rejected_owners) for t in self.translators)
         self.health.state = self._state
+        self.health.rejected_list = self._rejected_list
         self._synced_at: float | None = None
+
+    def _rejected_list(self) -> list[tuple[str, str, str]]:
+        found: list[tuple[str, str, str]] = []
+        for translator in list(self.translators):
+            for owner in sorted(translator.rejected_owners):
+                known = translator.known.get(owner)
+                reason = known.problem if known is not None else None
+                found.append((translator.kind, "/".join(owner), reason or "rejected"))
+        return found
 
     def _state(self) -> State:
         """Current when the API server answers and every watch has listed and is open;

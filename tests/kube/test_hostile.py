@@ -139,6 +139,11 @@ def test_an_authconfig_nested_1000_deep_is_rejected_alone(tenant: Cluster, tmp_p
         )
         # Rejected now: a problem until it goes (the policy itself has none).
         assert _metric(http, "extauth_config_problems", "") == 1.0
+        # The status page says so, with the reason.
+        page = request(http, "/").body.decode()
+        row = page.split(f'data-config="{tenant.namespace}.bomb"', 1)[1].split("</tr>", 1)[0]
+        assert "Rejected" in row
+        assert "nested more than 32 levels" in row
         # A fresh replica lists the bomb and turns ready all the same.
         fresh, _ = _serve(tenant, tmp_path / "fresh.log", "--namespace", tenant.namespace)
         try:
