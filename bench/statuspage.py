@@ -25,6 +25,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from extauth.cli import SourceSettings, sources_for
 from extauth.server import Server, Settings
 from tests.builders import authconfig, secret
 from tests.harness import request
@@ -67,12 +68,11 @@ async def main(keys: int, configs: int, distinct: bool) -> None:
         root = Path(tmp)
         write(root, keys, configs, distinct)
         settings = Settings(
-            config_dir=root,
             grpc_address="127.0.0.1:0",
             http_address="127.0.0.1:0",
             usage_label="x-org",
         )
-        server = Server(settings)
+        server = Server(settings, sources_for(SourceSettings(config_dir=root)))
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
         await asyncio.wait_for(server.ready.wait(), 300)

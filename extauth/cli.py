@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,13 @@ from extauth import (
     resources,
     workers,
 )
-from extauth.manifests import DEFAULT_LIMITS, MAX_DEPTH_CEILING, Limits, Problem
-from extauth.policy import Policy, compile_policy
-from extauth.server import Settings, grpc_credentials, serve, sources_for
-from extauth.snapshot import Change, Definition
-from extauth.sources import Source
-from extauth.sources.files import ConfigDirError
+from extauth.building import compile_policy
+from extauth.changes import Change, Definition, Source
+from extauth.manifests import DEFAULT_LIMITS, MAX_DEPTH_CEILING, Limits
+from extauth.origins import Problem
+from extauth.policy import Policy
+from extauth.server import Settings, grpc_credentials, serve
+from extauth.sources.files import ConfigDirError, FileSource
 from extauth.sources.listing import ListingError, walk
 
 log = logging.getLogger("extauth")
@@ -512,17 +514,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.grpc_client_ca is not None and args.grpc_tls_cert is None:
         print("extauth serve: --grpc-client-ca needs --grpc-tls-cert", file=sys.stderr)
         return 2
-    settings = Settings(
+    reading = SourceSettings(
         config_dir=args.config_dir,
-        grpc_address=args.grpc_address,
-        default_config=args.default_config,
-        shutdown_grace=args.shutdown_grace,
-        shutdown_delay=args.shutdown_delay,
-        http_address=args.http_address,
-        status_page=not args.no_status_page,
-        usage_label=args.usage_label,
-        decision_log=args.decision_log,
-        decision_log_sample=args.decision_log_sample,
         kubernetes=args.kubernetes,
         namespaces=tuple(args.namespace or ()),
         kubeconfig=args.kubeconfig,
@@ -532,11 +525,26 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         kube_request_timeout=args.kube_request_timeout,
         kube_max_secret_bytes=args.kube_max_secret_bytes,
         kube_status_rate=args.kube_status_rate,
+        limits=_limits(args),
+    )
+    settings = Settings(
+        grpc_address=args.grpc_address,
+        default_config=args.default_config,
+        shutdown_grace=args.shutdown_grace,
+        shutdown_delay=args.shutdown_delay,
+        http_address=args.http_address,
+        status_page=not args.no_status_page,
+        usage_label=args.usage_label,
+        decision_log=args.decision_log,
+        decision_log_sample=args.decision_log_sample,
         grpc_tls_cert=args.grpc_tls_cert,
         grpc_tls_key=args.grpc_tls_key,
         grpc_client_ca=args.grpc_client_ca,
-        limits=_limits(args),
     )
+
+    def serve_one(settings: Settings) -> int:
+        return _serve_one(settings, reading)
+
     try:
         # Read once here so that a missing or unreadable file stops the start, with
         # its name, before any source is loaded.
@@ -548,16 +556,59 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.grpc_address.endswith(":0"):
             print("extauth serve: --workers needs a fixed --grpc-address port", file=sys.stderr)
             return 2
-        return workers.run_workers(settings, args.workers, _serve_one)
+        return workers.run_workers(settings, args.workers, serve_one)
     if args.grpc_address.endswith(":0"):
-        return _serve_one(settings)
+        return serve_one(settings)
     try:
         # The same claim on the port as a --workers unit takes, held until exit.
         with workers.port_lock(args.grpc_address):
-            return _serve_one(settings)
+            return serve_one(settings)
     except workers.PortTaken as exc:
         log.error("cannot listen on %s: %s", args.grpc_address, exc)
         return 2
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    """What the service reads: the config directory, a Kubernetes API server, or both."""
+
+    config_dir: Path | None = None
+    kubernetes: bool = False
+    namespaces: tuple[str, ...] = ()
+    kubeconfig: str | None = None
+    write_status: bool = True
+    kube_watch_timeout: int = 300
+    kube_heartbeat: float = 10.0
+    kube_request_timeout: float = 5.0
+    kube_max_secret_bytes: int = 16 * 1024
+    kube_status_rate: float = 50.0
+    # --max-file-bytes, --max-documents, --max-depth: what one config file may hold.
+    limits: Limits = DEFAULT_LIMITS
+
+
+def sources_for(settings: SourceSettings) -> list[Source]:
+    """The wiring: the command line is the one place that knows which sources exist; the
+    server is given them."""
+    sources: list[Source] = []
+    if settings.config_dir is not None:
+        sources.append(FileSource(settings.config_dir, limits=settings.limits))
+    if settings.kubernetes:
+        # Imported here: the kubernetes client is only loaded when it is used.
+        from extauth.sources.kubernetes import KubernetesSource
+
+        sources.append(
+            KubernetesSource(
+                list(settings.namespaces) or None,
+                kubeconfig=settings.kubeconfig,
+                write_status=settings.write_status,
+                watch_timeout=settings.kube_watch_timeout,
+                heartbeat=settings.kube_heartbeat,
+                request_timeout=settings.kube_request_timeout,
+                max_secret_bytes=settings.kube_max_secret_bytes,
+                status_rate=settings.kube_status_rate,
+            )
+        )
+    return sources
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -581,9 +632,9 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-def _serve_one(settings: Settings) -> int:
+def _serve_one(settings: Settings, reading: SourceSettings) -> int:
     try:
-        _run(serve(settings))
+        _run(serve(settings, sources_for(reading)))
     except ConfigDirError as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -631,7 +682,7 @@ def inspect(args: argparse.Namespace) -> int:
     if args.config_dir is None and not args.kubernetes:
         print("extauth inspect: give --config-dir DIR, --kubernetes, or both", file=sys.stderr)
         return 2
-    settings = Settings(
+    settings = SourceSettings(
         config_dir=args.config_dir,
         kubernetes=args.kubernetes,
         namespaces=tuple(args.namespace or ()),

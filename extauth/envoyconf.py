@@ -45,7 +45,7 @@ import yaml
 # Envoy's limit on request headers, written into every config: ext_authz fails a request
 # with 500 when the headers extauth injects would push it past it, so extauth checks the
 # same number before it allows (and counts) anything.
-from extauth.decide import MAX_REQUEST_HEADERS
+from extauth.deciding import MAX_REQUEST_HEADERS
 
 ProviderKey = Literal["file", "env", "inline", "passthrough"]
 PROVIDER_KEYS: tuple[ProviderKey, ...] = ("file", "env", "inline", "passthrough")

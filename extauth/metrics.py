@@ -33,7 +33,7 @@ from prometheus_client.core import (
 )
 
 from extauth import __version__
-from extauth.decide import Allow, Decision, Reason
+from extauth.decisions import Allow, Decision, Reason
 from extauth.policy import Policy
 from extauth.sourcehealth import HealthView, SourceHealth
 
@@ -127,12 +127,6 @@ class Metrics:
             "Admitted keys whose expires-at falls within the next 7 days.",
             registry=self.registry,
         )
-        self.unreadable = Gauge(
-            "extauth_config_unreadable_paths",
-            "Files and directories below --config-dir that cannot be read; what was loaded "
-            "from them keeps serving.",
-            registry=self.registry,
-        )
         self.expired = Gauge(
             "extauth_api_keys_expired",
             "Loaded keys past their expires-at (denied as expired_api_key).",
@@ -145,10 +139,6 @@ class Metrics:
 
     def _problems_now(self) -> float:
         return float(self._policy_problems + sum(s.view().rejected_now for s in self.sources))
-
-    def track_unreadable(self, count: Callable[[], int]) -> None:
-        """Paths of the config directory that cannot be read now, counted at scrape time."""
-        self.unreadable.set_function(lambda: float(count()))
 
     def record(self, decision: Decision, seconds: float) -> None:
         # Allows are counted once, by (config, usage label); their per-config totals are

@@ -28,8 +28,9 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlencode
 
 from extauth import __version__
+from extauth.apikeys import ApiKey
+from extauth.deciding import admits
 from extauth.policy import CompiledConfig, KeyRule, Policy
-from extauth.snapshot import ApiKey
 from extauth.sourcehealth import HealthView, SourceHealth
 
 PAGE_SIZE = 100  # identities per page
@@ -138,7 +139,7 @@ def _admit_rule(
 ) -> None:
     for owner in rule.refs:
         key = by_owner.get(owner)
-        if key is not None and rule.admits(key):
+        if key is not None and admits(rule, key):
             chosen[id(key)] = key
     for selector in rule.selectors:
         candidates: Sequence[int] = range(len(groups))

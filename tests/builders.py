@@ -6,7 +6,9 @@ import textwrap
 from collections.abc import Mapping
 
 from extauth import manifests
-from extauth.snapshot import ApiKey, Change, definitions
+from extauth.apikeys import ApiKey
+from extauth.changes import Change
+from extauth.loader import definitions
 
 
 def snapshot(*documents: str, path: str = "t.yaml") -> Change:

@@ -1,5 +1,5 @@
 """compose.yaml: accepted by docker-compose, and consistent with envoy/, authconfigs/ and
-deploy/compose/. There is no Docker engine on the build machines, so these checks stand in
+deploy/. There is no Docker engine on the build machines, so these checks stand in
 for `docker compose up`: every name, port and path one service expects of another."""
 
 from __future__ import annotations
@@ -145,7 +145,11 @@ def test_extauth_reads_the_example_config(
 
 def test_prometheus_scrapes_extauth_and_envoy(services: dict[str, Any]) -> None:
     mounts = _mounts(services["prometheus"])
+    assert mounts["/etc/prometheus/prometheus.yml"] == ROOT / "deploy/prometheus/prometheus.yml"
     config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    # Rule files are named relative to the config: each one is mounted beside it.
+    for rules in config["rule_files"]:
+        assert mounts[f"/etc/prometheus/{rules}"] == ROOT / "deploy/prometheus" / rules
     targets = {
         job["job_name"]: job["static_configs"][0]["targets"][0] for job in config["scrape_configs"]
     }

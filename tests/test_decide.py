@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
-from extauth import credentials, responses
-from extauth.decide import MAX_QUERY_PARAMETERS, Allow, Deny, Reason, decide
-from extauth.policy import KeySource, Policy, compile_policy
+from extauth import deciding, responses
+from extauth.building import compile_policy
+from extauth.deciding import MAX_QUERY_PARAMETERS, decide
+from extauth.decisions import Allow, Deny, Reason
+from extauth.policy import KeySource, Policy
 from extauth.wire import ext_authz_pb2 as pb
 from tests.builders import authconfig, secret, snapshot
 
@@ -95,7 +97,7 @@ HEADER, QUERY, COOKIE = (
     ],
 )
 def test_extract(headers: dict[str, str], path: str, expected: str | None) -> None:
-    assert credentials.extract((HEADER, QUERY, COOKIE), headers, path) == expected
+    assert deciding.extract((HEADER, QUERY, COOKIE), headers, path) == expected
 
 
 @pytest.mark.parametrize(
@@ -116,18 +118,18 @@ def test_extract(headers: dict[str, str], path: str, expected: str | None) -> No
     ],
 )
 def test_smuggled_query_keys(path: str, smuggled: bool) -> None:
-    assert credentials.smuggled(path, ["k"]) is smuggled
+    assert deciding.smuggled(path, ["k"]) is smuggled
 
 
 def test_query_key_is_read_by_the_name_envoy_strips() -> None:
-    assert credentials.query_param("/p?%6B=v&k=w", "k") == "w"
-    assert credentials.query_param("/p?%6B=v", "k") is None
+    assert deciding.query_param("/p?%6B=v&k=w", "k") == "w"
+    assert deciding.query_param("/p?%6B=v", "k") is None
 
 
 def test_without_cookies() -> None:
-    assert credentials.without_cookies("a=1; k=secret;b=2", frozenset({"k"})) == "a=1; b=2"
-    assert credentials.without_cookies("k=secret", frozenset({"k"})) == ""
-    assert credentials.without_cookies("a=1,k=s; b=2", frozenset({"k"})) == "a=1; b=2"
+    assert deciding.without_cookies("a=1; k=secret;b=2", frozenset({"k"})) == "a=1; b=2"
+    assert deciding.without_cookies("k=secret", frozenset({"k"})) == ""
+    assert deciding.without_cookies("a=1,k=s; b=2", frozenset({"k"})) == "a=1; b=2"
 
 
 def _python_calls(function: Callable[[], object]) -> int:

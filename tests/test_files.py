@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from extauth import keys, manifests, secretscan
+from extauth.apikeys import digest
+from extauth.building import PolicyBuilder
+from extauth.changes import Change
 from extauth.manifests import DEFAULT_LIMITS, Limits
-from extauth.policy import Policy, PolicyBuilder
-from extauth.snapshot import Change, digest
+from extauth.policy import Policy
 from extauth.sources import bulk, files, inotify
 from extauth.sources.files import ConfigDirError, FileSource
 from extauth.sources.listing import walk

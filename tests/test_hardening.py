@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from extauth import boolexpr, cli, keys, manifests
-from extauth.decide import Allow, Deny, Reason, decide
+from extauth import boolexpr, cli, deciding, keys, manifests
+from extauth.building import PolicyBuilder, compile_policy
+from extauth.changes import Change, Removal
+from extauth.deciding import decide
+from extauth.decisions import Allow, Deny, Reason
+from extauth.loader import definitions
 from extauth.metrics import Metrics
-from extauth.policy import PolicyBuilder, compile_policy
 from extauth.resources import Secret
-from extauth.snapshot import Change, Removal, definitions
 from tests.builders import authconfig, secret, snapshot
 
 ROUTE = {"config_id": "ns.cfg"}
@@ -301,5 +303,5 @@ def test_boolean_expr_needs_named_entries() -> None:
 )
 def test_boolexpr_precedence(expr: str, values: dict[str, bool], expected: bool) -> None:
     parsed = boolexpr.parse(expr)
-    assert parsed.evaluate(values) is expected
+    assert deciding.evaluate(parsed, values) is expected
     assert parsed.names == frozenset(values)

@@ -13,10 +13,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from extauth import keys, manifests, secretscan
-from extauth.policy import compile_policy
+from extauth import deciding, keys, manifests, secretscan
+from extauth.building import compile_policy
+from extauth.changes import Change
+from extauth.loader import definitions
 from extauth.resources import Secret
-from extauth.snapshot import Change, definitions
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_PATTERN = re.compile(r"eak_[A-Za-z0-9_-]{43}")
@@ -72,11 +73,11 @@ def test_the_readme_story_admits_the_new_key(tmp_path: Path) -> None:
         assert file.ok, file.problems
         loaded.extend(file.resources)
     policy = compile_policy(Change(definitions(loaded)))
-    grant = policy.grant("agentgateway-system.apikey-auth", key)
+    grant = deciding.grant(policy, "agentgateway-system.apikey-auth", key)
     assert grant is not None
     assert grant.identity == "team2-apikey"
     assert ("x-org", "platform") in grant.set_headers
-    assert policy.grant("agentgateway-system.apikey-auth", key + "x") is None
+    assert deciding.grant(policy, "agentgateway-system.apikey-auth", key + "x") is None
 
 
 def test_output_is_never_partial_and_never_overwritten(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from extauth.cli import SourceSettings, sources_for
 from extauth.server import Server, Settings
 from tests.builders import authconfig, secret
 from tests.harness import request
@@ -57,7 +58,6 @@ def test_metrics_usage_and_decision_log(tmp_path: Path, caplog: pytest.LogCaptur
         )
     )
     settings = Settings(
-        config_dir=tmp_path,
         grpc_address="127.0.0.1:0",
         http_address="127.0.0.1:0",
         usage_label="x-org",
@@ -65,7 +65,7 @@ def test_metrics_usage_and_decision_log(tmp_path: Path, caplog: pytest.LogCaptur
     )
 
     async def main() -> str:
-        server = Server(settings)
+        server = Server(settings, sources_for(SourceSettings(config_dir=tmp_path)))
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
         await asyncio.wait_for(server.ready.wait(), 10)
@@ -118,7 +118,8 @@ def test_readyz_is_not_ready_before_the_first_snapshot_and_while_stopping(tmp_pa
 
     async def main() -> None:
         server = Server(
-            Settings(config_dir=tmp_path, grpc_address="127.0.0.1:0", http_address="127.0.0.1:0")
+            Settings(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0"),
+            sources_for(SourceSettings(config_dir=tmp_path)),
         )
         assert not server.is_ready()
         stop = asyncio.Event()

@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 from extauth import inspecting, keys
-from extauth.policy import compile_policy
+from extauth.building import compile_policy
+from extauth.cli import SourceSettings, sources_for
 from extauth.server import Server, Settings
 from extauth.sourcehealth import SourceHealth
 from extauth.statuspage import PAGE_SIZE, StatusPage, UsageHistory, admitted
@@ -72,12 +73,11 @@ def test_no_status_page_is_a_404(tmp_path: Path) -> None:
 
     async def main(enabled: bool) -> tuple[int, int]:
         settings = Settings(
-            config_dir=tmp_path,
             grpc_address="127.0.0.1:0",
             http_address="127.0.0.1:0",
             status_page=enabled,
         )
-        server = Server(settings)
+        server = Server(settings, sources_for(SourceSettings(config_dir=tmp_path)))
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
         await asyncio.wait_for(server.ready.wait(), 10)

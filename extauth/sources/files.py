@@ -40,9 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Gauge
+
 from extauth import loader, manifests, memory
+from extauth.changes import Change, Definition, Removal, removal_of
 from extauth.manifests import DEFAULT_LIMITS, Limits
-from extauth.snapshot import Change, Definition, Removal, removal_of
+from extauth.origins import Problem
 from extauth.sourcehealth import SourceHealth
 from extauth.sources import bulk, inotify
 from extauth.sources.listing import Listing, ListingError, Signature, walk
@@ -111,6 +114,21 @@ class FileSource:
     def unreadable(self) -> int:
         """Paths below the root that cannot be read now (their last good state serves)."""
         return len(self._unreadable_entries) + len(self._unreadable_files)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        gauge = Gauge(
+            "extauth_config_unreadable_paths",
+            "Files and directories below --config-dir that cannot be read; what was loaded "
+            "from them keeps serving.",
+            registry=registry,
+        )
+        # Counted at scrape time.
+        gauge.set_function(lambda: float(self.unreadable))
+
+    def problems(self) -> list[str]:
+        """For /readyz, beside a 200: the last good state of what cannot be read serves."""
+        problem = self.health.view().problem
+        return [problem] if problem else []
 
     # -- one scan, read in full (the initial state, tests) ---------------------------------
 
@@ -302,7 +320,7 @@ class FileSource:
         self,
         path: Path,
         found: tuple[Definition, ...] | None,
-        problems: Iterable[manifests.Problem],
+        problems: Iterable[Problem],
         ignored: Iterable[str],
         had_good: bool,
     ) -> _Outcome:

@@ -37,19 +37,11 @@ from kubernetes import client, config
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
-from extauth import crds, manifests
-from extauth.manifests import Origin
+from extauth import crds, loader, manifests
+from extauth.apikeys import KUBERNETES_PREFIX, ApiKey, Owner
+from extauth.changes import Change, Definition, PlacedAuthConfig, Removal, removal_of
+from extauth.origins import Origin
 from extauth.resources import AuthConfig, Secret
-from extauth.snapshot import (
-    KUBERNETES_PREFIX,
-    ApiKey,
-    Change,
-    Definition,
-    Owner,
-    PlacedAuthConfig,
-    Removal,
-    removal_of,
-)
 from extauth.sourcehealth import SourceHealth, State
 from extauth.sources import bounds, liveness, statuses
 from extauth.sources.statuses import StatusWriter
@@ -251,13 +243,15 @@ class Translator:
             reason = "invalid"
             try:
                 if self.kind == "Secret":
-                    definition = ApiKey.from_secret(
+                    definition = loader.secret_key(
                         Secret.model_validate(item),
                         _origin(self.kind, owner, kubernetes_rank(item)),
                     )
                 else:
+                    # Ranked by age too: of two claiming one host, the older keeps it.
                     definition = PlacedAuthConfig(
-                        AuthConfig.model_validate(item), _origin(self.kind, owner)
+                        AuthConfig.model_validate(item),
+                        _origin(self.kind, owner, kubernetes_rank(item)),
                     )
             except ValidationError as exc:
                 problem = "; ".join(manifests.error_messages(exc))
@@ -500,8 +494,9 @@ class KubernetesSource:
         )
 
     def problems(self) -> list[str]:
-        """What /readyz reports beside its verdict."""
-        found = self.heartbeat.describe()
+        """What /readyz reports beside its verdict: the API server not answering, or a
+        watch failing (a 403, say) while it answers."""
+        found = self.health.view().problem
         return [found] if found else []
 
     @property
