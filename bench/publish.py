@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from extauth.apikeys import api_key, digest, shared
 from extauth.building import PolicyHolder

@@ -8,9 +8,11 @@ new, edited or deleted Secret touches one index entry and no AuthConfig; an edit
 AuthConfig recompiles that config alone. 100k or 1M keys cost the same per change.
 
 Immutability: `PolicyBuilder` owns mutable working state; `build()` publishes a `Policy`
-holding a copy of the index (`dict.copy()`, a memory copy: ~40 ms at 1M keys, and done
-once per batch of changes, never per change). `PolicyHolder` swaps the reference in one
-assignment; a Check that started on the old policy finishes on it.
+whose key index (`policy.KeyIndex`) shares its large base with the previous policy and
+carries the changes since as a small layer of its own: a publish copies that layer, not
+the index, and a copy of the whole index (compaction) comes once per 1/32 of it changed.
+`PolicyHolder` swaps the reference in one assignment; a Check that started on the old
+policy finishes on it.
 
 Conflicts are refused here, and the winner depends only on what is defined, never on
 the order it arrived in (`rank`: files first, by path and document; then Kubernetes
@@ -34,13 +36,19 @@ from extauth.apikeys import KUBERNETES_PREFIX, ApiKey, Owner
 from extauth.changes import Change, Definition, PlacedAuthConfig, Removal
 from extauth.deciding import rule_grant
 from extauth.origins import Origin, Problem
-from extauth.policy import CompiledConfig, HeaderRule, KeyRule, KeySource, Policy
+from extauth.policy import CompiledConfig, HeaderRule, KeyIndex, KeyRule, KeySource, Policy
 
 if TYPE_CHECKING:
     # Read, never imported at run time: the request path's server holds the builder.
     from extauth.resources import AuthConfig
 
 log = logging.getLogger(__name__)
+
+# A published index's recent layer grows to at most this fraction of its base before a
+# publish compacts it into a new base: at a million keys a revocation copies at most
+# ~30,000 entries (usually a few), and one copy of the million is spread over as many
+# changes. A superseded key stays referenced by the base until then, never longer.
+COMPACT_RATIO = 32
 
 
 def compile_rule(config: AuthConfig, index: int) -> KeyRule:
@@ -134,6 +142,11 @@ class PolicyBuilder:
         # of lowest rank; the rare other claimants wait, and the best of them takes over
         # when the holder goes.
         self._admitted: dict[bytes, ApiKey] = {}
+        # What was published of it (`KeyIndex`), and the digests changed since: None once
+        # more than `_dirty_limit` have, when the next publish makes a new base.
+        self._index = KeyIndex()
+        self._dirty: set[bytes] | None = None
+        self._dirty_limit = 0
         self._waiting: dict[bytes, list[Owner]] = {}
         # Secrets in effect, and those of them that hold none of their digests.
         self._defined = 0
@@ -142,6 +155,7 @@ class PolicyBuilder:
         self._compiled: dict[str, CompiledConfig] = {}
         self._hosts = hosts.HostTable()
         self._host_problems: tuple[Problem, ...] = ()
+        self._host_refusals: Mapping[str, str] = {}
         self._problems: dict[_ProblemKey, Problem] = {}
         self._configs_changed = True
         self._published: Policy | None = None
@@ -285,6 +299,10 @@ class PolicyBuilder:
                 and key.digest not in self._admitted
             ):
                 self._admitted[key.digest] = key  # it holds its key: not idle
+                if self._dirty is not None:
+                    self._dirty.add(key.digest)
+                    if len(self._dirty) > self._dirty_limit:
+                        self._dirty = None
             else:
                 self._secret_effect(None, key)
             return
@@ -356,7 +374,7 @@ class PolicyBuilder:
             for key_digest in after.digests:
                 holder = self._admitted[key_digest]
                 if holder is before:
-                    self._admitted[key_digest] = after
+                    self._hold(key_digest, after)
                     for waiter in self._waiting.get(key_digest, ()):
                         self._refuse(key_digest, waiter, after)
                 else:
@@ -371,12 +389,12 @@ class PolicyBuilder:
         for key_digest in key.digests:
             holder = self._admitted.get(key_digest)
             if holder is None:
-                self._admitted[key_digest] = key
+                self._hold(key_digest, key)
                 continue
             waiting = self._waiting.setdefault(key_digest, [])
             if rank(key) < rank(holder):
                 # The newcomer ranks first: it takes the key, the holder waits.
-                self._admitted[key_digest] = key
+                self._hold(key_digest, key)
                 waiting.append(holder.owner)
                 for waiter in waiting:
                     self._refuse(key_digest, waiter, key)
@@ -402,12 +420,12 @@ class PolicyBuilder:
                     self._waiting[key_digest] = waiting
                 continue
             if not waiting:
-                del self._admitted[key_digest]
+                self._hold(key_digest, None)
                 continue
             claimants = [self._secret(waiter) for waiter in waiting]
             successor = min((c for c in claimants if c is not None), key=rank)
             waiting.remove(successor.owner)
-            self._admitted[key_digest] = successor
+            self._hold(key_digest, successor)
             if waiting:
                 self._waiting[key_digest] = waiting
             self._problems.pop(("conflict", successor.owner, key_digest.hex()), None)
@@ -415,6 +433,17 @@ class PolicyBuilder:
             for waiter in waiting:
                 self._refuse(key_digest, waiter, successor)
         self._count(owner)
+
+    def _hold(self, key_digest: bytes, key: ApiKey | None) -> None:
+        """Give the digest to `key` (None: to no one), noting it for the next publish."""
+        if key is None:
+            del self._admitted[key_digest]
+        else:
+            self._admitted[key_digest] = key
+        if self._dirty is not None:
+            self._dirty.add(key_digest)
+            if len(self._dirty) > self._dirty_limit:
+                self._dirty = None  # past the limit: the next publish compacts
 
     def _count(self, owner: Owner) -> None:
         """Keep the set of defined Secrets that hold none of their digests."""
@@ -451,11 +480,12 @@ class PolicyBuilder:
         if previous is None or self._configs_changed:
             configs = MappingProxyType(dict(self._compiled))
             self._hosts, self._host_problems = self._host_table()
+            self._host_refusals = _refusals(self._host_problems)
         else:
             configs = previous.configs
         self._configs_changed = False
         policy = Policy(
-            keys=MappingProxyType(self._admitted.copy()),
+            keys=self._publish_index(),
             configs=configs,
             default_config=self.default_config,
             usage_label=self.usage_label,
@@ -468,9 +498,30 @@ class PolicyBuilder:
             expiries=tuple(self._expiries.values()),
             holders=self._defined - len(self._idle),
             hosts=self._hosts,
+            host_refusals=self._host_refusals,
         )
         self._published = policy
         return policy
+
+    def _publish_index(self) -> KeyIndex:
+        """The index as of now, at the cost of the changes since the last publish: the
+        published `recent` layer, copied with them, or past `_dirty_limit` changes
+        since the base was made, a new base (one copy of the whole index)."""
+        previous, dirty = self._index, self._dirty
+        if dirty is not None and not dirty:
+            return previous
+        admitted = self._admitted
+        if dirty is None:
+            index = KeyIndex(MappingProxyType(admitted.copy()), {}, len(admitted))
+        else:
+            recent = dict(previous.recent)
+            for key_digest in dirty:
+                recent[key_digest] = admitted.get(key_digest)
+            index = KeyIndex(previous.base, recent, len(admitted))
+        self._index = index
+        self._dirty = set()
+        self._dirty_limit = len(index.base) // COMPACT_RATIO - len(index.recent)
+        return index
 
     def _host_table(self) -> tuple[hosts.HostTable, tuple[Problem, ...]]:
         """The host table of the AuthConfigs in effect, and a problem for each pattern
@@ -527,6 +578,14 @@ class PolicyBuilder:
                             f"{name}: its key is denied there",
                             warning=True,
                         )
+
+
+def _refusals(problems: Iterable[Problem]) -> Mapping[str, str]:
+    """Each refused definition's host problems, by its origin path: one status note."""
+    found: dict[str, list[str]] = {}
+    for problem in problems:
+        found.setdefault(problem.path, []).append(problem.message)
+    return MappingProxyType({path: "; ".join(messages) for path, messages in found.items()})
 
 
 def compile_policy(

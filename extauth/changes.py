@@ -24,6 +24,7 @@ from extauth.origins import Origin
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from extauth.policy import Policy
     from extauth.resources import AuthConfig
 
 
@@ -79,3 +80,7 @@ class Source(Protocol):
 
     def problems(self) -> list[str]:
         """What keeps this source from being current now, for /readyz (empty: nothing)."""
+
+    def policy_published(self, policy: Policy) -> None:
+        """What the newly published policy made of this source's objects (hosts refused
+        to an AuthConfig, for its status); called after every publish."""

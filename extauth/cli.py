@@ -26,6 +26,7 @@ from extauth import (
     logformat,
     manifests,
     resources,
+    tracing,
     workers,
 )
 from extauth.building import compile_policy
@@ -357,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long SIGTERM waits for in-flight checks",
     )
+    run.add_argument(
+        "--otel",
+        action="store_true",
+        help="trace every Check with OpenTelemetry, exported over OTLP/gRPC as the standard "
+        "OTEL_* variables say (needs the otel extra; an OTEL_EXPORTER_OTLP_ENDPOINT turns "
+        "it on too)",
+    )
     _add_limits(run)
 
     check = commands.add_parser(
@@ -527,6 +535,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         kube_status_rate=args.kube_status_rate,
         limits=_limits(args),
     )
+    otel = tracing.wanted(args.otel, os.environ if environ is None else environ)
+    if otel and not tracing.available():
+        print(
+            "extauth serve: tracing needs the otel extra: pip install 'extauth[otel]'",
+            file=sys.stderr,
+        )
+        return 2
     settings = Settings(
         grpc_address=args.grpc_address,
         default_config=args.default_config,
@@ -540,6 +555,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         grpc_tls_cert=args.grpc_tls_cert,
         grpc_tls_key=args.grpc_tls_key,
         grpc_client_ca=args.grpc_client_ca,
+        otel=otel,
     )
 
     def serve_one(settings: Settings) -> int:

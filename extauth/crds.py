@@ -421,7 +421,11 @@ STATUS_SCHEMA: dict[str, Any] = {
             "description": "Accepted: in force. Rejected: not loaded (see reason); the last "
             "good version, if any, keeps serving.",
         },
-        "reason": {"type": "string", "description": "Why it was rejected; empty if accepted."},
+        "reason": {
+            "type": "string",
+            "description": "Why it was rejected; if accepted, what it was refused (hosts "
+            "another AuthConfig claimed first) or that the CRD is outdated, else empty.",
+        },
         "observedGeneration": {
             "type": "integer",
             "description": "The metadata.generation this status is about.",

@@ -80,7 +80,7 @@ def decide(
     if config.key_header is not None:
         # One header: the same lookup as `_lookup`, without its general source loop.
         key = from_header(headers.get(config.key_header))
-        looked_up = [(key, policy.keys.get(digest(key)) if key is not None else None)]
+        looked_up = [(key, find(policy, digest(key)) if key is not None else None)]
     else:
         looked_up = [_lookup(policy, rule, headers, path) for rule in config.rules]
     return _check_keys(policy, config, looked_up, headers, now)
@@ -130,7 +130,15 @@ def _lookup(
 ) -> tuple[str | None, ApiKey | None]:
     """The credential a rule finds in the request, and the key it names (if loaded)."""
     key = extract(rule.sources, headers, path)
-    return key, (policy.keys.get(digest(key)) if key is not None else None)
+    return key, (find(policy, digest(key)) if key is not None else None)
+
+
+def find(policy: Policy, key_digest: bytes) -> ApiKey | None:
+    """The admitted key with this digest: the index's recent changes, then its base."""
+    recent = policy.keys.recent
+    if key_digest in recent:
+        return recent[key_digest]
+    return policy.keys.base.get(key_digest)
 
 
 def _expired(found: ApiKey, now: float | None) -> bool:
@@ -302,7 +310,7 @@ def admitted_anywhere(policy: Policy, key: ApiKey) -> bool:
 
 def grant(policy: Policy, config_id: str, key: str) -> Grant | None:
     """The grant of `key` under a single-rule config (tests and tools)."""
-    found = policy.keys.get(digest(key))
+    found = find(policy, digest(key))
     (rule,) = policy.configs[config_id].rules
     if found is None or not admits(rule, found):
         return None

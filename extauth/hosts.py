@@ -28,6 +28,8 @@ from typing import Any
 # DNS's limit on a name (RFC 1035), plus a trailing dot and ":65535".
 MAX_NAME = 253
 MAX_REQUEST_HOST = MAX_NAME + 1 + 6
+MEMO_LIMIT = 4096
+_MISS = object()
 # A label: letters, digits, '-' and '_' (seen in internal names), 1 to 63 characters,
 # not starting or ending with '-'. Lowercase only: both sides are lowered (ASCII) first.
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
@@ -175,6 +177,11 @@ class HostTable:
 
     exact: Mapping[str, str] = field(default_factory=dict)
     wildcard: Mapping[str, str] = field(default_factory=dict)
+    # Answers by the host as sent: a gateway's hosts are few, and a memo hit is one probe
+    # instead of parsing the host (microseconds). Bounded: hosts come from clients, so it
+    # is cleared past MEMO_LIMIT entries, and a host longer than a name is never kept. A
+    # memo, not state: it dies with this table, rebuilt with every change of AuthConfigs.
+    _memo: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.exact or self.wildcard)
@@ -191,6 +198,18 @@ class HostTable:
     def lookup(self, host: str) -> str | None:
         """The config id `host` selects: `host:port`, then `host`; then the longest
         wildcard suffix, with the port, then without."""
+        memo = self._memo
+        found = memo.get(host, _MISS)
+        if found is not _MISS:
+            return found  # type: ignore[return-value]
+        found = self._lookup(host)
+        if len(host) <= MAX_REQUEST_HOST:
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[host] = found
+        return found
+
+    def _lookup(self, host: str) -> str | None:
         parsed = _request_host(host)
         if parsed is None:
             return None

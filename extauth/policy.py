@@ -11,7 +11,7 @@ up to date). Vocabulary: data only, no I/O, no YAML or pydantic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -103,10 +103,56 @@ class CompiledConfig:
         object.__setattr__(self, "key_header", header)
 
 
+class KeyIndex(Mapping[bytes, ApiKey]):
+    """Every admitted key by digest, as one published policy sees it, in two layers: a
+    large `base`, shared by successive policies and never changed once published, and
+    the `recent` changes since it was made (a digest mapped to None is gone).
+
+    Publishing a change copies `recent`, not `base`: a revocation among a million keys
+    costs what the changes since the last compaction cost, and the builder compacts
+    (one copy of the whole index) only after changes amounting to a fixed fraction of
+    it, so the copy's cost is spread over that many changes. `deciding` reads the two
+    dicts directly; this class is the Mapping everything else reads.
+    """
+
+    __slots__ = ("_count", "base", "recent")
+
+    def __init__(
+        self,
+        base: Mapping[bytes, ApiKey] | None = None,
+        recent: Mapping[bytes, ApiKey | None] | None = None,
+        count: int | None = None,
+    ) -> None:
+        self.base: Mapping[bytes, ApiKey] = {} if base is None else base
+        self.recent: Mapping[bytes, ApiKey | None] = {} if recent is None else recent
+        self._count = len(self.base) if count is None else count
+
+    def __getitem__(self, key_digest: bytes) -> ApiKey:
+        recent = self.recent
+        if key_digest in recent:
+            found = recent[key_digest]
+            if found is None:
+                raise KeyError(key_digest)
+            return found
+        return self.base[key_digest]
+
+    def __iter__(self) -> Iterator[bytes]:
+        recent = self.recent
+        for key_digest in self.base:
+            if key_digest not in recent:
+                yield key_digest
+        for key_digest, found in recent.items():
+            if found is not None:
+                yield key_digest
+
+    def __len__(self) -> int:
+        return self._count
+
+
 @dataclass(frozen=True)
 class Policy:
     # Every admitted key by digest: the one index Check consults.
-    keys: Mapping[bytes, ApiKey] = field(default_factory=dict)
+    keys: KeyIndex = field(default_factory=KeyIndex)
     configs: Mapping[str, CompiledConfig] = field(default_factory=dict)
     default_config: str | None = None
     usage_label: str | None = None
@@ -117,6 +163,9 @@ class Policy:
     holders: int = 0
     # spec.hosts of the configs in effect: which config a route without config_id gets.
     hosts: hosts.HostTable = field(default_factory=hosts.HostTable)
+    # Hosts refused to an AuthConfig (another claimed them first), by the origin path of
+    # the refused definition: what its Kubernetes status says.
+    host_refusals: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key_count(self) -> int:

@@ -37,7 +37,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauth import deciding, memory, responses, statuspage
+from extauth import deciding, memory, responses, statuspage, tracing
 from extauth.apikeys import ApiKey
 from extauth.building import PolicyHolder
 from extauth.changes import Change, Source
@@ -47,6 +47,7 @@ from extauth.metrics import DecisionLog, Metrics, shown
 from extauth.origins import failure_site
 from extauth.policy import Policy
 from extauth.sourcehealth import SourceHealth
+from extauth.tracing import CheckTracing
 from extauth.wire import AUTHORIZATION_SERVICE, CHECK_METHOD
 from extauth.wire import ext_authz_pb2 as pb
 
@@ -83,6 +84,8 @@ class Settings:
     grpc_tls_cert: Path | None = None
     grpc_tls_key: Path | None = None
     grpc_client_ca: Path | None = None
+    # A span per Check (extauth/tracing.py): --otel or an OTEL_EXPORTER_OTLP_* endpoint.
+    otel: bool = False
 
 
 def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -130,10 +133,12 @@ class AuthorizationService:
         holder: PolicyHolder,
         metrics: Metrics | None = None,
         decision_log: DecisionLog | None = None,
+        tracing: CheckTracing | None = None,
     ) -> None:
         self._holder = holder
         self._metrics = metrics or Metrics()
         self._decision_log = decision_log
+        self._tracing = tracing
         self._warned_policy: Policy | None = None
         # Config ids warned about (None: a route without one) under `_warned_policy`, and
         # whether the limit was reached: a flag of its own, since None is an id here.
@@ -150,7 +155,7 @@ class AuthorizationService:
         if request is None:
             # Not a CheckRequest (parse_check): denied, counted as an internal error and
             # not logged; Envoy never sends one.
-            return self._failed(start)
+            return self._failed(start, context)
         policy = self._holder.current
         cache = self._cache
         if cache.policy is not policy:
@@ -175,20 +180,28 @@ class AuthorizationService:
             # The message or a traceback's locals may quote request data (a key): log
             # only the exception type and where it was raised.
             log.error("check: internal error (%s); denying", failure_site(exc))
-            return self._failed(start)
+            return self._failed(start, context)
         if isinstance(decision, Deny) and decision.reason in (
             Reason.NO_CONFIG,
             Reason.UNKNOWN_CONFIG,
         ):
             self._warn_config(policy, decision)
-        self._metrics.record(decision, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self._metrics.record(decision, seconds)
         if self._decision_log is not None:
             self._decision_log.write(decision, headers, http.path)
+        if self._tracing is not None:
+            self._tracing.record(context.invocation_metadata(), headers, decision, seconds)
         return encoded
 
-    def _failed(self, start: float) -> bytes:
+    def _failed(
+        self, start: float, context: grpc.aio.ServicerContext[pb.CheckRequest | None, bytes]
+    ) -> bytes:
         failed = Deny(Reason.INTERNAL, None)
-        self._metrics.record(failed, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self._metrics.record(failed, seconds)
+        if self._tracing is not None:
+            self._tracing.record(context.invocation_metadata(), {}, failed, seconds)
         return responses.encode(failed)
 
     def _warn_config(self, policy: Policy, decision: Deny) -> None:
@@ -269,6 +282,7 @@ class Server:
         # Set once every source's initial state is loaded and the port is listening.
         self.ready = asyncio.Event()
         self._stopping = False
+        self._tracing: CheckTracing | None = None
 
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self._stopping
@@ -277,9 +291,16 @@ class Server:
         """What /readyz says beside its verdict (a Kubernetes API server not answering)."""
         return [problem for source in self.sources for problem in source.problems()]
 
+    def _published(self, policy: Policy) -> None:
+        """Tell the sources that report on their objects (AuthConfig status) what the
+        policy made of them."""
+        self.metrics.policy_loaded(policy)
+        for source in self.sources:
+            source.policy_published(policy)
+
     def _update(self, changes: list[Change]) -> None:
         with memory.collector_paused():
-            self.metrics.policy_loaded(self.holder.update(changes))
+            self._published(self.holder.update(changes))
         if sum(len(c.upserted) for c in changes) >= memory.SETTLE_AFTER:
             memory.settle()
 
@@ -321,7 +342,10 @@ class Server:
         decision_log = (
             DecisionLog(self.settings.decision_log_sample) if self.settings.decision_log else None
         )
-        checks = AuthorizationService(self.holder, self.metrics, decision_log)
+        if self.settings.otel:
+            self._tracing = tracing.start()
+            log.info("tracing Checks (OpenTelemetry, OTLP/gRPC)")
+        checks = AuthorizationService(self.holder, self.metrics, decision_log, self._tracing)
         server.add_generic_rpc_handlers((authorization_handler(checks),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         credentials = grpc_credentials(self.settings)
@@ -366,6 +390,8 @@ class Server:
                     await task
             await server.stop(self.settings.shutdown_grace)
             await self.status.stop()
+            if self._tracing is not None:
+                await asyncio.to_thread(self._tracing.shutdown)
             log.info("stopped")
 
     async def _sample_usage(self) -> None:
@@ -393,7 +419,7 @@ class Server:
                     for _ in self.holder.builder.steps(change):
                         await asyncio.sleep(0)
                 policy = self.holder.publish()
-                self.metrics.policy_loaded(policy)
+                self._published(policy)
             _warn_unadmitted(policy, batch)
             if sum(len(c.upserted) for c in batch) >= memory.SETTLE_AFTER:
                 memory.settle()

@@ -376,3 +376,18 @@ def test_inspect_shows_the_hosts_each_config_holds() -> None:
         in text
     )
     assert "host 'b.example.com' is already claimed by AuthConfig ns/red" in text
+
+
+def test_the_memo_answers_the_same_and_stays_bounded() -> None:
+    table, _ = hosts.build([(1, "w", ["*.a.com"]), (2, "e", ["x.a.com:8080"])])
+    for _ in range(2):  # computed, then from the memo
+        assert table.lookup("y.a.com") == "w"
+        assert table.lookup("x.a.com:8080") == "e"
+        assert table.lookup("x.b.com") is None
+    # Hosts come from clients: a flood of distinct ones never grows it past its limit.
+    for i in range(hosts.MEMO_LIMIT * 2 + 7):
+        assert table.lookup(f"h{i}.a.com") == "w"
+    assert len(table._memo) <= hosts.MEMO_LIMIT
+    long_host = "a" * 300 + ".a.com"
+    assert table.lookup(long_host) is None
+    assert long_host not in table._memo

@@ -46,6 +46,7 @@ from extauth import loader, manifests, memory
 from extauth.changes import Change, Definition, Removal, removal_of
 from extauth.manifests import DEFAULT_LIMITS, Limits
 from extauth.origins import Problem
+from extauth.policy import Policy
 from extauth.sourcehealth import SourceHealth
 from extauth.sources import bulk, inotify
 from extauth.sources.listing import Listing, ListingError, Signature, walk
@@ -129,6 +130,9 @@ class FileSource:
         """For /readyz, beside a 200: the last good state of what cannot be read serves."""
         problem = self.health.view().problem
         return [problem] if problem else []
+
+    def policy_published(self, policy: Policy) -> None:
+        """Nothing to write back: a file has no status (problems go to the log)."""
 
     # -- one scan, read in full (the initial state, tests) ---------------------------------
 

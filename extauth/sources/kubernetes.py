@@ -41,6 +41,7 @@ from extauth import crds, loader, manifests
 from extauth.apikeys import KUBERNETES_PREFIX, ApiKey, Owner
 from extauth.changes import Change, Definition, PlacedAuthConfig, Removal, removal_of
 from extauth.origins import Origin
+from extauth.policy import Policy
 from extauth.resources import AuthConfig, Secret
 from extauth.sourcehealth import SourceHealth, State
 from extauth.sources import bounds, liveness, statuses
@@ -492,6 +493,19 @@ class KubernetesSource:
             ["result"],
             registry=registry,
         )
+
+    def policy_published(self, policy: Policy) -> None:
+        """Hosts the policy refuses an AuthConfig of this cluster (another claimed them
+        first) go into its status; a refusal lifted clears it."""
+        if self.status is None:
+            return
+        prefix = f"{KUBERNETES_PREFIX}AuthConfig/"
+        notes: dict[Owner, str] = {}
+        for path, message in policy.host_refusals.items():
+            if path.startswith(prefix):
+                namespace, _, name = path[len(prefix) :].partition("/")
+                notes[(namespace, name)] = message
+        self.status.set_notes(notes)
 
     def problems(self) -> list[str]:
         """What /readyz reports beside its verdict: the API server not answering, or a

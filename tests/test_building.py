@@ -10,7 +10,8 @@ from extauth.apikeys import ApiKey, digest
 from extauth.building import PolicyBuilder, PolicyHolder, compile_policy
 from extauth.changes import Change, Removal
 from extauth.origins import Origin
-from tests.builders import authconfig, merge, secret, snapshot
+from tests.builders import REFS as X_KEY_REFS
+from tests.builders import allowed, authconfig, merge, secret, snapshot
 
 REFS = """
 headerName: x-key
@@ -312,3 +313,58 @@ def test_files_rank_before_kubernetes_objects_whatever_the_directory_is_called()
         for order in ((from_file, from_cluster), (from_cluster, from_file)):
             policy = compile_policy(Change(order))
             assert policy.keys[digest("shared")].name == "file"
+
+
+def test_a_publish_copies_the_change_not_the_index() -> None:
+    """A revocation among many keys shares the published base and copies only the recent
+    layer; after changes amounting to 1/32 of the base, a publish compacts them into a
+    new base, and no superseded key stays referenced."""
+    builder = PolicyBuilder()
+    builder.apply(snapshot(*(secret(f"s{i}", f"key-{i}") for i in range(256))))
+    first = builder.build()
+    assert len(first.keys) == 256
+    assert not first.keys.recent
+    builder.apply(Change(removed=(Removal("Secret", ("ns", "s0"), "t.yaml"),)))
+    second = builder.build()
+    assert second.keys.base is first.keys.base  # shared, not copied
+    assert dict(second.keys.recent) == {digest("key-0"): None}
+    assert digest("key-0") not in second.keys
+    assert len(second.keys) == 255
+    assert first.keys[digest("key-0")].name == "s0"  # the old policy is unchanged
+    assert set(second.keys) == {digest(f"key-{i}") for i in range(1, 256)}
+    # 256 // 32 = 8 changed digests fit in the recent layer; past them a publish compacts.
+    for i in range(1, 7):
+        builder.apply(Change(removed=(Removal("Secret", ("ns", f"s{i}"), "t.yaml"),)))
+        policy = builder.build()
+        assert policy.keys.base is first.keys.base
+        assert len(policy.keys.recent) == i + 1
+    builder.apply(snapshot(secret("s9", "new-key-9")))  # two more digests: key-9, new-key-9
+    compacted = builder.build()
+    assert compacted.keys.base is not first.keys.base
+    assert not compacted.keys.recent
+    assert digest("key-9") not in compacted.keys.base  # superseded: gone from the base
+    assert compacted.keys[digest("new-key-9")].name == "s9"
+    assert len(compacted.keys) == 249
+
+
+def test_expiries_follow_the_policy() -> None:
+    builder = PolicyBuilder()
+    builder.apply(
+        snapshot(secret("a", "key-a", expires_at="2030-01-01T00:00:00Z"), secret("b", "key-b"))
+    )
+    assert len(builder.build().expiries) == 1
+    builder.apply(Change(removed=(Removal("Secret", ("ns", "a"), "t.yaml"),)))
+    assert builder.build().expiries == ()
+
+
+def test_a_next_key_that_clashes_is_refused_alone() -> None:
+    policy = compile_policy(
+        snapshot(
+            secret("a", "key-a"),
+            secret("b", "key-b", api_key_next="key-a"),
+            authconfig("cfg", X_KEY_REFS),
+        )
+    )
+    assert allowed(policy, {"x-key": "key-a"}).identity == "a"  # type: ignore[union-attr]
+    assert allowed(policy, {"x-key": "key-b"}).identity == "b"  # type: ignore[union-attr]
+    assert any("holds the same API key" in str(p) for p in policy.problems)
