@@ -43,6 +43,7 @@ from extauth.changes import Change, Definition, PlacedAuthConfig, Removal, remov
 from extauth.origins import Origin
 from extauth.policy import Policy
 from extauth.resources import AuthConfig, Secret
+from extauth.sourcehealth import SourceHealth, State
 from extauth.sources import bounds, liveness, statuses
 from extauth.sources.statuses import StatusWriter
 from extauth.sources.watching import (
@@ -145,6 +146,8 @@ class Translator:
         self._max_secret_bytes = max_secret_bytes
         self._rejected = rejected  # counts a rejection, by reason
         self.known: dict[Owner, _Known] = {}
+        # Objects whose latest version is rejected (extauth_config_problems counts them).
+        self.rejected_owners: set[Owner] = set()
         self._listing = 0
         self._seen: set[Owner] = set()
         self._pending = Folded()
@@ -182,6 +185,7 @@ class Translator:
     def _forget(self, owner: Owner) -> Change:
         if self._status is not None:
             self._status.forget(owner)
+        self.rejected_owners.discard(owner)
         gone = self.known.pop(owner, None)
         if gone is not None and gone.definition is not None:
             return Change(removed=(removal_of(gone.definition),))
@@ -192,6 +196,7 @@ class Translator:
         removed: list[Removal] = []
         for owner in sorted(set(self.known) - seen):
             gone = self.known.pop(owner)
+            self.rejected_owners.discard(owner)
             if self._status is not None:
                 self._status.forget(owner)
             if gone.definition is not None:
@@ -265,7 +270,10 @@ class Translator:
             definition or previous,
             problem,
         )
-        if problem is not None:
+        if problem is None:
+            self.rejected_owners.discard(owner)
+        else:
+            self.rejected_owners.add(owner)
             self._rejected(reason)
             keeping = "keeping its last good version" if previous else "not loaded"
             log.error(
@@ -414,6 +422,38 @@ class KubernetesSource:
         self.pruned: list[str] | None = None
         self._rejected: Counter | None = None
         self._status_writes: Counter | None = None
+        self.health = SourceHealth(
+            "kubernetes",
+            errors=("connection", "timeout", "unanswered"),
+            restarts=("ended", "expired", "connection", "timeout"),
+            kinds=("Secret", "AuthConfig"),
+        )
+        self.health.rejected_now = lambda: sum(len(t.rejected_owners) for t in self.translators)
+        self.health.state = self._state
+        self.health.rejected_list = self._rejected_list
+        self._synced_at: float | None = None
+
+    def _rejected_list(self) -> list[tuple[str, str, str]]:
+        found: list[tuple[str, str, str]] = []
+        for translator in list(self.translators):
+            for owner in sorted(translator.rejected_owners):
+                known = translator.known.get(owner)
+                reason = known.problem if known is not None else None
+                found.append((translator.kind, "/".join(owner), reason or "rejected"))
+        return found
+
+    def _state(self) -> State:
+        """Current when the API server answers and every watch has listed and is open;
+        then as of the heartbeat's last answer. Read at scrape time."""
+        if not self.heartbeat.up:
+            return False, self.heartbeat.describe(), self._synced_at
+        failing = [w for w in self.watchers if w.failure is not None]
+        if not self.watchers or failing:
+            what = f"{failing[0].where}: {failing[0].failure}" if failing else "not started"
+            return False, f"kubernetes: {what}", self._synced_at
+        answered = time.time() - (time.monotonic() - self.heartbeat.last_answer)
+        self._synced_at = max(self._synced_at or 0.0, answered)
+        return True, None, self._synced_at
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         gauge = Gauge(
@@ -468,8 +508,9 @@ class KubernetesSource:
         self.status.set_notes(notes)
 
     def problems(self) -> list[str]:
-        """What /readyz reports beside its verdict."""
-        found = self.heartbeat.describe()
+        """What /readyz reports beside its verdict: the API server not answering, or a
+        watch failing (a 403, say) while it answers."""
+        found = self.health.view().problem
         return [found] if found else []
 
     @property
@@ -493,6 +534,7 @@ class KubernetesSource:
             custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
 
     def _lost(self) -> None:
+        self.health.error("unanswered")
         for watcher in self.watchers:
             watcher.kick()
 
@@ -504,6 +546,7 @@ class KubernetesSource:
 
     def _count_rejected(self, kind: Kind) -> Callable[[str], None]:
         def count(reason: str) -> None:
+            self.health.rejected(kind)
             if self._rejected is not None:
                 self._rejected.labels(kind, reason).inc()
 
@@ -543,6 +586,7 @@ class KubernetesSource:
                 page_size=self._page_size,
                 request_timeout=self._request_timeout,
                 on_error=self.heartbeat.check_soon,
+                health=self.health,
             )
             for kind, namespace in pairs
         ]
