@@ -29,7 +29,6 @@ import os
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -51,6 +50,14 @@ from extauth.snapshot import (
     removal_of,
 )
 from extauth.sources import bounds, liveness, statuses
+from extauth.sources.records import (
+    ConfigRecord,
+    Identity,
+    Record,
+    Records,
+    uuid_number,
+    version_of,
+)
 from extauth.sources.statuses import StatusWriter
 from extauth.sources.watching import (
     DEFAULT_PAGE_SIZE,
@@ -66,7 +73,6 @@ from extauth.sources.watching import (
     Upserted,
     Watcher,
     describe,
-    key_of,
     owner_of,
     run_in_thread,
 )
@@ -118,15 +124,6 @@ class Folded:
         return Change(tuple(upserted), tuple(removed))
 
 
-@dataclass(slots=True)
-class _Known:
-    uid: str
-    resource_version: str
-    generation: int | None
-    definition: Definition | None  # None: never had a good version
-    problem: str | None  # why the latest version was rejected
-
-
 Emit = Callable[[Change, bool], None]  # (change, whether it ends a complete list)
 
 
@@ -151,9 +148,9 @@ class Translator:
         self._status = status  # None: write no status
         self._max_secret_bytes = max_secret_bytes
         self._rejected = rejected  # counts a rejection, by reason
-        self.known: dict[Owner, _Known] = {}
+        self.known: Records[Record] = Records()
+        # The list attempt in progress, or the last one: what records are stamped with.
         self._listing = 0
-        self._seen: set[Owner] = set()
         self._pending = Folded()
         self.listed = threading.Event()  # set at the first Listed
         self.relists = 0
@@ -171,9 +168,7 @@ class Translator:
                     self._emit(change, False)
                 return
             if event.listing:
-                if event.listing != self._listing:
-                    self._listing, self._seen = event.listing, set()
-                self._seen.add(owner_of(event.object))
+                self._listing = event.listing
                 self._pending.add(self._accept(event.object))
             else:
                 change = self._accept(event.object)
@@ -189,22 +184,21 @@ class Translator:
     def _forget(self, owner: Owner) -> Change:
         if self._status is not None:
             self._status.forget(owner)
-        gone = self.known.pop(owner, None)
+        gone = self.known.pop(owner)
         if gone is not None and gone.definition is not None:
             return Change(removed=(removal_of(gone.definition),))
         return Change()
 
     def _listed(self, event: Listed) -> None:
-        seen = self._seen if event.listing == self._listing else set()
+        # What this list did not stamp, it no longer holds (an empty list stamped nothing).
+        self._listing = event.listing
         removed: list[Removal] = []
-        for owner in sorted(set(self.known) - seen):
-            gone = self.known.pop(owner)
+        for owner, gone in self.known.sweep(event.listing):
             if self._status is not None:
                 self._status.forget(owner)
             if gone.definition is not None:
                 removed.append(removal_of(gone.definition))
         self._pending.add(Change(removed=tuple(removed)))
-        self._seen = set()
         if event.relist:
             self.relists += 1
         self._emit(self._pending.change(), True)
@@ -220,24 +214,32 @@ class Translator:
         "seen" whose change was never published.
         """
         owner = owner_of(item)
-        uid, resource_version = key_of(item)
         metadata = item.get("metadata") or {}
+        version = version_of(str(metadata.get("resourceVersion", "")))
+        uid = str(metadata.get("uid", ""))
         generation = metadata.get("generation")
-        known = self.known.get(owner)
-        same_object = known is not None and known.uid == uid
-        if known is not None and same_object:
-            if known.resource_version == resource_version:
+        rank = 0
+        ident: Identity = uid
+        if self.kind == "Secret":
+            rank = kubernetes_rank(item)
+            if uuid_number(uid) is not None:
+                ident = rank  # the same int object the key's origin holds: no extra bytes
+        record = self.known.get(owner)
+        same_object = record is not None and record.ident == ident
+        if record is not None and same_object:
+            if record.version == version:
+                record.stamp = self._listing
                 return Change()  # a relist of an object we hold as it is
             if (
-                self.kind == "AuthConfig"
+                isinstance(record, ConfigRecord)
                 and generation is not None
-                and known.generation == generation
+                and record.generation == generation
             ):
                 # The same object (uid) at the same generation: status or metadata
                 # only, the spec is unchanged. Write the status only if no one has
                 # written it for this generation yet (a write refused as a conflict).
-                known.resource_version = resource_version
-                self._submit(item, owner, generation, known.problem, only_if_behind=True)
+                record.version, record.stamp = version, self._listing
+                self._submit(item, owner, generation, record.problem, only_if_behind=True)
                 return Change()
         definition: Definition | None = None
         problem = bounds.problem(self.kind, dict_of(item), self._max_secret_bytes)
@@ -247,8 +249,7 @@ class Translator:
             try:
                 if self.kind == "Secret":
                     definition = ApiKey.from_secret(
-                        Secret.model_validate(item),
-                        _origin(self.kind, owner, kubernetes_rank(item)),
+                        Secret.model_validate(item), _origin(self.kind, owner, rank)
                     )
                 else:
                     definition = PlacedAuthConfig(
@@ -262,14 +263,15 @@ class Translator:
                 problem = "it is nested too deep to read"
         # A broken version keeps the last good one of the same object, never that of an
         # object deleted meanwhile under the same name.
-        previous = known.definition if known is not None and same_object else None
-        self.known[owner] = _Known(
-            uid,
-            resource_version,
-            generation if isinstance(generation, int) else None,
-            definition or previous,
-            problem,
-        )
+        previous = record.definition if record is not None and same_object else None
+        kept = definition or previous
+        if self.kind == "Secret":
+            self.known.put(owner, Record(version, self._listing, ident, kept))
+        else:
+            number = generation if isinstance(generation, int) else None
+            self.known.put(
+                owner, ConfigRecord(version, self._listing, ident, kept, number, problem)
+            )
         if problem is not None:
             self._rejected(reason)
             keeping = "keeping its last good version" if previous else "not loaded"
@@ -280,8 +282,8 @@ class Translator:
             self._submit(item, owner, generation, problem)
         if definition is not None:
             return Change((definition,))
-        if known is not None and not same_object and known.definition is not None:
-            return Change(removed=(removal_of(known.definition),))
+        if record is not None and not same_object and record.definition is not None:
+            return Change(removed=(removal_of(record.definition),))
         return Change()
 
     def _submit(

@@ -131,7 +131,7 @@ def test_untyped_items_on_later_pages_are_all_loaded(tmp_path: Path) -> None:
         assert sorted(d.owner[1] for d in initial.upserted) == [
             f"k{i:03d}" for i in range(3 * PAGE)
         ]
-        assert all(t.problem is None for t in translator.known.values())
+        assert all(r.definition is not None for r in translator.known.values())
     finally:
         api.close()
         kubelite.stop()
