@@ -610,6 +610,7 @@ def inspect(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         write_status=False,
         limits=_limits(args),
+        kube_every_secret=True,  # the Secrets no AuthConfig admits are reported
     )
     try:
         changes = asyncio.run(_initial_state(sources_for(settings)))

@@ -72,6 +72,9 @@ class Settings:
     kube_request_timeout: float = 5.0
     kube_max_secret_bytes: int = 16 * 1024
     kube_status_rate: float = 50.0
+    # Keep every Kubernetes Secret whole, even those no AuthConfig selects (inspect
+    # reports those; serve keeps them as stubs).
+    kube_every_secret: bool = False
     # --workers: every worker binds the same gRPC port (SO_REUSEPORT).
     reuse_port: bool = False
     # TLS on the gRPC port (PEM files); with grpc_client_ca, clients must present a
@@ -120,6 +123,9 @@ def sources_for(settings: Settings) -> list[Source]:
                 request_timeout=settings.kube_request_timeout,
                 max_secret_bytes=settings.kube_max_secret_bytes,
                 status_rate=settings.kube_status_rate,
+                # AuthConfigs in files may select Secrets this source would otherwise
+                # keep as stubs: with a --config-dir, every Secret is kept whole.
+                every_secret=settings.kube_every_secret or settings.config_dir is not None,
             )
         )
     return sources

@@ -21,7 +21,7 @@ more than the key itself. So:
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
 from extauth.snapshot import Definition, Owner
@@ -69,6 +69,26 @@ class Record:
         self.stamp = stamp
         self.ident = ident
         self.definition = definition
+
+
+class Kept(Record):
+    """A Secret whose latest version was rejected: `definition` is an earlier one (the
+    type is the mark, so a Secret pays nothing for it)."""
+
+    __slots__ = ()
+
+
+class Stub(Record):
+    """A Secret no AuthConfig selects: what it takes to notice that one starts to (its
+    labels, shared with every equal set), and no key material. `definition` is None."""
+
+    __slots__ = ("labels",)
+
+    def __init__(
+        self, version: Version, stamp: int, ident: Identity, labels: Mapping[str, str]
+    ) -> None:
+        super().__init__(version, stamp, ident, None)
+        self.labels = labels
 
 
 class ConfigRecord(Record):
@@ -136,6 +156,12 @@ class Records(Generic[R]):
         for namespace, names in self._by_namespace.items():
             for name, record in names.items():
                 yield (namespace, name), record
+
+    def names(self) -> list[tuple[str, list[str]]]:
+        """Every owner now, as namespaces and their names: a copy to walk while the
+        records change (names, not owner tuples: at 100,000 Secrets a tuple each is
+        megabytes)."""
+        return [(namespace, list(names)) for namespace, names in self._by_namespace.items()]
 
     def values(self) -> Iterator[R]:
         for names in self._by_namespace.values():
