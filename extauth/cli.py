@@ -598,6 +598,9 @@ class SourceSettings:
     kube_request_timeout: float = 5.0
     kube_max_secret_bytes: int = 16 * 1024
     kube_status_rate: float = 50.0
+    # Keep every Kubernetes Secret whole, even those no AuthConfig selects (inspect
+    # reports those; serve keeps them as stubs).
+    kube_every_secret: bool = False
     # --max-file-bytes, --max-documents, --max-depth: what one config file may hold.
     limits: Limits = DEFAULT_LIMITS
 
@@ -622,6 +625,9 @@ def sources_for(settings: SourceSettings) -> list[Source]:
                 request_timeout=settings.kube_request_timeout,
                 max_secret_bytes=settings.kube_max_secret_bytes,
                 status_rate=settings.kube_status_rate,
+                # AuthConfigs in files may select Secrets this source would otherwise
+                # keep as stubs: with a --config-dir, every Secret is kept whole.
+                every_secret=settings.kube_every_secret or settings.config_dir is not None,
             )
         )
     return sources
@@ -705,6 +711,7 @@ def inspect(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         write_status=False,
         limits=_limits(args),
+        kube_every_secret=True,  # the Secrets no AuthConfig admits are reported
     )
     try:
         changes = asyncio.run(_initial_state(sources_for(settings)))

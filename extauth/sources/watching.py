@@ -217,6 +217,7 @@ class Watcher:
         self._request_timeout = request_timeout
         self._on_error = on_error  # the heartbeat's check_soon
         self._wake = threading.Event()
+        self._relist = threading.Event()  # a relist asked for (`relist()`)
         self._response: Any = None
         self.lists = 0  # complete lists
         self._attempts = 0  # lists begun
@@ -232,8 +233,13 @@ class Watcher:
         backoff = BACKOFF_FIRST
         while not self._stop.is_set():
             try:
+                if self._relist.is_set():
+                    self._relist.clear()
+                    resource_version = None
                 if resource_version is None:
                     resource_version = yield from self._list()
+                if self._relist.is_set():
+                    continue
                 resource_version = yield from self._watch(resource_version)
                 backoff = BACKOFF_FIRST
                 self._health.restarted("ended")
@@ -259,6 +265,8 @@ class Watcher:
             except Exception as exc:
                 if self._stop.is_set():
                     return
+                if self._relist.is_set():
+                    continue  # the watch was ended on purpose, to list again
                 self.failure = describe(exc)
                 reason = reason_of(exc)
                 self._health.error(reason)
@@ -281,6 +289,12 @@ class Watcher:
         if response is not None:
             with contextlib.suppress(Exception):
                 response.shutdown()
+
+    def relist(self) -> None:
+        """List again, now: the watch in progress ends and a complete list follows (with
+        its `Listed`), as after a 410 Gone."""
+        self._relist.set()
+        self.kick()
 
     def wake(self) -> None:
         """The API server answers again: cut a backoff short."""
@@ -364,6 +378,10 @@ class Watcher:
         )
         self._response = response
         self.failure = None
+        if self._relist.is_set():  # asked for between the check and here: not missed
+            response.release_conn()
+            self._response = None
+            return resource_version
         connection = getattr(response, "connection", None)
         sock = getattr(connection, "sock", None)
         if sock is not None:
