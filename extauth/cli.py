@@ -23,6 +23,7 @@ from extauth import (
     inspecting,
     keys,
     loader,
+    logformat,
     manifests,
     resources,
     tracing,
@@ -117,7 +118,7 @@ def environment_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, 
     problems: list[str] = []
     defaults: dict[str, Any] = {}
     for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "log_level"):
+        if not action.option_strings or action.dest in ("help", "log_level", "log_format"):
             continue
         name = ENV_PREFIX + action.dest.upper()
         raw = environ.get(name)
@@ -209,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"extauth {__version__}")
     levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
     parser.add_argument("--log-level", default="INFO", choices=levels, help="log verbosity")
+    log_format_help = (
+        f"log lines as text or as one JSON object each (default: text, or {ENV_PREFIX}LOG_FORMAT)"
+    )
+    parser.add_argument(
+        "--log-format", default=None, choices=logformat.FORMATS, help=log_format_help
+    )
     # The same flag after the subcommand (`extauth serve --log-level DEBUG`); SUPPRESS
     # keeps a subcommand's absent flag from overriding one given before it.
     common = argparse.ArgumentParser(add_help=False)
@@ -217,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         choices=levels,
         help="log verbosity (default: INFO)",
+    )
+    common.add_argument(
+        "--log-format", default=argparse.SUPPRESS, choices=logformat.FORMATS, help=log_format_help
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -288,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-address",
         type=_address,
         metavar="HOST:PORT",
-        help="serve /metrics (Prometheus), /healthz and /readyz here",
+        help="serve /metrics (Prometheus), /healthz, /readyz and the status page (/) here",
+    )
+    run.add_argument(
+        "--no-status-page",
+        action="store_true",
+        help="do not serve the status page at / of --http-address (404 instead)",
     )
     run.add_argument(
         "--usage-label",
@@ -466,17 +481,21 @@ def _pair(value: str) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     serve_parser = _subparser(parser, "serve")
-    problems = environment_defaults(serve_parser, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    problems = environment_defaults(serve_parser, environ)
     args = parser.parse_args(argv)
+    log_format = args.log_format or environ.get(ENV_PREFIX + "LOG_FORMAT") or "text"
+    if log_format not in logformat.FORMATS:
+        problems.append(
+            f"{ENV_PREFIX}LOG_FORMAT: {log_format!r} is not one of {', '.join(logformat.FORMATS)}"
+        )
+        log_format = "text"
     if problems and args.command == "serve":
         for problem in problems:
             print(f"extauth serve: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Every line the process writes from here on, one record per line (logformat.py).
+    logformat.configure(args.log_level, log_format, sys.stderr)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     # A file name need not be UTF-8 (it reaches Python as lone surrogates): printed
     # escaped, as stderr already does, never a UnicodeEncodeError in place of the report.
@@ -529,6 +548,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         shutdown_grace=args.shutdown_grace,
         shutdown_delay=args.shutdown_delay,
         http_address=args.http_address,
+        status_page=not args.no_status_page,
         usage_label=args.usage_label,
         decision_log=args.decision_log,
         decision_log_sample=args.decision_log_sample,
@@ -578,6 +598,9 @@ class SourceSettings:
     kube_request_timeout: float = 5.0
     kube_max_secret_bytes: int = 16 * 1024
     kube_status_rate: float = 50.0
+    # Keep every Kubernetes Secret whole, even those no AuthConfig selects (inspect
+    # reports those; serve keeps them as stubs).
+    kube_every_secret: bool = False
     # --max-file-bytes, --max-documents, --max-depth: what one config file may hold.
     limits: Limits = DEFAULT_LIMITS
 
@@ -602,6 +625,9 @@ def sources_for(settings: SourceSettings) -> list[Source]:
                 request_timeout=settings.kube_request_timeout,
                 max_secret_bytes=settings.kube_max_secret_bytes,
                 status_rate=settings.kube_status_rate,
+                # AuthConfigs in files may select Secrets this source would otherwise
+                # keep as stubs: with a --config-dir, every Secret is kept whole.
+                every_secret=settings.kube_every_secret or settings.config_dir is not None,
             )
         )
     return sources
@@ -685,6 +711,7 @@ def inspect(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         write_status=False,
         limits=_limits(args),
+        kube_every_secret=True,  # the Secrets no AuthConfig admits are reported
     )
     try:
         changes = asyncio.run(_initial_state(sources_for(settings)))

@@ -37,7 +37,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauth import deciding, memory, responses, tracing
+from extauth import deciding, memory, responses, statuspage, tracing
 from extauth.apikeys import ApiKey
 from extauth.building import PolicyHolder
 from extauth.changes import Change, Source
@@ -46,6 +46,7 @@ from extauth.httpd import StatusServer
 from extauth.metrics import DecisionLog, Metrics, shown
 from extauth.origins import failure_site
 from extauth.policy import Policy
+from extauth.sourcehealth import SourceHealth
 from extauth.tracing import CheckTracing
 from extauth.wire import AUTHORIZATION_SERVICE, CHECK_METHOD
 from extauth.wire import ext_authz_pb2 as pb
@@ -71,6 +72,8 @@ class Settings:
     shutdown_delay: float = 0.0
     # /metrics, /healthz, /readyz; None: not served (metrics are still kept).
     http_address: str | None = None
+    # The status page at / of http_address (--no-status-page: off, a 404).
+    status_page: bool = True
     usage_label: str | None = None
     decision_log: bool = False
     decision_log_sample: float = 1.0
@@ -102,6 +105,12 @@ def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         root_certificates=ca,
         require_client_auth=ca is not None,
     )
+
+
+def source_health(sources: list[Source]) -> list[SourceHealth]:
+    """The sources' health objects (the status page and `extauth_source_*`)."""
+    found = [getattr(source, "health", None) for source in sources]
+    return [health for health in found if isinstance(health, SourceHealth)]
 
 
 def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:
@@ -258,7 +267,17 @@ class Server:
         self.metrics.track_expiries(lambda: self.holder.current.expiries)
         for source in self.sources:
             source.register_metrics(self.metrics.registry)
-        self.status = StatusServer(self.metrics.registry, self.is_ready, self.problems)
+        self.metrics.track_sources(source_health(self.sources))
+        self.usage = statuspage.UsageHistory(lambda: self.metrics.usage_counts)
+        page = statuspage.StatusPage(
+            lambda: self.holder.current, source_health(self.sources), self.usage
+        )
+        self.status = StatusServer(
+            self.metrics.registry,
+            self.is_ready,
+            self.problems,
+            page.render if settings.status_page else None,
+        )
         self.port: int | None = None
         # Set once every source's initial state is loaded and the port is listening.
         self.ready = asyncio.Event()
@@ -353,6 +372,8 @@ class Server:
         queue: asyncio.Queue[Change] = asyncio.Queue()
         tasks = [asyncio.create_task(self._pump(stream, queue)) for stream in streams]
         tasks.append(asyncio.create_task(self._apply(queue)))
+        if self.settings.http_address and self.settings.status_page:
+            tasks.append(asyncio.create_task(self._sample_usage()))
         try:
             await stop.wait()
         finally:
@@ -372,6 +393,12 @@ class Server:
             if self._tracing is not None:
                 await asyncio.to_thread(self._tracing.shutdown)
             log.info("stopped")
+
+    async def _sample_usage(self) -> None:
+        """The status page's usage chart: per-team totals once a step."""
+        while True:
+            self.usage.sample()
+            await asyncio.sleep(self.usage.step)
 
     @staticmethod
     async def _pump(stream: AsyncIterator[Change], queue: asyncio.Queue[Change]) -> None:

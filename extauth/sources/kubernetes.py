@@ -28,8 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -38,12 +37,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from extauth import crds, loader, manifests
-from extauth.apikeys import KUBERNETES_PREFIX, ApiKey, Owner
+from extauth.apikeys import KUBERNETES_PREFIX, ApiKey, Owner, shared
 from extauth.changes import Change, Definition, PlacedAuthConfig, Removal, removal_of
 from extauth.origins import Origin
 from extauth.policy import Policy
 from extauth.resources import AuthConfig, Secret
+from extauth.sourcehealth import SourceHealth, State
 from extauth.sources import bounds, liveness, statuses
+from extauth.sources.records import (
+    ConfigRecord,
+    Identity,
+    Kept,
+    Record,
+    Records,
+    Stub,
+    uuid_number,
+    version_of,
+)
+from extauth.sources.reselect import Reselector
+from extauth.sources.selection import EMPTY, Selection, Selects
 from extauth.sources.statuses import StatusWriter
 from extauth.sources.watching import (
     DEFAULT_PAGE_SIZE,
@@ -59,7 +71,6 @@ from extauth.sources.watching import (
     Upserted,
     Watcher,
     describe,
-    key_of,
     owner_of,
     run_in_thread,
 )
@@ -111,15 +122,6 @@ class Folded:
         return Change(tuple(upserted), tuple(removed))
 
 
-@dataclass(slots=True)
-class _Known:
-    uid: str
-    resource_version: str
-    generation: int | None
-    definition: Definition | None  # None: never had a good version
-    problem: str | None  # why the latest version was rejected
-
-
 Emit = Callable[[Change, bool], None]  # (change, whether it ends a complete list)
 
 
@@ -128,6 +130,12 @@ class Translator:
 
     Every object is handled alone: whatever one object holds or raises, the next event is
     taken, and its change is published before its status is even queued.
+
+    With a `selection`, a Secret translator keeps a `Stub` of each Secret no AuthConfig
+    selects, and an AuthConfig translator keeps the selection up to date (and calls
+    `on_selection`); `reselect` and `fetched` then move Secrets between the two as the
+    selection changes. Those run on another thread than the watcher's: a lock keeps one
+    object's record and the change it makes together.
     """
 
     def __init__(
@@ -138,74 +146,150 @@ class Translator:
         *,
         max_secret_bytes: int = bounds.DEFAULT_MAX_SECRET_BYTES,
         rejected: Callable[[str], None] = lambda reason: None,
+        selection: Selection | None = None,
+        on_selection: Callable[[], None] = lambda: None,
     ) -> None:
         self.kind = kind
         self._emit = emit
         self._status = status  # None: write no status
         self._max_secret_bytes = max_secret_bytes
         self._rejected = rejected  # counts a rejection, by reason
-        self.known: dict[Owner, _Known] = {}
+        self._selection = selection  # None: every Secret is kept whole
+        self._on_selection = on_selection
+        self.known: Records[Record] = Records()
+        # Objects whose latest version is rejected (extauth_config_problems counts them),
+        self.rejected_owners: dict[Owner, str] = {}  # and why: rejections are few
+        # The list attempt in progress, or the last one: what records are stamped with.
         self._listing = 0
-        self._seen: set[Owner] = set()
+        self._in_list = False
         self._pending = Folded()
+        self._lock = threading.RLock()
         self.listed = threading.Event()  # set at the first Listed
         self.relists = 0
 
     def take(self, event: Event) -> None:
+        with self._lock:
+            self._take(event)
+
+    def _take(self, event: Event) -> None:
         if isinstance(event, Upserted):
             metadata = event.object.get("metadata") or {}
+            if event.listing:
+                self._listing, self._in_list = event.listing, True
             if metadata.get("deletionTimestamp"):
                 # Terminating (a finalizer pending): deleted as far as keys go. In a list
-                # it is not "seen", so the Listed that ends the list removes it too.
-                change = self._forget(owner_of(event.object))
-                if event.listing:
-                    self._pending.add(change)
-                elif not change.empty:
-                    self._emit(change, False)
+                # it is not stamped, so the Listed that ends the list removes it too.
+                self._publish(self._forget(owner_of(event.object)))
                 return
-            if event.listing:
-                if event.listing != self._listing:
-                    self._listing, self._seen = event.listing, set()
-                self._seen.add(owner_of(event.object))
-                self._pending.add(self._accept(event.object))
-            else:
-                change = self._accept(event.object)
-                if not change.empty:
-                    self._emit(change, False)
+            self._publish(self._accept(event.object))
         elif isinstance(event, Deleted):
-            change = self._forget(owner_of(event.object))
-            if not change.empty:
-                self._emit(change, False)
+            self._publish(self._forget(owner_of(event.object)))
         elif isinstance(event, Listed):
             self._listed(event)
+
+    def _publish(self, change: Change) -> None:
+        """During a list, with the list's change (published whole at its `Listed`, so
+        nothing from outside the list can overtake it); otherwise at once."""
+        if self._in_list:
+            self._pending.add(change)
+        elif not change.empty:
+            self._emit(change, False)
 
     def _forget(self, owner: Owner) -> Change:
         if self._status is not None:
             self._status.forget(owner)
-        gone = self.known.pop(owner, None)
+        self.rejected_owners.pop(owner, None)
+        gone = self.known.pop(owner)
+        if gone is not None:
+            self._track(owner, None)
         if gone is not None and gone.definition is not None:
             return Change(removed=(removal_of(gone.definition),))
         return Change()
 
     def _listed(self, event: Listed) -> None:
-        seen = self._seen if event.listing == self._listing else set()
+        # What this list did not stamp, it no longer holds (an empty list stamped nothing).
+        self._listing, self._in_list = event.listing, False
         removed: list[Removal] = []
-        for owner in sorted(set(self.known) - seen):
-            gone = self.known.pop(owner)
+        for owner, gone in self.known.sweep(event.listing):
+            self.rejected_owners.pop(owner, None)
             if self._status is not None:
                 self._status.forget(owner)
+            self._track(owner, None)
             if gone.definition is not None:
                 removed.append(removal_of(gone.definition))
         self._pending.add(Change(removed=tuple(removed)))
-        self._seen = set()
         if event.relist:
             self.relists += 1
         self._emit(self._pending.change(), True)
         self.listed.set()
 
+    def _track(self, owner: Owner, definition: Definition | None) -> None:
+        """An AuthConfig's definition in effect changed: so may what it selects."""
+        if self.kind != "AuthConfig" or self._selection is None:
+            return
+        selects = EMPTY
+        if isinstance(definition, PlacedAuthConfig):
+            selects = Selects.of(definition.config)
+        if self._selection.update(KUBERNETES_PREFIX, owner, selects):
+            self._on_selection()
+
+    # -- the selection changed -------------------------------------------------------------
+
+    def reselect(self, chunk: int = 2000) -> list[Owner]:
+        """Drop to a stub every Secret no AuthConfig selects any more, and return the
+        stubs some AuthConfig now selects (to be read again: `fetched`).
+
+        Walks every record, a `chunk` at a time under the lock, so events go on between.
+        A record whose latest version was rejected (`Kept`) is left as it is: its labels
+        are not known, and its next version decides.
+        """
+        selection = self._selection
+        wanted: list[Owner] = []
+        if selection is None:
+            return wanted
+        for namespace, names in self.known.names():
+            for start in range(0, len(names), chunk):
+                with self._lock:
+                    for name in names[start : start + chunk]:
+                        owner = (namespace, name)
+                        record = self.known.get(owner)
+                        if isinstance(record, Stub):
+                            if selection.selects(owner, record.labels):
+                                wanted.append(owner)
+                        elif type(record) is Record and isinstance(record.definition, ApiKey):
+                            key = record.definition
+                            if not selection.selects(owner, key.labels):
+                                stub = Stub(record.version, record.stamp, record.ident, key.labels)
+                                self.known.put((key.namespace, key.name), stub)
+                                self._publish(Change(removed=(removal_of(key),)))
+        return wanted
+
+    def fetched(self, item: RawObject) -> None:
+        """A Secret read again because some AuthConfig selects it now. Applied only if it
+        is the very version its stub records: if not, the watch has a newer one on its
+        way (and, the selection having changed before the read, takes it whole)."""
+        with self._lock:
+            owner = owner_of(item)
+            record = self.known.get(owner)
+            metadata = item.get("metadata") or {}
+            if (
+                not isinstance(record, Stub)
+                or metadata.get("deletionTimestamp")
+                or record.version != version_of(str(metadata.get("resourceVersion", "")))
+                or record.ident != self._identity(item, kubernetes_rank(item))
+            ):
+                return
+            self._publish(self._accept(item, stamp=record.stamp))
+
     # -- one object ------------------------------------------------------------------------
 
-    def _accept(self, item: RawObject) -> Change:
+    def _identity(self, item: RawObject, rank: int) -> Identity:
+        uid = str((item.get("metadata") or {}).get("uid", ""))
+        if self.kind == "Secret" and uuid_number(uid) is not None:
+            return rank  # the same int object the key's origin holds: no extra bytes
+        return uid
+
+    def _accept(self, item: RawObject, stamp: int | None = None) -> Change:
         """What changes for the policy with this version of the object.
 
         The object is recorded as known only together with the change it makes, and the
@@ -213,25 +297,48 @@ class Translator:
         "seen" whose change was never published.
         """
         owner = owner_of(item)
-        uid, resource_version = key_of(item)
         metadata = item.get("metadata") or {}
+        version = version_of(str(metadata.get("resourceVersion", "")))
         generation = metadata.get("generation")
-        known = self.known.get(owner)
-        same_object = known is not None and known.uid == uid
-        if known is not None and same_object:
-            if known.resource_version == resource_version:
+        stamp = self._listing if stamp is None else stamp
+        rank = kubernetes_rank(item) if self.kind == "Secret" else 0
+        ident = self._identity(item, rank)
+        record = self.known.get(owner)
+        same_object = record is not None and record.ident == ident
+        labels: Mapping[str, str] | None = None
+        selected = True
+        if self.kind == "Secret" and self._selection is not None:
+            # Unusable labels: read whole, and so refused with a reason, like any Secret
+            # over the limit (a refused Secret keeps no more than a stub).
+            labels = stub_labels(metadata.get("labels"), self._max_secret_bytes)
+            selected = labels is None or self._selection.selects(owner, labels)
+        if record is not None and same_object:
+            if record.version == version and isinstance(record, Stub) != selected:
+                record.stamp = stamp
                 return Change()  # a relist of an object we hold as it is
             if (
-                self.kind == "AuthConfig"
+                isinstance(record, ConfigRecord)
                 and generation is not None
-                and known.generation == generation
+                and record.generation == generation
             ):
                 # The same object (uid) at the same generation: status or metadata
                 # only, the spec is unchanged. Write the status only if no one has
                 # written it for this generation yet (a write refused as a conflict).
-                known.resource_version = resource_version
-                self._submit(item, owner, generation, known.problem, only_if_behind=True)
+                record.version, record.stamp = version, stamp
+                self._submit(item, owner, generation, record.problem, only_if_behind=True)
                 return Change()
+        if labels is not None and not selected:
+            # No AuthConfig selects it: its identity, version and labels, nothing else.
+            self.known.put(owner, Stub(version, stamp, ident, labels))
+            if not self._in_list:  # a list's are many, and say nothing new
+                log.warning(
+                    "kubernetes: Secret %s is selected by no AuthConfig: its key is denied "
+                    "everywhere (add it to apiKeySecretRefs or give it a selected label)",
+                    "/".join(owner),
+                )
+            if record is not None and record.definition is not None:
+                return Change(removed=(removal_of(record.definition),))
+            return Change()
         definition: Definition | None = None
         problem = bounds.problem(self.kind, dict_of(item), self._max_secret_bytes)
         reason = "limit"
@@ -240,8 +347,7 @@ class Translator:
             try:
                 if self.kind == "Secret":
                     definition = loader.secret_key(
-                        Secret.model_validate(item),
-                        _origin(self.kind, owner, kubernetes_rank(item)),
+                        Secret.model_validate(item), _origin(self.kind, owner, rank)
                     )
                 else:
                     # Ranked by age too: of two claiming one host, the older keeps it.
@@ -257,15 +363,20 @@ class Translator:
                 problem = "it is nested too deep to read"
         # A broken version keeps the last good one of the same object, never that of an
         # object deleted meanwhile under the same name.
-        previous = known.definition if known is not None and same_object else None
-        self.known[owner] = _Known(
-            uid,
-            resource_version,
-            generation if isinstance(generation, int) else None,
-            definition or previous,
-            problem,
-        )
-        if problem is not None:
+        previous = record.definition if record is not None and same_object else None
+        kept = definition or previous
+        if self.kind == "Secret":
+            made = Kept if definition is None and previous is not None else Record
+            self.known.put(owner, made(version, stamp, ident, kept))
+        else:
+            number = generation if isinstance(generation, int) else None
+            self.known.put(owner, ConfigRecord(version, stamp, ident, kept, number, problem))
+            if record is None or kept is not record.definition:
+                self._track(owner, kept)
+        if problem is None:
+            self.rejected_owners.pop(owner, None)
+        else:
+            self.rejected_owners[owner] = problem
             self._rejected(reason)
             keeping = "keeping its last good version" if previous else "not loaded"
             log.error(
@@ -275,8 +386,8 @@ class Translator:
             self._submit(item, owner, generation, problem)
         if definition is not None:
             return Change((definition,))
-        if known is not None and not same_object and known.definition is not None:
-            return Change(removed=(removal_of(known.definition),))
+        if record is not None and not same_object and record.definition is not None:
+            return Change(removed=(removal_of(record.definition),))
         return Change()
 
     def _submit(
@@ -306,6 +417,22 @@ class Translator:
                 "/".join(owner),
                 type(exc).__name__,
             )
+
+
+def stub_labels(labels: object, limit: int) -> Mapping[str, str] | None:
+    """A Secret's labels as its stub would keep them (shared with every equal set), or
+    None when they are not a mapping of strings or weigh more than `limit`: such a Secret
+    is refused anyway, so a stub never holds more than the limit allows."""
+    if not isinstance(labels, dict):
+        return shared({}) if labels is None else None
+    size = 0
+    for name, value in labels.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            return None
+        size += len(name) + len(value)
+        if size > limit:
+            return None
+    return shared(labels)
 
 
 def dict_of(item: RawObject) -> dict[str, Any]:
@@ -392,7 +519,11 @@ class KubernetesSource:
         max_secret_bytes: int = bounds.DEFAULT_MAX_SECRET_BYTES,
         status_rate: float = statuses.DEFAULT_RATE,
         status_timeout: float = statuses.DEFAULT_TIMEOUT,
+        every_secret: bool = False,
     ) -> None:
+        """`every_secret`: keep every Secret whole, selected or not (when AuthConfigs
+        from another source, a --config-dir, may select them: this source cannot see
+        those)."""
         listed = list(namespaces or ())
         self.namespaces: list[str | None] = list(listed) if listed else [None]
         self._kubeconfig = kubeconfig
@@ -403,6 +534,9 @@ class KubernetesSource:
         self._max_secret_bytes = max_secret_bytes
         self._status_rate = status_rate
         self._status_timeout = status_timeout
+        self._every_secret = every_secret
+        self.selection: Selection | None = None
+        self.reselector: Reselector | None = None
         self.watchers: list[Watcher] = []
         self.translators: list[Translator] = []
         self.status: StatusWriter | None = None
@@ -414,6 +548,36 @@ class KubernetesSource:
         self.pruned: list[str] | None = None
         self._rejected: Counter | None = None
         self._status_writes: Counter | None = None
+        self.health = SourceHealth(
+            "kubernetes",
+            errors=("connection", "timeout", "unanswered"),
+            restarts=("ended", "expired", "connection", "timeout"),
+            kinds=("Secret", "AuthConfig"),
+        )
+        self.health.rejected_now = lambda: sum(len(t.rejected_owners) for t in self.translators)
+        self.health.state = self._state
+        self.health.rejected_list = self._rejected_list
+        self._synced_at: float | None = None
+
+    def _rejected_list(self) -> list[tuple[str, str, str]]:
+        found: list[tuple[str, str, str]] = []
+        for translator in list(self.translators):
+            for owner, reason in sorted(translator.rejected_owners.items()):
+                found.append((translator.kind, "/".join(owner), reason or "rejected"))
+        return found
+
+    def _state(self) -> State:
+        """Current when the API server answers and every watch has listed and is open;
+        then as of the heartbeat's last answer. Read at scrape time."""
+        if not self.heartbeat.up:
+            return False, self.heartbeat.describe(), self._synced_at
+        failing = [w for w in self.watchers if w.failure is not None]
+        if not self.watchers or failing:
+            what = f"{failing[0].where}: {failing[0].failure}" if failing else "not started"
+            return False, f"kubernetes: {what}", self._synced_at
+        answered = time.time() - (time.monotonic() - self.heartbeat.last_answer)
+        self._synced_at = max(self._synced_at or 0.0, answered)
+        return True, None, self._synced_at
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         gauge = Gauge(
@@ -468,8 +632,9 @@ class KubernetesSource:
         self.status.set_notes(notes)
 
     def problems(self) -> list[str]:
-        """What /readyz reports beside its verdict."""
-        found = self.heartbeat.describe()
+        """What /readyz reports beside its verdict: the API server not answering, or a
+        watch failing (a 403, say) while it answers."""
+        found = self.health.view().problem
         return [found] if found else []
 
     @property
@@ -493,6 +658,7 @@ class KubernetesSource:
             custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
 
     def _lost(self) -> None:
+        self.health.error("unanswered")
         for watcher in self.watchers:
             watcher.kick()
 
@@ -504,10 +670,15 @@ class KubernetesSource:
 
     def _count_rejected(self, kind: Kind) -> Callable[[str], None]:
         def count(reason: str) -> None:
+            self.health.rejected(kind)
             if self._rejected is not None:
                 self._rejected.labels(kind, reason).inc()
 
         return count
+
+    def _selection_changed(self) -> None:
+        if self.reselector is not None:
+            self.reselector.soon()
 
     def _count_status(self, result: str) -> None:
         if self._status_writes is not None:
@@ -543,9 +714,11 @@ class KubernetesSource:
                 page_size=self._page_size,
                 request_timeout=self._request_timeout,
                 on_error=self.heartbeat.check_soon,
+                health=self.health,
             )
             for kind, namespace in pairs
         ]
+        selection = self.selection = None if self._every_secret else Selection()
         self.translators = [
             Translator(
                 kind,
@@ -553,9 +726,19 @@ class KubernetesSource:
                 self.status,
                 max_secret_bytes=self._max_secret_bytes,
                 rejected=self._count_rejected(kind),
+                selection=selection,
+                on_selection=self._selection_changed,
             )
             for index, (kind, _) in enumerate(pairs)
         ]
+        secrets = [
+            (w, t)
+            for w, t in zip(self.watchers, self.translators, strict=True)
+            if t.kind == "Secret"
+        ]
+        configs = [t for t in self.translators if t.kind == "AuthConfig"]
+        if selection is not None:
+            self.reselector = Reselector(api, secrets, stop, request_timeout=self._request_timeout)
         # Before the first list, so the first status written already says it.
         self.pruned = await asyncio.to_thread(check_crd, api)
         if self.status is not None:
@@ -563,6 +746,14 @@ class KubernetesSource:
 
         def pump(watcher: Watcher, translator: Translator) -> Callable[[], None]:
             def run() -> None:
+                if selection is not None and translator.kind == "Secret":
+                    # Secrets are listed once every AuthConfig is known: what no
+                    # AuthConfig selects is then kept as a stub from the start, never
+                    # read whole and dropped (nor the other way round, after ready).
+                    for config in configs:
+                        while not config.listed.wait(0.5):
+                            if stop.is_set():
+                                return
                 for event in watcher.events():
                     try:
                         translator.take(event)
@@ -582,6 +773,8 @@ class KubernetesSource:
             for w, t in zip(self.watchers, self.translators, strict=True)
         ]
         threads.append(run_in_thread("kube-heartbeat", lambda: self.heartbeat.run(stop)))
+        if self.reselector is not None:
+            threads.append(run_in_thread("kube-reselect", self.reselector.run))
         if self.status is not None:
             writer = self.status
             threads.append(run_in_thread("kube-status", lambda: writer.run(stop)))

@@ -132,7 +132,7 @@ def test_untyped_items_on_later_pages_are_all_loaded(tmp_path: Path) -> None:
         assert sorted(d.owner[1] for d in initial.upserted) == [
             f"k{i:03d}" for i in range(3 * PAGE)
         ]
-        assert all(t.problem is None for t in translator.known.values())
+        assert all(r.definition is not None for r in translator.known.values())
     finally:
         api.close()
         kubelite.stop()
@@ -152,12 +152,15 @@ def test_list_items_are_typed_from_their_list() -> None:
     assert (item["apiVersion"], item["kind"]) == ("extauth.solo.io/v1", "AuthConfig")
 
 
+@pytest.mark.parametrize("every_secret", [True, False], ids=["every-secret", "stubs"])
 def test_not_ready_until_every_watcher_has_listed(
-    namespace: Cluster, monkeypatch: pytest.MonkeyPatch
+    namespace: Cluster, monkeypatch: pytest.MonkeyPatch, every_secret: bool
 ) -> None:
     """The race: the Secret watcher lists, then receives an event, all before the
     AuthConfig list arrives. Two changes are queued by then; the initial state must still
-    wait for the AuthConfig list (it used to be published with no AuthConfig at all)."""
+    wait for the AuthConfig list (it used to be published with no AuthConfig at all).
+    By default (unselected Secrets kept as stubs) the Secret watcher does not even list
+    before every AuthConfig is known, so the race cannot begin."""
     namespace.create_authconfig("raced", SELECTOR)
     namespace.core.create_namespaced_secret(namespace.namespace, _secret("before", "kb", "o"))
     release = threading.Event()
@@ -169,7 +172,9 @@ def test_not_ready_until_every_watcher_has_listed(
         return real_call(self, **kwargs)
 
     monkeypatch.setattr(watching.Watcher, "_call", held)
-    source = KubernetesSource([namespace.namespace], kubeconfig=str(namespace.kubeconfig))
+    source = KubernetesSource(
+        [namespace.namespace], kubeconfig=str(namespace.kubeconfig), every_secret=every_secret
+    )
 
     async def wait_for(what: str, probe: Any) -> None:
         deadline = time.monotonic() + 15
@@ -184,13 +189,18 @@ def test_not_ready_until_every_watcher_has_listed(
             await wait_for("the watchers", lambda: len(source.translators) == 2)
             secrets, configs = source.translators
             assert (secrets.kind, configs.kind) == ("Secret", "AuthConfig")
-            await wait_for("the Secret list", secrets.listed.is_set)
+            if every_secret:
+                await wait_for("the Secret list", secrets.listed.is_set)
+            else:
+                await asyncio.sleep(0.5)
+                assert not secrets.listed.is_set(), "Secrets listed before the AuthConfigs"
             namespace.core.create_namespaced_secret(
                 namespace.namespace, _secret("after", "ka", "o")
             )
-            await wait_for(
-                "the Secret event", lambda: (namespace.namespace, "after") in secrets.known
-            )
+            if every_secret:
+                await wait_for(
+                    "the Secret event", lambda: (namespace.namespace, "after") in secrets.known
+                )
             await asyncio.sleep(0.3)  # the queue has two items, handed to the loop
             assert not first.done(), "initial state published before the AuthConfig list"
             release.set()
