@@ -145,11 +145,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             config, ports = _merged(extauth.port, upstream.server_address[1], work)
             envoy = harness.Envoy(config, work)
             envoy.wait_ready()
+            _wait_healthy(envoy)
             yield Stack(ports, upstream, extauth)
         finally:
             if envoy:
                 envoy.stop()
             extauth.stop()
+
+
+def _wait_healthy(envoy: harness.Envoy) -> None:
+    """Envoy is ready once its listeners are; on a loaded machine its first gRPC health
+    check of extauth may still time out, and a request then gets 503 until the next."""
+
+    def healthy() -> bool | None:
+        stats = harness.request(envoy.admin_port, "/stats?filter=health_check.healthy").body
+        counts = [int(line.rsplit(b":", 1)[1]) for line in stats.splitlines() if b":" in line]
+        return True if counts and min(counts) >= 1 else None
+
+    harness.wait_until(healthy, 30, "Envoy to see extauth healthy")
 
 
 ALL = list(SHAPES)
