@@ -70,7 +70,7 @@ apiVersion: extauth.solo.io/v1
 kind: AuthConfig
 metadata: {{name: wild, namespace: gateways}}
 spec:
-  hosts: ["*.wild.example.com"]
+  hosts: ["*.wild.example.com", "*.wild.example.com:443"]
   configs:
     - apiKeyAuth:
         headerName: api-key
@@ -285,12 +285,13 @@ ODD_HOSTS = [
     "RED.Example.COM.",
     "a.wild.example.com.",
     "x.y.wild.example.com:8080",
-    "a.wild.example.com:443",
     "red.example.com:",
     "red.example.com:abc",
     "red.example.com:08443",
     "red.example.com.:80",
     "blue.example.com:443",
+    # Istio's `*.wild.example.com:443`, the Gateway server's port.
+    "a.wild.example.com:443",
     # Envoy's `*.wild.example.com` takes any prefix, valid name or not.
     "x@a.wild.example.com",
     "red.example.com@a.wild.example.com",
@@ -327,7 +328,12 @@ def test_istio_host_spellings_never_borrow_another_virtual_hosts_authconfig(stac
         assert vhost in GUARD, (host, vhost)
     # Envoy sends these to the wildcard virtual host: extauth must judge them by its
     # AuthConfig, not by none (which a --default-config would turn into another's).
-    for host in ("x@a.wild.example.com", "a!.wild.example.com", "-a.wild.example.com"):
+    for host in (
+        "x@a.wild.example.com",
+        "a!.wild.example.com",
+        "-a.wild.example.com",
+        "a.wild.example.com:443",  # the Gateway server's port, which Istio routes
+    ):
         assert routed.get(host) == "wildcard.wild.example.com", host
 
 
