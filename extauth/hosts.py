@@ -116,6 +116,14 @@ def normalize(pattern: str) -> str:
             f"host {_shown(pattern)} is not a host name (labels of letters, digits, '-' "
             f"and '_', at most 63 characters each and {MAX_NAME} in all)"
         )
+    if wildcard and "." not in name:
+        # In a cluster where any namespace may create AuthConfigs, `*.com` would take every
+        # .com host no other AuthConfig claims: a new team's before its AuthConfig exists,
+        # or one's whose AuthConfig is being recreated.
+        raise HostPatternError(
+            f"host {_shown(pattern)} would claim a whole top-level domain; name at least "
+            "two labels after '*.', as in *.example.com"
+        )
     normalized = f"*.{name}" if wildcard else name
     return f"{normalized}:{_port(port, pattern)}" if colon else normalized
 

@@ -38,7 +38,7 @@ def hosted(name: str, patterns: list[str], header: str = "x-key", ref: str = "a"
         ("api.example.com.:8443", "api.example.com:8443"),
         ("*.Example.com", "*.example.com"),
         ("*.example.com:443", "*.example.com:443"),
-        ("*.com", "*.com"),
+        ("*.co.uk", "*.co.uk"),  # two labels: no list of public suffixes here
         ("localhost", "localhost"),
         ("10.0.0.1:8080", "10.0.0.1:8080"),
         ("[::1]", "[::1]"),
@@ -66,6 +66,12 @@ def test_patterns_are_canonical(pattern: str, canonical: str) -> None:
         ("**.example.com", "only as the whole first label"),
         ("*.*.example.com", "only as the whole first label"),
         ("*:8080", "only as the whole first label"),
+        # One AuthConfig taking every host under a top-level domain that no other claims
+        # (another team's, between its AuthConfig's deletion and recreation).
+        ("*.com", "a whole top-level domain"),
+        ("*.COM.", "a whole top-level domain"),
+        ("*.local:8443", "a whole top-level domain"),
+        ("*.internal", "a whole top-level domain"),
         ("bücher.example", "xn--bcher-kva.example"),
         ("\u212aey.example.com", "is not ASCII"),  # KELVIN SIGN, which lower() makes `k`
         ("api.example.com:0", "from 1 to 65535"),
