@@ -14,8 +14,9 @@ another way is another host, as it is to Envoy. A pattern without a port also ta
 host with any port (`host:*`, the domain Istio adds beside `host`); a wildcard takes a
 port only if it names it (`*.example.com:443`, the domain Istio adds for a wildcard on
 its gateway's port), as Envoy cannot put two `*` in one domain. Whatever a client
-sends, a lookup costs a few dictionary probes: the exact host, the host without its port,
-then the suffixes after each dot no longer than the longest wildcard.
+sends, a lookup costs a few dictionary probes: the exact host, the suffixes after each
+dot no longer than the longest wildcard, then the host without its port (Envoy's order:
+exact domains, suffix wildcards, prefix wildcards such as Istio's `host:*`).
 
 A policy builds one `HostTable` per change of AuthConfigs.
 """
@@ -205,8 +206,8 @@ class HostTable:
         return {config_id: sorted(patterns) for config_id, patterns in found.items()}
 
     def lookup(self, host: str) -> str | None:
-        """The config id `host` selects: `host:port`, then `host`; then the longest
-        wildcard suffix, with the port, then without."""
+        """The config id `host` selects, as Envoy picks a virtual host: the exact host,
+        then the longest wildcard, then the host without its port."""
         memo = self._memo
         found = memo.get(host, _MISS)
         if found is not _MISS:
@@ -223,10 +224,15 @@ class HostTable:
         exact = self.exact
         if (found := exact.get(text)) is not None:
             return found
-        if (name := _without_port(text)) is not None and (found := exact.get(name)) is not None:
+        if self.wildcard and (found := self._suffix(text)) is not None:
             return found
-        if not self.wildcard:
-            return None
+        # Last, as Envoy tries prefix wildcards (Istio's `host:*`) after suffix ones: with
+        # `*.example.com:443` claimed, `api.example.com:443` is the wildcard's.
+        if (name := _without_port(text)) is not None:
+            return exact.get(name)
+        return None
+
+    def _suffix(self, text: str) -> str | None:
         # Envoy's `*.example.com` takes any host that ends in `.example.com` after at
         # least one character, whatever those are: the suffixes after each dot but the
         # first character, the longest first, no longer than the longest pattern (so a

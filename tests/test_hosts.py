@@ -412,3 +412,15 @@ def test_the_memo_answers_the_same_and_stays_bounded() -> None:
     long_host = "a" * 300 + ".a.com"
     assert table.lookup(long_host) == "w"
     assert long_host not in table._memo
+
+
+def test_a_wildcard_naming_the_port_beats_an_exact_host_without_it() -> None:
+    """Envoy tries exact domains, then suffix wildcards, then prefix ones: with Istio's
+    domains `api.eu.example.com`, `api.eu.example.com:*` and `*.eu.example.com:8443`,
+    `api.eu.example.com:8443` goes to the wildcard's virtual host, so to its AuthConfig."""
+    table, _ = hosts.build(
+        [(1, "exact", ["api.eu.example.com"]), (2, "wildport", ["*.eu.example.com:8443"])]
+    )
+    assert table.lookup("api.eu.example.com:8443") == "wildport"
+    assert table.lookup("api.eu.example.com:9000") == "exact"
+    assert table.lookup("api.eu.example.com") == "exact"

@@ -68,6 +68,16 @@ spec:
 ---
 apiVersion: extauth.solo.io/v1
 kind: AuthConfig
+metadata: {{name: api, namespace: gateways}}
+spec:
+  hosts: [api.wild.example.com]
+  configs:
+    - apiKeyAuth:
+        headerName: x-api-key
+        k8sSecretApikeyStorage: {{apiKeySecretRefs: [{{name: red-team}}]}}
+---
+apiVersion: extauth.solo.io/v1
+kind: AuthConfig
 metadata: {{name: wild, namespace: gateways}}
 spec:
   hosts: ["*.wild.example.com", "*.wild.example.com:443"]
@@ -111,7 +121,14 @@ def _tag_virtual_hosts(listener: dict[str, Any]) -> None:
     routed a request, to compare with the AuthConfig extauth chose for it."""
     (chain,) = listener["filter_chains"]
     manager = chain["filters"][0]["typed_config"]
-    for vhost in manager["route_config"]["virtual_hosts"]:
+    vhosts = manager["route_config"]["virtual_hosts"]
+    # An exact host under the wildcard, as Istio writes it (`host`, `host:*`): Envoy sends
+    # `api.wild.example.com:443` to `*.wild.example.com:443` (suffix wildcards come before
+    # prefix ones), and extauth must judge it by the wildcard's AuthConfig too.
+    vhosts.insert(0, copy.deepcopy(vhosts[0]))
+    vhosts[0]["name"] = "api.wild.example.com"
+    vhosts[0]["domains"] = ["api.wild.example.com", "api.wild.example.com:*"]
+    for vhost in vhosts:
         vhost["request_headers_to_add"] = [
             {
                 "header": {"key": "x-vhost", "value": vhost["name"]},
@@ -258,10 +275,16 @@ KEY_HEADERS = {
     "red": {"x-red-key": RED_KEY},
     "blue": {"x-blue-key": BLUE_KEY},
     "wild": {"api-key": WILD_KEY},
+    "api": {"x-api-key": RED_KEY},
 }
 # The AuthConfig each of the Istio shape's virtual hosts is meant to be guarded by; its
 # catch-all by none (there is no --default-config here).
-GUARD = {"red.example.com": "red", "blue.example.com": "blue", "wildcard.wild.example.com": "wild"}
+GUARD = {
+    "red.example.com": "red",
+    "blue.example.com": "blue",
+    "wildcard.wild.example.com": "wild",
+    "api.wild.example.com": "api",
+}
 
 
 def _raw(port: int, head: str) -> int:
@@ -290,8 +313,13 @@ ODD_HOSTS = [
     "red.example.com:08443",
     "red.example.com.:80",
     "blue.example.com:443",
-    # Istio's `*.wild.example.com:443`, the Gateway server's port.
+    # Istio's `*.wild.example.com:443`, the Gateway server's port, even for a host that
+    # has an exact virtual host (`api.wild.example.com:*` is a prefix wildcard: it comes
+    # after the suffix ones).
     "a.wild.example.com:443",
+    "api.wild.example.com:443",
+    "api.wild.example.com:8443",
+    "api.wild.example.com",
     # Envoy's `*.wild.example.com` takes any prefix, valid name or not.
     "x@a.wild.example.com",
     "red.example.com@a.wild.example.com",
@@ -333,8 +361,10 @@ def test_istio_host_spellings_never_borrow_another_virtual_hosts_authconfig(stac
         "a!.wild.example.com",
         "-a.wild.example.com",
         "a.wild.example.com:443",  # the Gateway server's port, which Istio routes
+        "api.wild.example.com:443",
     ):
         assert routed.get(host) == "wildcard.wild.example.com", host
+    assert routed.get("api.wild.example.com:8443") == "api.wild.example.com"
 
 
 def test_istio_absolute_form_targets_route_and_judge_by_one_host(stack: Stack) -> None:
