@@ -14,6 +14,11 @@
    the `extauth keys new` layout, 1,000 per file), Check throughput there against 10
    keys, and how long revoking one key takes to show in Check.
 4. Workers: Check throughput with `--workers 2` against one process.
+5. Hosts: 1,000 AuthConfigs each claiming a host and a wildcard (`spec.hosts`); Check
+   throughput when the AuthConfig comes from the request's host (exact, and through a
+   wildcard) against the same Check naming it with config_id, in alternating runs on
+   one server; the ratios are medians of the pairs' (target: within 3 %).
+   `--hosts-only` runs this section alone.
 
 Everything runs on loopback; tools come from Debian (installed with apt if missing).
 Figures are printed as a table (with the core count) and written to .bench/bench.json.
@@ -69,8 +74,11 @@ def secret_doc(i: int, configs: int) -> str:
     )
 
 
-def write_config(directory: Path, keys: int, configs: int, *, skip: int | None = None) -> None:
-    """`keys` Secrets in `configs` label groups (files of SHARD), one AuthConfig per group."""
+def write_config(
+    directory: Path, keys: int, configs: int, *, skip: int | None = None, hosts: bool = False
+) -> None:
+    """`keys` Secrets in `configs` label groups (files of SHARD), one AuthConfig per group;
+    with `hosts`, AuthConfig g claims api-g.bench.example.com and *.team-g.bench.example.com."""
     directory.mkdir(parents=True, exist_ok=True)
     for shard in range(0, keys, SHARD):
         text = "".join(
@@ -89,28 +97,32 @@ def write_config(directory: Path, keys: int, configs: int, *, skip: int | None =
                 f"        k8sSecretApikeyStorage: {{labelSelector: {{group: g{g}}}}}\n"
                 "        headersFromMetadataEntry: {x-org: {name: x-org}}\n"
             )
+            if hosts:
+                out.write(f"  hosts: [api-{g}.bench.example.com, '*.team-{g}.bench.example.com']\n")
 
 
-def check_request(key: str, config_id: str) -> bytes:
-    """A CheckRequest like Envoy's for a chat completion call (~400 bytes)."""
+def check_request(key: str, config_id: str | None, host: str = "llm.internal.example.com") -> bytes:
+    """A CheckRequest like Envoy's for a chat completion call (~400 bytes); without
+    `config_id`, no context extension (Istio's shape: the AuthConfig comes from `host`)."""
     request = external_auth_pb2.CheckRequest()
     attrs = request.attributes
     attrs.source.address.socket_address.address = "127.0.0.1"
     attrs.source.address.socket_address.port_value = 53012
     attrs.destination.address.socket_address.address = "127.0.0.1"
     attrs.destination.address.socket_address.port_value = 8080
-    attrs.context_extensions["config_id"] = config_id
+    if config_id is not None:
+        attrs.context_extensions["config_id"] = config_id
     http = attrs.request.http
     http.id = "9182736455463728190"
     http.method = "POST"
     http.path = "/openai"
-    http.host = "llm.internal.example.com"
+    http.host = host
     http.scheme = "http"
     http.protocol = "HTTP/1.1"
     http.size = 76
     http.headers.update(
         {
-            ":authority": "llm.internal.example.com",
+            ":authority": host,
             ":method": "POST",
             ":path": "/openai",
             ":scheme": "http",
@@ -178,8 +190,8 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def check_allowed(address: str, key: str, config_id: str) -> bool:
-    message = external_auth_pb2.CheckRequest.FromString(check_request(key, config_id))
+def check_allowed(address: str, key: str, config_id: str | None, host: str = "x") -> bool:
+    message = external_auth_pb2.CheckRequest.FromString(check_request(key, config_id, host))
     with grpc.insecure_channel(address) as channel:
         reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(message, timeout=5)
     return bool(reply.status.code == 0)
@@ -286,6 +298,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=1000, help="hey request rate")
     parser.add_argument("--latency-rounds", type=int, default=3, help="rounds of the 3 variants")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "bench.json")
+    parser.add_argument("--hosts-only", action="store_true", help="run section 5 alone")
     args = parser.parse_args()
     h2 = ensure_tool("h2load", "nghttp2-client")
     hey_tool = ensure_tool("hey", "hey")
@@ -302,6 +315,13 @@ def main() -> int:
         "cores": os.cpu_count(),
         "commit": commit,
     }
+
+    if args.hosts_only:
+        results["hosts"] = measure_hosts(h2, work, args.requests, args.rounds)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
 
     config_dir = work / "config-10k"
     write_config(config_dir, 10_000, 100)
@@ -378,6 +398,8 @@ def main() -> int:
     }
     print(f"workers: 1 -> {one_rps:.0f}/s, 2 -> {two_rps:.0f}/s", flush=True)
 
+    results["hosts"] = measure_hosts(h2, work, args.requests, args.rounds)
+
     # 3. scale: many keys
     big = work / "config-big"
     small = work / "config-small"
@@ -426,6 +448,48 @@ def main() -> int:
     return 0
 
 
+def measure_hosts(h2: str, work: Path, requests: int, rounds: int) -> dict[str, Any]:
+    """Section 5: the AuthConfig from the host (exact, wildcard) against config_id, the
+    same key and AuthConfig, on one server with 1,000 AuthConfigs claiming hosts."""
+    directory = work / "config-hosts"
+    write_config(directory, 10_000, 1000, hosts=True)
+    key = key_of(500)  # label group g500: AuthConfig cfg-500
+    frames = {
+        "config_id": check_request(key, "bench.cfg-500", "api-500.bench.example.com"),
+        "exact": check_request(key, None, "api-500.bench.example.com:443"),
+        "wildcard": check_request(key, None, "eu.team-500.bench.example.com"),
+    }
+    paths = {}
+    for name, message in frames.items():
+        paths[name] = work / f"check-{name}.bin"
+        paths[name].write_bytes(grpc_frame(message))
+    runs: dict[str, list[float]] = {name: [] for name in frames}
+    with extauth_server(directory, work) as server:
+        for name, message in frames.items():
+            parsed = external_auth_pb2.CheckRequest.FromString(message)
+            with grpc.insecure_channel(server.address) as channel:
+                reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(parsed, timeout=5)
+            assert reply.status.code == 0, f"{name}: not allowed"
+            h2load(h2, server.port, paths[name], requests // 4, 4, 32)  # warm-up
+        for round_ in range(rounds):
+            # Each round in the other order: neither variant always runs first.
+            for name in list(frames)[:: 1 if round_ % 2 == 0 else -1]:
+                runs[name].append(h2load(h2, server.port, paths[name], requests, 4, 32))
+    found: dict[str, Any] = {"load_1min": os.getloadavg()[0]}
+    for name in ("exact", "wildcard"):
+        pairs = sorted(b / a for a, b in zip(runs["config_id"], runs[name], strict=True))
+        found[name] = {"ratio": round(statistics.median(pairs), 3), "pairs": pairs}
+    found["rps"] = {name: statistics.median(r) for name, r in runs.items()}
+    print(
+        f"hosts (1,000 AuthConfigs): config_id {runs['config_id']}, exact host "
+        f"{runs['exact']}, wildcard host {runs['wildcard']} req/s; ratio exact "
+        f"{found['exact']['ratio']}, wildcard {found['wildcard']['ratio']}; "
+        f"load {found['load_1min']:.2f}",
+        flush=True,
+    )
+    return found
+
+
 def print_table(r: dict[str, Any]) -> None:
     t, lat, add, s = r["throughput"], r["latency_ms"], r["added_over_native_ms"], r["scale"]
     rows = [
@@ -471,6 +535,11 @@ def print_table(r: dict[str, Any]) -> None:
             "Check throughput, --workers 1 / 2 (8 connections)",
             f"{r['workers']['one_rps']:.0f} / {r['workers']['two_rps']:.0f} req/s",
             f"ratio {r['workers']['ratio']:.2f} ({r['cores']} cores, h2load on the same machine)",
+        ),
+        (
+            "Check throughput, AuthConfig by host / config_id",
+            f"exact {r['hosts']['exact']['ratio']}, wildcard {r['hosts']['wildcard']['ratio']}",
+            "1,000 AuthConfigs with hosts; target >= 0.97",
         ),
     ]
     width = max(len(a) for a, _, _ in rows)

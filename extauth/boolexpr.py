@@ -2,13 +2,13 @@
 
 A tiny recursive-descent parser: identifiers (`[A-Za-z0-9_.-]+`), `!`, `&&`, `||` and
 parentheses, with the usual precedence (`!` over `&&` over `||`). Parsed once when the
-AuthConfig is validated; evaluation is a walk over a few nested tuples.
+AuthConfig is validated (`resources`) and again when it is compiled (`building`);
+evaluation, a walk over a few nested tuples, is `deciding.evaluate`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 # Deeper than this (`!` or parentheses inside one another, or a chain of operators) is
@@ -41,21 +41,6 @@ class BoolExpr:
             else:
                 stack.extend(n for n in node[1:] if isinstance(n, tuple))
         return frozenset(found)
-
-    def evaluate(self, values: Mapping[str, bool]) -> bool:
-        return _eval(self.tree, values)
-
-
-def _eval(node: Node, values: Mapping[str, bool]) -> bool:
-    op = node[0]
-    if op == "name":
-        return values[str(node[1])]
-    if op == "not":
-        return not _eval(node[1], values)  # type: ignore[arg-type]
-    left, right = node[1], node[2]
-    if op == "and":
-        return _eval(left, values) and _eval(right, values)  # type: ignore[arg-type]
-    return _eval(left, values) or _eval(right, values)  # type: ignore[arg-type]
 
 
 def parse(source: str) -> BoolExpr:

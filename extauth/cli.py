@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,24 @@ from typing import Any
 import shtab
 from pydantic import ValidationError
 
-from extauth import __version__, inspecting, keys, loader, manifests, resources, workers
-from extauth.manifests import DEFAULT_LIMITS, MAX_DEPTH_CEILING, Limits, Problem
-from extauth.policy import Policy, compile_policy
-from extauth.server import Settings, grpc_credentials, serve, sources_for
-from extauth.snapshot import Change, Definition
-from extauth.sources import Source
-from extauth.sources.files import ConfigDirError
+from extauth import (
+    __version__,
+    inspecting,
+    keys,
+    loader,
+    logformat,
+    manifests,
+    resources,
+    tracing,
+    workers,
+)
+from extauth.building import compile_policy
+from extauth.changes import Change, Definition, Source
+from extauth.manifests import DEFAULT_LIMITS, MAX_DEPTH_CEILING, Limits
+from extauth.origins import Problem
+from extauth.policy import Policy
+from extauth.server import Settings, grpc_credentials, serve
+from extauth.sources.files import ConfigDirError, FileSource
 from extauth.sources.listing import ListingError, walk
 
 log = logging.getLogger("extauth")
@@ -106,7 +118,7 @@ def environment_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, 
     problems: list[str] = []
     defaults: dict[str, Any] = {}
     for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "log_level"):
+        if not action.option_strings or action.dest in ("help", "log_level", "log_format"):
             continue
         name = ENV_PREFIX + action.dest.upper()
         raw = environ.get(name)
@@ -198,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"extauth {__version__}")
     levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
     parser.add_argument("--log-level", default="INFO", choices=levels, help="log verbosity")
+    log_format_help = (
+        f"log lines as text or as one JSON object each (default: text, or {ENV_PREFIX}LOG_FORMAT)"
+    )
+    parser.add_argument(
+        "--log-format", default=None, choices=logformat.FORMATS, help=log_format_help
+    )
     # The same flag after the subcommand (`extauth serve --log-level DEBUG`); SUPPRESS
     # keeps a subcommand's absent flag from overriding one given before it.
     common = argparse.ArgumentParser(add_help=False)
@@ -206,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         choices=levels,
         help="log verbosity (default: INFO)",
+    )
+    common.add_argument(
+        "--log-format", default=argparse.SUPPRESS, choices=logformat.FORMATS, help=log_format_help
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -277,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-address",
         type=_address,
         metavar="HOST:PORT",
-        help="serve /metrics (Prometheus), /healthz and /readyz here",
+        help="serve /metrics (Prometheus), /healthz, /readyz and the status page (/) here",
+    )
+    run.add_argument(
+        "--no-status-page",
+        action="store_true",
+        help="do not serve the status page at / of --http-address (404 instead)",
     )
     run.add_argument(
         "--usage-label",
@@ -331,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="how long SIGTERM waits for in-flight checks",
+    )
+    run.add_argument(
+        "--otel",
+        action="store_true",
+        help="trace every Check with OpenTelemetry, exported over OTLP/gRPC as the standard "
+        "OTEL_* variables say (needs the otel extra; an OTEL_EXPORTER_OTLP_ENDPOINT turns "
+        "it on too)",
     )
     _add_limits(run)
 
@@ -448,17 +481,21 @@ def _pair(value: str) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     serve_parser = _subparser(parser, "serve")
-    problems = environment_defaults(serve_parser, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    problems = environment_defaults(serve_parser, environ)
     args = parser.parse_args(argv)
+    log_format = args.log_format or environ.get(ENV_PREFIX + "LOG_FORMAT") or "text"
+    if log_format not in logformat.FORMATS:
+        problems.append(
+            f"{ENV_PREFIX}LOG_FORMAT: {log_format!r} is not one of {', '.join(logformat.FORMATS)}"
+        )
+        log_format = "text"
     if problems and args.command == "serve":
         for problem in problems:
             print(f"extauth serve: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Every line the process writes from here on, one record per line (logformat.py).
+    logformat.configure(args.log_level, log_format, sys.stderr)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     # A file name need not be UTF-8 (it reaches Python as lone surrogates): printed
     # escaped, as stderr already does, never a UnicodeEncodeError in place of the report.
@@ -485,16 +522,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.grpc_client_ca is not None and args.grpc_tls_cert is None:
         print("extauth serve: --grpc-client-ca needs --grpc-tls-cert", file=sys.stderr)
         return 2
-    settings = Settings(
+    reading = SourceSettings(
         config_dir=args.config_dir,
-        grpc_address=args.grpc_address,
-        default_config=args.default_config,
-        shutdown_grace=args.shutdown_grace,
-        shutdown_delay=args.shutdown_delay,
-        http_address=args.http_address,
-        usage_label=args.usage_label,
-        decision_log=args.decision_log,
-        decision_log_sample=args.decision_log_sample,
         kubernetes=args.kubernetes,
         namespaces=tuple(args.namespace or ()),
         kubeconfig=args.kubeconfig,
@@ -504,11 +533,34 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         kube_request_timeout=args.kube_request_timeout,
         kube_max_secret_bytes=args.kube_max_secret_bytes,
         kube_status_rate=args.kube_status_rate,
+        limits=_limits(args),
+    )
+    otel = tracing.wanted(args.otel, os.environ if environ is None else environ)
+    if otel and not tracing.available():
+        print(
+            "extauth serve: tracing needs the otel extra: pip install 'extauth[otel]'",
+            file=sys.stderr,
+        )
+        return 2
+    settings = Settings(
+        grpc_address=args.grpc_address,
+        default_config=args.default_config,
+        shutdown_grace=args.shutdown_grace,
+        shutdown_delay=args.shutdown_delay,
+        http_address=args.http_address,
+        status_page=not args.no_status_page,
+        usage_label=args.usage_label,
+        decision_log=args.decision_log,
+        decision_log_sample=args.decision_log_sample,
         grpc_tls_cert=args.grpc_tls_cert,
         grpc_tls_key=args.grpc_tls_key,
         grpc_client_ca=args.grpc_client_ca,
-        limits=_limits(args),
+        otel=otel,
     )
+
+    def serve_one(settings: Settings) -> int:
+        return _serve_one(settings, reading)
+
     try:
         # Read once here so that a missing or unreadable file stops the start, with
         # its name, before any source is loaded.
@@ -520,16 +572,65 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.grpc_address.endswith(":0"):
             print("extauth serve: --workers needs a fixed --grpc-address port", file=sys.stderr)
             return 2
-        return workers.run_workers(settings, args.workers, _serve_one)
+        return workers.run_workers(settings, args.workers, serve_one)
     if args.grpc_address.endswith(":0"):
-        return _serve_one(settings)
+        return serve_one(settings)
     try:
         # The same claim on the port as a --workers unit takes, held until exit.
         with workers.port_lock(args.grpc_address):
-            return _serve_one(settings)
+            return serve_one(settings)
     except workers.PortTaken as exc:
         log.error("cannot listen on %s: %s", args.grpc_address, exc)
         return 2
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    """What the service reads: the config directory, a Kubernetes API server, or both."""
+
+    config_dir: Path | None = None
+    kubernetes: bool = False
+    namespaces: tuple[str, ...] = ()
+    kubeconfig: str | None = None
+    write_status: bool = True
+    kube_watch_timeout: int = 300
+    kube_heartbeat: float = 10.0
+    kube_request_timeout: float = 5.0
+    kube_max_secret_bytes: int = 16 * 1024
+    kube_status_rate: float = 50.0
+    # Keep every Kubernetes Secret whole, even those no AuthConfig selects (inspect
+    # reports those; serve keeps them as stubs).
+    kube_every_secret: bool = False
+    # --max-file-bytes, --max-documents, --max-depth: what one config file may hold.
+    limits: Limits = DEFAULT_LIMITS
+
+
+def sources_for(settings: SourceSettings) -> list[Source]:
+    """The wiring: the command line is the one place that knows which sources exist; the
+    server is given them."""
+    sources: list[Source] = []
+    if settings.config_dir is not None:
+        sources.append(FileSource(settings.config_dir, limits=settings.limits))
+    if settings.kubernetes:
+        # Imported here: the kubernetes client is only loaded when it is used.
+        from extauth.sources.kubernetes import KubernetesSource
+
+        sources.append(
+            KubernetesSource(
+                list(settings.namespaces) or None,
+                kubeconfig=settings.kubeconfig,
+                write_status=settings.write_status,
+                watch_timeout=settings.kube_watch_timeout,
+                heartbeat=settings.kube_heartbeat,
+                request_timeout=settings.kube_request_timeout,
+                max_secret_bytes=settings.kube_max_secret_bytes,
+                status_rate=settings.kube_status_rate,
+                # AuthConfigs in files may select Secrets this source would otherwise
+                # keep as stubs: with a --config-dir, every Secret is kept whole.
+                every_secret=settings.kube_every_secret or settings.config_dir is not None,
+            )
+        )
+    return sources
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -553,9 +654,9 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-def _serve_one(settings: Settings) -> int:
+def _serve_one(settings: Settings, reading: SourceSettings) -> int:
     try:
-        _run(serve(settings))
+        _run(serve(settings, sources_for(reading)))
     except ConfigDirError as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -603,7 +704,7 @@ def inspect(args: argparse.Namespace) -> int:
     if args.config_dir is None and not args.kubernetes:
         print("extauth inspect: give --config-dir DIR, --kubernetes, or both", file=sys.stderr)
         return 2
-    settings = Settings(
+    settings = SourceSettings(
         config_dir=args.config_dir,
         kubernetes=args.kubernetes,
         namespaces=tuple(args.namespace or ()),

@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from extauth import hosts as hosts_module
 from extauth import resources
 from extauth.resources import (
     ApiKeyAuth,
@@ -62,6 +63,16 @@ DESCRIPTIONS: dict[tuple[type[BaseModel], str], str] = {
     (AuthConfigSpec, "boolean_expr"): (
         "How entries combine, by name: `a || (b && !c)`. Every entry then needs a unique "
         "name, and every name must be used. Default: every entry must pass."
+    ),
+    (AuthConfigSpec, "hosts"): (
+        "Extension: the request hosts this AuthConfig serves when the route names no "
+        "config_id (Istio's CUSTOM authorization sends none): exact (api.example.com, "
+        "optionally with :port; [::1]:8080) or one leading wildcard label (*.example.com, "
+        "not example.com itself). Case-insensitive; a trailing dot is ignored; ASCII only "
+        "(write an IDN in its xn-- form). host:port is looked up first, then host; an "
+        "exact pattern beats a wildcard, a longer wildcard a shorter one. A pattern "
+        "another AuthConfig claimed first (files first, then the oldest object) stays "
+        "with it. Precedence: config_id, then hosts, then --default-config."
     ),
     (AuthConfigEntry, "name"): "The entry's name, as booleanExpr refers to it.",
     (AuthConfigEntry, "api_key_auth"): "Admit requests that carry a known API key.",
@@ -140,6 +151,13 @@ def _rule(rule: str, message: str) -> dict[str, str]:
     return {"rule": rule, "message": message}
 
 
+# What hosts.normalize accepts, roughly (it checks label lengths and the port's range):
+# a name (optionally after `*.`) or an IPv6 address in brackets, then an optional port.
+# `*` alone passes here so that the rule below refuses it with its message.
+HOST_PATTERN = (
+    r"^\*$|^((\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$"
+)
+EVERY_HOST = "host '*' would claim every host; use --default-config for a catch-all"
 EMPTY_SELECTOR = "an empty label selector would admit every API key; list the labels to match"
 MAX_MAP = 64
 MAX_HEADER = 256
@@ -299,6 +317,18 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
         properties["configs"]["maxItems"] = MAX_CONFIGS
         properties["booleanExpr"]["maxLength"] = MAX_EXPR
         properties["booleanExpr"]["pattern"] = r"^[A-Za-z0-9_.\-\s&|!()]*$"
+        hosts = properties["hosts"]
+        hosts["maxItems"] = resources.MAX_HOSTS
+        # Exact repeats refused by the API server; repeats by case or a trailing dot
+        # by extauth (a Rejected status).
+        hosts["x-kubernetes-list-type"] = "set"
+        hosts["items"] = {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": hosts_module.MAX_REQUEST_HOST,
+            "pattern": HOST_PATTERN,
+            "x-kubernetes-validations": [_rule("self != '*'", EVERY_HOST)],
+        }
     if model is AuthConfigEntry:
         properties["name"]["maxLength"] = MAX_NAME
     if model is KeySource:
@@ -391,7 +421,11 @@ STATUS_SCHEMA: dict[str, Any] = {
             "description": "Accepted: in force. Rejected: not loaded (see reason); the last "
             "good version, if any, keeps serving.",
         },
-        "reason": {"type": "string", "description": "Why it was rejected; empty if accepted."},
+        "reason": {
+            "type": "string",
+            "description": "Why it was rejected; if accepted, what it was refused (hosts "
+            "another AuthConfig claimed first) or that the CRD is outdated, else empty.",
+        },
         "observedGeneration": {
             "type": "integer",
             "description": "The metadata.generation this status is about.",

@@ -34,6 +34,8 @@ What every config does to give an attacker nothing (issue 11):
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +47,37 @@ import yaml
 # Envoy's limit on request headers, written into every config: ext_authz fails a request
 # with 500 when the headers extauth injects would push it past it, so extauth checks the
 # same number before it allows (and counts) anything.
-from extauth.decide import MAX_REQUEST_HEADERS
+from extauth.deciding import MAX_REQUEST_HEADERS
 
 ProviderKey = Literal["file", "env", "inline", "passthrough"]
 PROVIDER_KEYS: tuple[ProviderKey, ...] = ("file", "env", "inline", "passthrough")
+
+# How a request's AuthConfig is named, as each gateway's generated Envoy config does it:
+# - "config_id": one ext_authz filter, every route names its AuthConfig in a context
+#   extension (hand-written Envoy);
+# - "istio": one ext_authz filter on the listener and no per-route settings at all
+#   (AuthorizationPolicy CUSTOM); extauth picks the AuthConfig by host (spec.hosts);
+# - "envoy-gateway": one disabled ext_authz filter per SecurityPolicy, enabled on its
+#   routes with the policy's contextExtensions;
+# - "kgateway": one disabled ext_authz filter per GatewayExtension, enabled on the routes
+#   of each TrafficPolicy with that policy's contextExtensions;
+# - "agentgateway": its own data plane, not Envoy, sends each AgentgatewayPolicy's
+#   extAuth.grpc.contextExtensions in the Check; reproduced with one enabled filter and
+#   the context extension on the routes of each host.
+Routing = Literal["config_id", "istio", "envoy-gateway", "kgateway", "agentgateway"]
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+# The recipes' hosts (deploy/gateways/) and the AuthConfig (namespace.name) each is bound
+# to; the Istio shape adds a catch-all virtual host, whose hosts no AuthConfig claims.
+GATEWAY_HOSTS: dict[str, str] = {
+    "red.example.com": "gateways.red",
+    "blue.example.com": "gateways.blue",
+    "*.wild.example.com": "gateways.wild",
+}
+# The port of the Gateway server in the Istio shape: Istio adds `*.x:<that port>` beside a
+# wildcard host `*.x`, which the recipe's AuthConfig must claim as well.
+ISTIO_GATEWAY_PORT = 443
+# kgateway names its filter after the GatewayExtension (deploy/gateways/kgateway.yaml).
+KGATEWAY_FILTER = "ext_auth/gateways/extauth"
 
 CONFIG_ID = "agentgateway-system.apikey-auth"
 SECRET_NAME = "provider-key"  # noqa: S105 (the SDS resource name, not a secret)
@@ -108,6 +137,11 @@ class Target:
     # for probes and scrapers outside the container; None: no such listener.
     ops: Endpoint | None = None
     grpc_tls: GrpcTls | None = None
+    routing: Routing = "config_id"
+    # An OpenTelemetry collector (OTLP/gRPC) for Envoy's spans; None: no tracing. Envoy
+    # passes its ext_authz span to extauth (traceparent in the Check's gRPC metadata), so
+    # `extauth serve --otel` exporting to the same collector joins the trace.
+    tracing: Endpoint | None = None
 
     @property
     def extauth_endpoints(self) -> tuple[Endpoint, ...]:
@@ -163,6 +197,12 @@ LOCAL_MTLS = Target(
     ),
 )
 
+# Istio's shape: AuthConfigs chosen by host, several virtual hosts, no per-route settings.
+ISTIO = dataclasses.replace(LOCAL, routing="istio")
+# Traces to a collector on the OTLP/gRPC port (an OpenTelemetry Collector, Jaeger, Tempo).
+OTLP_PORT = 4317
+LOCAL_TRACING = dataclasses.replace(LOCAL, tracing=Endpoint("127.0.0.1", OTLP_PORT))
+
 # Committed files: path -> (target, provider-key mode).
 FILES: dict[str, tuple[Target, ProviderKey]] = {
     "envoy/envoy.yaml": (LOCAL, "file"),
@@ -170,6 +210,21 @@ FILES: dict[str, tuple[Target, ProviderKey]] = {
     "envoy/envoy-key-inline.yaml": (LOCAL, "inline"),
     "envoy/envoy-passthrough.yaml": (LOCAL, "passthrough"),
     "envoy/envoy-grpc-mtls.yaml": (LOCAL_MTLS, "file"),
+    "envoy/envoy-istio.yaml": (ISTIO, "file"),
+    # What the gateways of deploy/gateways/ send extauth (tests/e2e/test_gateways.py).
+    "tests/e2e/gateways/envoy-gateway.yaml": (
+        dataclasses.replace(LOCAL, routing="envoy-gateway"),
+        "passthrough",
+    ),
+    "tests/e2e/gateways/kgateway.yaml": (
+        dataclasses.replace(LOCAL, routing="kgateway"),
+        "passthrough",
+    ),
+    "tests/e2e/gateways/agentgateway.yaml": (
+        dataclasses.replace(LOCAL, routing="agentgateway"),
+        "passthrough",
+    ),
+    "envoy/envoy-tracing.yaml": (LOCAL_TRACING, "file"),
     "envoy/compose/envoy.yaml": (COMPOSE, "file"),
     "deploy/kubernetes/envoy-config/envoy.yaml": (KUBERNETES, "file"),
 }
@@ -319,39 +374,94 @@ def _upstream_cluster(target: Target) -> dict[str, Any]:
     return cluster
 
 
-def _per_route(config_id: str) -> dict[str, Any]:
+def _per_route(config_id: str, filter_name: str = EXT_AUTHZ) -> dict[str, Any]:
     return {
-        "envoy.filters.http.ext_authz": _typed(
+        filter_name: _typed(
             "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
             check_settings={"context_extensions": {"config_id": config_id}},
         )
     }
 
 
-def _routes(host_rewrite: str | None) -> list[dict[str, Any]]:
+def _gateway_filter(routing: Routing, config_id: str) -> str:
+    """The name of the ext_authz filter a gateway enables on a route bound to `config_id`."""
+    if routing == "envoy-gateway":
+        # One filter per SecurityPolicy: securitypolicy/<namespace>/<name>.
+        return f"{EXT_AUTHZ}/securitypolicy/{config_id.replace('.', '/', 1)}"
+    if routing == "kgateway":
+        return KGATEWAY_FILTER
+    return EXT_AUTHZ
+
+
+def _virtual_hosts(routing: Routing, host_rewrite: str | None) -> list[dict[str, Any]]:
+    if routing == "config_id":
+        return [{"name": "api", "domains": ["*"], "routes": _routes(host_rewrite)}]
+    hosts: list[dict[str, Any]] = []
+    for host, config_id in GATEWAY_HOSTS.items():
+        per_route = (
+            None
+            if routing == "istio"
+            else _per_route(config_id, _gateway_filter(routing, config_id))
+        )
+        hosts.append(
+            {
+                "name": host.replace("*", "wildcard"),
+                "domains": _domains(host, routing),
+                "routes": _routes(host_rewrite, per_route),
+            }
+        )
+    if routing == "istio":
+        # Hosts no AuthConfig claims still reach extauth, which denies them.
+        hosts.append({"name": "other", "domains": ["*"], "routes": _routes(host_rewrite, None)})
+    return hosts
+
+
+def _domains(host: str, routing: Routing) -> list[str]:
+    """The host with any port too, as Istio writes a gateway's domains, but for a wildcard
+    host: Envoy allows one `*` in a domain (`*.a.com:*` would match nothing), so Istio adds
+    the Gateway server's port instead."""
+    if not host.startswith("*"):
+        return [host, f"{host}:*"]
+    return [host, f"{host}:{ISTIO_GATEWAY_PORT}"] if routing == "istio" else [host]
+
+
+def _ext_authz_filters(routing: Routing) -> list[dict[str, Any]]:
+    if routing == "envoy-gateway":
+        names = sorted({_gateway_filter(routing, c) for c in GATEWAY_HOSTS.values()})
+        return [_ext_authz(name, disabled=True) for name in names]
+    if routing == "kgateway":
+        return [_ext_authz(KGATEWAY_FILTER, disabled=True)]
+    return [_ext_authz(EXT_AUTHZ)]
+
+
+_DEFAULT = object()
+
+
+def _routes(host_rewrite: str | None, per_route: Any = _DEFAULT) -> list[dict[str, Any]]:
+    """The routes of a virtual host; `per_route`: their typed_per_filter_config (None:
+    none; by default the config_id context extension of the local configs)."""
+
     def action(**extra: Any) -> dict[str, Any]:
         route: dict[str, Any] = {"cluster": "upstream", "timeout": "120s", **extra}
         if host_rewrite:
             route["host_rewrite_literal"] = host_rewrite
         return route
 
-    return [
+    settings = _per_route(CONFIG_ID) if per_route is _DEFAULT else per_route
+    routes: list[dict[str, Any]] = [
         # OpenAI's chat API behind a short path: POST /openai -> /v1/chat/completions.
-        {
-            "match": {"path": "/openai"},
-            "route": action(prefix_rewrite=CHAT_PATH),
-            "typed_per_filter_config": _per_route(CONFIG_ID),
-        },
+        {"match": {"path": "/openai"}, "route": action(prefix_rewrite=CHAT_PATH)},
         # Everything else as is (OpenAI SDKs with base_url pointed at Envoy).
-        {
-            "match": {"prefix": "/"},
-            "route": action(),
-            "typed_per_filter_config": _per_route(CONFIG_ID),
-        },
+        {"match": {"prefix": "/"}, "route": action()},
     ]
+    if settings is not None:
+        for route in routes:
+            # A copy each: a shared dict would be written as a YAML alias.
+            route["typed_per_filter_config"] = copy.deepcopy(settings)
+    return routes
 
 
-def _access_log() -> list[dict[str, Any]]:
+def _access_log(traced: bool = False) -> list[dict[str, Any]]:
     """One JSON line per request: who (identity, team) and what, never a key.
 
     Identity, team and config come from ext_authz's dynamic metadata, that is from what
@@ -383,6 +493,8 @@ def _access_log() -> list[dict[str, Any]]:
                         # The x-org extauth injected (from the key's Secret).
                         "x_org": f"%DYNAMIC_METADATA({metadata}:headers:x-org)%",
                         "authz_reason": f"%DYNAMIC_METADATA({metadata}:reason)%",
+                        # The trace this request's spans (Envoy's, extauth's) belong to.
+                        **({"trace_id": "%TRACE_ID%"} if traced else {}),
                     },
                     "formatters": [
                         {
@@ -476,24 +588,69 @@ def _ops_listener(endpoint: Endpoint, admin: Endpoint) -> dict[str, Any]:
     }
 
 
+def _tracing(target: Target) -> dict[str, Any]:
+    """The connection manager's tracing: a span per request, and one per ext_authz Check
+    whose context Envoy sends to extauth, all exported to the collector. Envoy samples
+    every request by default: lower `random_sampling` under heavy traffic (extauth follows
+    Envoy's decision, carried in the traceparent's flags)."""
+    if target.tracing is None:
+        return {}
+    return {
+        "tracing": {
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": _typed(
+                    "envoy.config.trace.v3.OpenTelemetryConfig",
+                    grpc_service={"envoy_grpc": {"cluster_name": "otel"}, "timeout": "1s"},
+                    service_name="envoy",
+                ),
+            },
+            "random_sampling": {"value": 100.0},
+        }
+    }
+
+
+def _otel_cluster(endpoint: Endpoint) -> dict[str, Any]:
+    cluster = _cluster("otel", (endpoint,))
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            explicit_http_config={"http2_protocol_options": {}},
+        )
+    }
+    return cluster
+
+
 def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
     upstream, tls = target.upstream_endpoint()
-    virtual_host: dict[str, Any] = {
-        "name": "api",
-        "domains": ["*"],
-        "routes": _routes(upstream.host if tls else None),
-    }
-    if provider_key == "env":
-        virtual_host["request_headers_to_add"] = _authorization_header(
-            f"Bearer %ENVIRONMENT({ENV_VAR})%"
-        )
-    elif provider_key == "inline":
-        virtual_host["request_headers_to_add"] = _authorization_header(
-            f"Bearer {INLINE_PLACEHOLDER}"
-        )
+    virtual_hosts = _virtual_hosts(target.routing, upstream.host if tls else None)
+    for virtual_host in virtual_hosts:
+        if provider_key == "env":
+            virtual_host["request_headers_to_add"] = _authorization_header(
+                f"Bearer %ENVIRONMENT({ENV_VAR})%"
+            )
+        elif provider_key == "inline":
+            virtual_host["request_headers_to_add"] = _authorization_header(
+                f"Bearer {INLINE_PLACEHOLDER}"
+            )
 
-    ext_authz = {
-        "name": "envoy.filters.http.ext_authz",
+    filters: list[dict[str, Any]] = _ext_authz_filters(target.routing)
+    if provider_key == "file":
+        filters.append(_credential_injector(target.secrets_dir))
+    filters.append(
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
+        }
+    )
+    return _config(target, virtual_hosts, filters)
+
+
+def _ext_authz(name: str, *, disabled: bool = False) -> dict[str, Any]:
+    """The ext_authz filter: fail closed, 0.5 s, retried on another endpoint. `disabled`:
+    off unless a route enables it (Envoy Gateway's and kgateway's shape)."""
+    ext_authz: dict[str, Any] = {
+        "name": name,
         "typed_config": _typed(
             "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
             transport_api_version="V3",
@@ -525,16 +682,14 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
             },
         ),
     }
-    filters: list[dict[str, Any]] = [ext_authz]
-    if provider_key == "file":
-        filters.append(_credential_injector(target.secrets_dir))
-    filters.append(
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
-        }
-    )
+    if disabled:
+        ext_authz["disabled"] = True
+    return ext_authz
 
+
+def _config(
+    target: Target, virtual_hosts: list[dict[str, Any]], filters: list[dict[str, Any]]
+) -> dict[str, Any]:
     listeners = [
         {
             "name": "ingress",
@@ -581,10 +736,11 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
                                 # cannot match one route and reach another.
                                 normalize_path=True,
                                 merge_slashes=True,
-                                access_log=_access_log(),
+                                access_log=_access_log(target.tracing is not None),
+                                **_tracing(target),
                                 route_config={
                                     "name": "routes",
-                                    "virtual_hosts": [virtual_host],
+                                    "virtual_hosts": virtual_hosts,
                                 },
                                 http_filters=filters,
                             ),
@@ -598,6 +754,8 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
     if target.ops is not None:
         listeners.append(_ops_listener(target.ops, target.admin))
         clusters.append(_cluster("admin", (target.admin,)))
+    if target.tracing is not None:
+        clusters.append(_otel_cluster(target.tracing))
 
     return {
         # SDS needs a node identity; harmless elsewhere.
@@ -632,6 +790,30 @@ def sds_secret(value: str) -> dict[str, Any]:
     }
 
 
+_ROUTING_NOTES: dict[Routing, str] = {
+    "config_id": "",
+    "istio": (
+        "# Istio's shape (AuthorizationPolicy CUSTOM, deploy/gateways/istio.yaml): one ext_authz\n"
+        "# filter on the listener, no per-route context, several virtual hosts; extauth picks\n"
+        "# the AuthConfig whose spec.hosts claims the request's host.\n"
+    ),
+    "envoy-gateway": (
+        "# What Envoy Gateway generates from deploy/gateways/envoy-gateway.yaml: a disabled\n"
+        "# ext_authz filter per SecurityPolicy, enabled on its routes with its contextExtensions.\n"
+    ),
+    "kgateway": (
+        "# What kgateway generates from deploy/gateways/kgateway.yaml: a disabled ext_authz\n"
+        "# filter per GatewayExtension, enabled per route with the TrafficPolicy's\n"
+        "# contextExtensions.\n"
+    ),
+    "agentgateway": (
+        "# What agentgateway (its own data plane, not Envoy) sends extauth for\n"
+        "# deploy/gateways/agentgateway.yaml: each AgentgatewayPolicy's\n"
+        "# extAuth.grpc.contextExtensions, here on the routes of its host.\n"
+    ),
+}
+
+
 def render(config: dict[str, Any], target: Target, provider_key: ProviderKey) -> str:
     header = (
         "# Generated by `make envoy-configs` from extauth/envoyconf.py: edit that, not this.\n"
@@ -640,6 +822,14 @@ def render(config: dict[str, Any], target: Target, provider_key: ProviderKey) ->
         + ") about every request.\n"
         f"# Provider key: {provider_key} (see extauth/envoyconf.py for the modes).\n"
     )
+    if target.routing != "config_id":
+        header += _ROUTING_NOTES[target.routing]
+    if target.tracing is not None:
+        header += (
+            f"# Traces: Envoy's spans go to an OTLP/gRPC collector on "
+            f"{target.tracing.host}:{target.tracing.port};\n"
+            "# run extauth with --otel and OTEL_EXPORTER_OTLP_ENDPOINT naming the same one.\n"
+        )
     if target.grpc_tls is not None:
         header += (
             f"# The ext_authz link is mutual TLS: Envoy trusts {target.grpc_tls.ca} for\n"

@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+from extauth.apikeys import ApiKey
+from extauth.deciding import admits, admitted_anywhere, rule_grant
 from extauth.policy import CompiledConfig, KeyRule, Policy
-from extauth.snapshot import ApiKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,8 @@ class ConfigView:
     boolean_expr: str | None
     selections: tuple[Selection, ...]
     identities: tuple[Identity, ...]
+    # spec.hosts patterns this config holds (a pattern another config holds is a problem).
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ def report(policy: Policy) -> Report:
     holders = _distinct(policy.keys.values())
     admitted: set[int] = set()
     views: list[ConfigView] = []
+    claimed = policy.hosts.claims()
     for config_id in sorted(policy.configs):
         config = policy.configs[config_id]
         identities: list[Identity] = []
@@ -83,6 +87,7 @@ def report(policy: Policy) -> Report:
                 config.expr.source if config.expr is not None else None,
                 tuple(_selection(rule) for rule in config.rules),
                 tuple(identities),
+                tuple(claimed.get(config_id, ())),
             )
         )
     unadmitted = tuple(_owner(k) for k in holders if id(k) not in admitted)
@@ -92,7 +97,7 @@ def report(policy: Policy) -> Report:
 def unadmitted(policy: Policy) -> list[ApiKey]:
     """The key holders no AuthConfig admits, by namespace and name: keys that work
     nowhere (validate warns about them, as `report` lists them)."""
-    return [key for key in _distinct(policy.keys.values()) if not policy.admitted_anywhere(key)]
+    return [key for key in _distinct(policy.keys.values()) if not admitted_anywhere(policy, key)]
 
 
 def _distinct(keys: Iterable[ApiKey]) -> list[ApiKey]:
@@ -104,16 +109,16 @@ def _distinct(keys: Iterable[ApiKey]) -> list[ApiKey]:
 def _admits(config: CompiledConfig, key: ApiKey) -> bool:
     # With a booleanExpr, a key counts if any entry admits it: which combination a
     # request satisfies depends on the request, not on the key alone.
-    return any(rule.admits(key) for rule in config.rules)
+    return any(admits(rule, key) for rule in config.rules)
 
 
 def _identity(config: CompiledConfig, key: ApiKey) -> Identity:
     headers: dict[str, str] = {}
     missing: list[str] = []
     for rule in config.rules:
-        if not rule.admits(key):
+        if not admits(rule, key):
             continue
-        grant = rule.grant(key, None)
+        grant = rule_grant(rule, key, None)
         headers.update(grant.set_headers)
         missing.extend(m for m in grant.missing_required if m not in missing)
     expiry = None
@@ -144,6 +149,8 @@ def render(result: Report, limit: int) -> str:
         lines.append(f"AuthConfig {view.config_id}: {view.state}")
         if view.boolean_expr:
             lines.append(f"  booleanExpr: {view.boolean_expr}")
+        if view.hosts:
+            lines.append(f"  hosts (routes without config_id): {', '.join(view.hosts)}")
         for selection in view.selections:
             label = f"  entry {selection.name}" if selection.name else "  apiKeyAuth"
             lines.append(

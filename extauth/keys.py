@@ -25,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from extauth.resources import API_KEY_ENTRY, API_KEY_HASH_ENTRY, APIKEY_SECRET_TYPE, Secret
+from extauth.apikeys import API_KEY_ENTRY, API_KEY_HASH_ENTRY
+from extauth.resources import APIKEY_SECRET_TYPE, Secret
 
 DEFAULT_BYTES = 32
 # What secret scanners look for (GitHub's custom patterns, gitleaks, trufflehog rules).

@@ -10,12 +10,33 @@ that file alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from extauth import manifests, secretscan
-from extauth.manifests import DEFAULT_LIMITS, Limits, Problem
-from extauth.snapshot import Definition, definitions
+from extauth.apikeys import ApiKey
+from extauth.changes import Definition, PlacedAuthConfig
+from extauth.manifests import DEFAULT_LIMITS, Limits, Loaded
+from extauth.origins import Origin, Problem
+from extauth.resources import AuthConfig, Secret
+
+
+def secret_key(secret: Secret, origin: Origin) -> ApiKey:
+    """A validated Secret as the key it holds: hashed here, once."""
+    meta = secret.metadata
+    return ApiKey.from_entries(meta.namespace, meta.name, meta.labels, secret.entries(), origin)
+
+
+def definitions(loaded: Iterable[Loaded]) -> tuple[Definition, ...]:
+    """Validated resources as definitions: a Secret's key is hashed here, once."""
+    found: list[Definition] = []
+    for item in loaded:
+        if isinstance(item.resource, AuthConfig):
+            found.append(PlacedAuthConfig(item.resource, item.origin))
+        else:
+            found.append(secret_key(item.resource, item.origin))
+    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,20 +25,19 @@ import functools
 import os
 import re
 import stat
-import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from extauth.apikeys import EXPIRES_AT_ENTRY, KEY_ENTRIES
+from extauth.origins import Origin, Problem, failure_site
 from extauth.resources import (
     APIKEY_SECRET_TYPE,
     AUTHCONFIG_API_VERSION,
-    EXPIRES_AT_ENTRY,
-    KEY_ENTRIES,
     AuthConfig,
     Secret,
     decode_base64,
@@ -83,34 +82,6 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 Resource = Secret | AuthConfig
-
-
-class Origin(NamedTuple):
-    """Where a resource was read: file, 1-based line of its document, 1-based index.
-
-    A named tuple, not a frozen dataclass: one is made per Secret, and at a million
-    Secrets a frozen dataclass's __init__ alone costs a second.
-    """
-
-    path: str
-    line: int
-    document: int
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}" if self.line else self.path
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    path: str
-    line: int
-    message: str
-    warning: bool = False
-
-    def __str__(self) -> str:
-        prefix = "warning: " if self.warning else ""
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {prefix}{self.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +151,7 @@ def failure(exc: BaseException) -> str:
     never its message, which may quote the file (a key)."""
     if isinstance(exc, RecursionError):
         return "nested too deeply"
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    return f"cannot be read ({type(exc).__name__}{where})"
+    return f"cannot be read ({failure_site(exc)})"
 
 
 def parse_text(text: str, path: str, limits: Limits = DEFAULT_LIMITS) -> FileResult:

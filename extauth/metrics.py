@@ -8,7 +8,9 @@ by the key and never by anything the client sent: the value comes from the key's
 Recording a decision is two dict increments and a bisect into the latency buckets, in
 plain Python objects (Check runs on one event loop thread, so no locks); a collector turns
 them into Prometheus families at scrape time. Gauges that change only on reload are
-ordinary prometheus_client gauges.
+ordinary prometheus_client gauges. The sources' health (`sourcehealth.py`) is read at
+scrape time too, as `extauth_source_*`: every name here is in the README's metrics table,
+which the Grafana dashboard and the alert rules follow.
 """
 
 from __future__ import annotations
@@ -17,15 +19,23 @@ import asyncio
 import bisect
 import json
 import logging
+import platform
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
-from extauth.decide import Allow, Decision, Reason
+from extauth import __version__
+from extauth.decisions import Allow, Decision, Reason
 from extauth.policy import Policy
+from extauth.sourcehealth import HealthView, SourceHealth
 
 decision_log = logging.getLogger("extauth.decisions")
 
@@ -51,7 +61,8 @@ def shown(value: str, limit: int = SHOWN_LIMIT) -> str:
 
 EXPIRY_WARNING = 7 * 24 * 3600.0
 
-# Check latency inside the service: tens of microseconds when healthy.
+# Check latency inside the service: tens of microseconds when healthy; the last buckets
+# reach past Envoy's 0.5 s ext_authz timeout, so a Check Envoy gave up on is visible.
 _LATENCY_BUCKETS = (
     0.00005,
     0.0001,
@@ -63,6 +74,10 @@ _LATENCY_BUCKETS = (
     0.01,
     0.025,
     0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
 )
 
 
@@ -85,11 +100,22 @@ class Metrics:
         self.configs = Gauge(
             "extauth_authconfigs", "AuthConfigs in the current policy.", registry=self.registry
         )
+        self.sources: list[SourceHealth] = []
+        self._policy_problems = 0
         self.problems = Gauge(
             "extauth_config_problems",
-            "Problems (errors and warnings) in the current policy.",
+            "Problems now: the policy's (conflicts, duplicates, missing references) plus "
+            "every resource a source rejects (a file, a Secret, an AuthConfig).",
             registry=self.registry,
         )
+        self.problems.set_function(self._problems_now)
+        build = Gauge(
+            "extauth_build_info",
+            "1, labelled with the extauth version and the Python version it runs on.",
+            ["version", "python"],
+            registry=self.registry,
+        )
+        build.labels(__version__, platform.python_version()).set(1)
         self.reloads = Counter(
             "extauth_policy_reloads", "Policies compiled and swapped in.", registry=self.registry
         )
@@ -101,21 +127,18 @@ class Metrics:
             "Admitted keys whose expires-at falls within the next 7 days.",
             registry=self.registry,
         )
-        self.unreadable = Gauge(
-            "extauth_config_unreadable_paths",
-            "Files and directories below --config-dir that cannot be read; what was loaded "
-            "from them keeps serving.",
-            registry=self.registry,
-        )
         self.expired = Gauge(
             "extauth_api_keys_expired",
             "Loaded keys past their expires-at (denied as expired_api_key).",
             registry=self.registry,
         )
 
-    def track_unreadable(self, count: Callable[[], int]) -> None:
-        """Paths of the config directory that cannot be read now, counted at scrape time."""
-        self.unreadable.set_function(lambda: float(count()))
+    def track_sources(self, sources: list[SourceHealth]) -> None:
+        """Export these sources' health (`extauth_source_*`) at scrape time."""
+        self.sources = list(sources)
+
+    def _problems_now(self) -> float:
+        return float(self._policy_problems + sum(s.view().rejected_now for s in self.sources))
 
     def record(self, decision: Decision, seconds: float) -> None:
         # Allows are counted once, by (config, usage label); their per-config totals are
@@ -149,7 +172,7 @@ class Metrics:
         self.reloads.inc()
         self.keys.set(policy.key_count)
         self.configs.set(len(policy.configs))
-        self.problems.set(len(policy.problems))
+        self._policy_problems = len(policy.problems)
 
 
 class _Collector:
@@ -194,6 +217,51 @@ class _Collector:
             buckets=buckets,
             sum_value=self._m.latency_sum,
         )
+        yield from _source_families([s.view() for s in self._m.sources])
+
+
+def _source_families(views: list[HealthView]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "extauth_source_up",
+        "1 while the source syncs normally, 0 while it fails (API server not answering, "
+        "a watch failing, the config directory unreadable); its last good state serves.",
+        labels=["source"],
+    )
+    synced = GaugeMetricFamily(
+        "extauth_source_last_sync_timestamp_seconds",
+        "When the source was last known current (POSIX seconds): files, the last complete "
+        "rescan; kubernetes, the last complete list or heartbeat answer with every watch open.",
+        labels=["source"],
+    )
+    errors = CounterMetricFamily(
+        "extauth_source_errors",
+        "Source failures by reason (unlistable, unreadable, connection, timeout, "
+        "unanswered, http_<code>, ...).",
+        labels=["source", "reason"],
+    )
+    restarts = CounterMetricFamily(
+        "extauth_source_restarts",
+        "Watch restarts by reason (ended: the server's watch timeout; expired: 410 Gone, "
+        "a relist; connection, timeout, http_<code>; inotify_overflow: a rescan).",
+        labels=["source", "reason"],
+    )
+    rejected = CounterMetricFamily(
+        "extauth_rejected_resources",
+        "Resources rejected where they are read, by kind (File, Secret, AuthConfig); "
+        "each one's last good version keeps serving.",
+        labels=["source", "kind"],
+    )
+    for view in views:
+        up.add_metric([view.source], 1 if view.up else 0)
+        if view.last_sync is not None:
+            synced.add_metric([view.source], view.last_sync)
+        for reason, count in sorted(view.errors.items()):
+            errors.add_metric([view.source, reason], count)
+        for reason, count in sorted(view.restarts.items()):
+            restarts.add_metric([view.source, reason], count)
+        for kind, count in sorted(view.rejected.items()):
+            rejected.add_metric([view.source, kind], count)
+    yield from (up, synced, errors, restarts, rejected)
 
 
 class DecisionLog:
@@ -211,14 +279,23 @@ class DecisionLog:
     def write(self, decision: Decision, headers: Mapping[str, str], path: str) -> None:
         if self.sample < 1.0 and random.random() >= self.sample:  # noqa: S311 (sampling)
             return
-        entry: dict[str, str | float] = {
-            "ts": round(time.time(), 3),
-            "config": (decision.config_id or "")[:SHOWN_LIMIT],
-            "request_id": headers.get("x-request-id", "")[:REQUEST_ID_LIMIT],
-            "path": path.partition("?")[0][:PATH_LIMIT],
-        }
+        entry = _Entry(
+            ts=round(time.time(), 3),
+            config=(decision.config_id or "")[:SHOWN_LIMIT],
+            request_id=headers.get("x-request-id", "")[:REQUEST_ID_LIMIT],
+            path=path.partition("?")[0][:PATH_LIMIT],
+        )
         if isinstance(decision, Allow):
             entry.update(result="allow", identity=decision.identity, team=decision.usage)
         else:
             entry.update(result="deny", reason=decision.reason.value)
-        decision_log.info(json.dumps(entry, separators=(",", ":")))
+        # The entry is the record's fields: keys of the line with --log-format json, the
+        # message (as JSON, made only if a text line is written) otherwise.
+        decision_log.info(entry, extra={"fields": entry, "brief": "decision"})
+
+
+class _Entry(dict[str, str | float]):
+    """A decision as a text log message: compact JSON, which escapes what the client sent."""
+
+    def __str__(self) -> str:
+        return json.dumps(self, separators=(",", ":"))

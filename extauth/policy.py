@@ -1,51 +1,24 @@
-"""The policy Check reads, kept up to date incrementally as sources report changes.
+"""The policy Check reads: compiled AuthConfigs and the index of admitted keys, immutable.
 
 Shape: one index `digest -> ApiKey` of every admitted key, plus the compiled AuthConfigs.
 A compiled rule does not list its members: whether a key belongs to it is decided at
-request time from the key's owner and labels (a set lookup and a few label compares), and
-the headers it grants come from the key's metadata. That is what makes changes cheap: a
-new, edited or deleted Secret touches one index entry and no AuthConfig; an edited
-AuthConfig recompiles that config alone. 100k or 1M keys cost the same per change.
-
-Immutability: `PolicyBuilder` owns mutable working state; `build()` publishes a `Policy`
-holding a copy of the index (`dict.copy()`, a memory copy: ~40 ms at 1M keys, and done
-once per batch of changes, never per change). `PolicyHolder` swaps the reference in one
-assignment; a Check that started on the old policy finishes on it.
-
-Conflicts are refused here, and the winner depends only on what is defined, never on
-the order it arrived in (`rank`: files first, by path and document; then Kubernetes
-objects, the oldest first):
-- the same Secret or AuthConfig (namespace/name) defined twice: the definition of lowest
-  rank is in effect, the other is refused and reported with both places; if it goes, the
-  next in rank takes over;
-- the same key in two Secrets in effect: the Secret of lowest rank holds it, the other is
-  refused; if the holder goes or changes its key, the next in rank takes over.
+request time from the key's owner and labels (`deciding.admits`: a set lookup and a few
+label compares), and the headers it grants come from the key's metadata. That is what
+makes changes cheap: a new, edited or deleted Secret touches one index entry and no
+AuthConfig; an edited AuthConfig recompiles that config alone (`building.py` keeps it
+up to date). Vocabulary: data only, no I/O, no YAML or pydantic.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Literal, TypeVar
+from typing import Literal
 
-from extauth import boolexpr
+from extauth import hosts
+from extauth.apikeys import ApiKey, Owner
 from extauth.boolexpr import BoolExpr
-from extauth.manifests import Origin, Problem
-from extauth.resources import AuthConfig
-from extauth.snapshot import (
-    KUBERNETES_PREFIX,
-    ApiKey,
-    Change,
-    Definition,
-    Owner,
-    PlacedAuthConfig,
-    Removal,
-    digest,
-)
-
-log = logging.getLogger(__name__)
+from extauth.origins import Problem
 
 SourceKind = Literal["header", "query", "cookie"]
 
@@ -108,34 +81,6 @@ class KeyRule:
         headers = tuple(r.header for r in self.header_rules)
         return (*headers, self.client_id_header) if self.client_id_header else headers
 
-    def admits(self, key: ApiKey) -> bool:
-        if self.require_hashed and not key.hashed:
-            return False
-        if key.owner in self.refs:
-            return True
-        if self.selector_namespace is not None and key.namespace != self.selector_namespace:
-            return False
-        labels = key.labels
-        return any(all(labels.get(k) == v for k, v in sel) for sel in self.selectors)
-
-    def grant(self, key: ApiKey, usage_label: str | None) -> Grant:
-        set_headers: list[tuple[str, str]] = []
-        remove: list[str] = []
-        missing: list[str] = []
-        for rule in self.header_rules:
-            value = key.metadata.get(rule.entry)
-            if value is not None:
-                set_headers.append((rule.header, value))
-            else:
-                # Removed, not left alone: a client must never supply its own x-org.
-                remove.append(rule.header)
-                if rule.required:
-                    missing.append(rule.entry)
-        if self.client_id_header:
-            set_headers.append((self.client_id_header, key.name))
-        usage = (key.metadata.get(usage_label) or "-") if usage_label else ""
-        return Grant(key.name, tuple(set_headers), tuple(remove), tuple(missing), usage)
-
 
 @dataclass(frozen=True, slots=True)
 class CompiledConfig:
@@ -143,29 +88,71 @@ class CompiledConfig:
     rules: tuple[KeyRule, ...]
     # Over rule names; None: every rule must pass.
     expr: BoolExpr | None = None
-    # Results of the request path's fast path (decide.py), per admitted key: a memo, not
-    # state. Keys are ApiKey objects (compared by identity), so a redefined key never
-    # hits an old entry; the memo dies with this compiled config.
-    memo: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
     # One rule, no booleanExpr, no cookie to rewrite: the answer depends only on the key,
-    # so it can be memoized per key.
+    # so its finished response can be cached per key (`responses.AllowCache`).
     simple: bool = field(init=False, compare=False)
     # For a simple config whose one key source is a header: that header, which is all a
-    # request needs for a memo hit (decide.py's shortcut). None otherwise.
-    memo_header: str | None = field(init=False, compare=False)
+    # request needs to find its cached response. None otherwise.
+    key_header: str | None = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         simple = len(self.rules) == 1 and self.expr is None and not self.rules[0].strip_cookies
         sources = self.rules[0].sources if simple else ()
         header = sources[0].name if len(sources) == 1 and sources[0].kind == "header" else None
         object.__setattr__(self, "simple", simple)
-        object.__setattr__(self, "memo_header", header)
+        object.__setattr__(self, "key_header", header)
+
+
+class KeyIndex(Mapping[bytes, ApiKey]):
+    """Every admitted key by digest, as one published policy sees it, in two layers: a
+    large `base`, shared by successive policies and never changed once published, and
+    the `recent` changes since it was made (a digest mapped to None is gone).
+
+    Publishing a change copies `recent`, not `base`: a revocation among a million keys
+    costs what the changes since the last compaction cost, and the builder compacts
+    (one copy of the whole index) only after changes amounting to a fixed fraction of
+    it, so the copy's cost is spread over that many changes. `deciding` reads the two
+    dicts directly; this class is the Mapping everything else reads.
+    """
+
+    __slots__ = ("_count", "base", "recent")
+
+    def __init__(
+        self,
+        base: Mapping[bytes, ApiKey] | None = None,
+        recent: Mapping[bytes, ApiKey | None] | None = None,
+        count: int | None = None,
+    ) -> None:
+        self.base: Mapping[bytes, ApiKey] = {} if base is None else base
+        self.recent: Mapping[bytes, ApiKey | None] = {} if recent is None else recent
+        self._count = len(self.base) if count is None else count
+
+    def __getitem__(self, key_digest: bytes) -> ApiKey:
+        recent = self.recent
+        if key_digest in recent:
+            found = recent[key_digest]
+            if found is None:
+                raise KeyError(key_digest)
+            return found
+        return self.base[key_digest]
+
+    def __iter__(self) -> Iterator[bytes]:
+        recent = self.recent
+        for key_digest in self.base:
+            if key_digest not in recent:
+                yield key_digest
+        for key_digest, found in recent.items():
+            if found is not None:
+                yield key_digest
+
+    def __len__(self) -> int:
+        return self._count
 
 
 @dataclass(frozen=True)
 class Policy:
     # Every admitted key by digest: the one index Check consults.
-    keys: Mapping[bytes, ApiKey] = field(default_factory=dict)
+    keys: KeyIndex = field(default_factory=KeyIndex)
     configs: Mapping[str, CompiledConfig] = field(default_factory=dict)
     default_config: str | None = None
     usage_label: str | None = None
@@ -174,520 +161,13 @@ class Policy:
     # Expiry times (POSIX) of the keys that have one, for the expiring-keys metric.
     expiries: tuple[float, ...] = ()
     holders: int = 0
+    # spec.hosts of the configs in effect: which config a route without config_id gets.
+    hosts: hosts.HostTable = field(default_factory=hosts.HostTable)
+    # Hosts refused to an AuthConfig (another claimed them first), by the origin path of
+    # the refused definition: what its Kubernetes status says.
+    host_refusals: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key_count(self) -> int:
         """Key holders (Secrets) admitted; a holder in rotation has two digests."""
         return self.holders
-
-    def admitted_anywhere(self, key: ApiKey) -> bool:
-        """Whether some AuthConfig entry admits `key`: one that none does is a key that
-        works nowhere, usually a forgotten ref or label. O(rules)."""
-        return any(rule.admits(key) for config in self.configs.values() for rule in config.rules)
-
-    def grant(self, config_id: str, key: str) -> Grant | None:
-        """The grant of `key` under a single-rule config (tests and tools)."""
-        found = self.keys.get(digest(key))
-        (rule,) = self.configs[config_id].rules
-        if found is None or not rule.admits(found):
-            return None
-        return rule.grant(found, self.usage_label)
-
-
-def compile_rule(config: AuthConfig, index: int) -> KeyRule:
-    entry = config.spec.configs[index]
-    auth = entry.api_key_auth
-    sources = tuple(_source(s.header, s.query, s.cookie) for s in auth.sources())
-    strip = not auth.forward_credential
-    return KeyRule(
-        name=entry.name,
-        optional=auth.mode == "Optional",
-        require_hashed=auth.require_hashed_keys,
-        sources=sources,
-        refs=frozenset(auth.secret_refs(config.metadata.namespace)),
-        selectors=tuple(tuple(sorted(sel.items())) for sel in auth.selectors()),
-        selector_namespace=None if auth.all_namespaces else config.metadata.namespace,
-        header_rules=tuple(
-            HeaderRule(header, entry.name, entry.required)
-            for header, entry in sorted(auth.metadata_headers().items())
-        ),
-        client_id_header=auth.client_id_header,
-        strip_headers=tuple(s.name for s in sources if strip and s.kind == "header"),
-        strip_query=tuple(s.name for s in sources if strip and s.kind == "query"),
-        strip_cookies=frozenset(s.name for s in sources if strip and s.kind == "cookie"),
-    )
-
-
-def _source(header: str | None, query: str | None, cookie: str | None) -> KeySource:
-    if header is not None:
-        return KeySource("header", header)
-    if query is not None:
-        return KeySource("query", query)
-    assert cookie is not None  # resources.KeySource guarantees exactly one
-    return KeySource("cookie", cookie)
-
-
-def _compile(placed: PlacedAuthConfig) -> CompiledConfig:
-    config = placed.config
-    expr = config.spec.boolean_expr
-    return CompiledConfig(
-        config.config_id,
-        tuple(compile_rule(config, i) for i in range(len(config.spec.configs))),
-        boolexpr.parse(expr) if expr else None,
-    )
-
-
-def _problem(origin: Origin, message: str, *, warning: bool = False) -> Problem:
-    return Problem(origin.path, origin.line, message, warning=warning)
-
-
-_ProblemKey = tuple[str, Owner, str]  # (what, owner, source)
-_D = TypeVar("_D", ApiKey, PlacedAuthConfig)
-
-
-def rank(definition: Definition) -> tuple[int, str, int, str, str]:
-    """Which of two conflicting definitions wins: the lower rank, always.
-
-    Only what is present decides, never the order things arrived in: a restart, a second
-    replica and `extauth validate` all pick the same winner. Files come first (an
-    administrator writes them), by lexically first path, then the first document in it.
-    Kubernetes objects (`kubernetes:Secret/ns/name`) come after, the oldest first
-    (creationTimestamp, then uid, which the source puts in the origin's `document`): a
-    tenant who copies another team's key (or its `api-key-hash`, meant to be safe to
-    leak) into a Secret of its own gets a refusal, never the key, whatever the namespace
-    and name it picks and whichever replica or restart reads it.
-    """
-    if isinstance(definition, ApiKey):
-        path, document = definition.path, definition.document
-        namespace, name = definition.namespace, definition.name
-    else:
-        path, _, document = definition.origin
-        namespace, name = definition.owner
-    if path.startswith(KUBERNETES_PREFIX):
-        return (1, "", document, namespace, name)
-    return (0, path, document, namespace, name)
-
-
-class PolicyBuilder:
-    """Mutable working state, changed incrementally; `build()` publishes a `Policy`."""
-
-    def __init__(self, default_config: str | None = None, usage_label: str | None = None) -> None:
-        self.default_config = default_config
-        self.usage_label = usage_label
-        # AuthConfig definitions per owner, by rank; the first is in effect.
-        self._configs: dict[Owner, list[PlacedAuthConfig]] = {}
-        # Secrets are kept flatter, for a million of them: the definition in effect by
-        # namespace and name (no owner tuple, no list per Secret), and apart, the rare
-        # other definitions of the same Secret from other sources, which rank after it.
-        self._secrets: dict[str, dict[str, ApiKey]] = {}
-        self._shadowed: dict[Owner, list[ApiKey]] = {}
-        # The key holding each digest: of the Secrets in effect that claim it, the one
-        # of lowest rank; the rare other claimants wait, and the best of them takes over
-        # when the holder goes.
-        self._admitted: dict[bytes, ApiKey] = {}
-        self._waiting: dict[bytes, list[Owner]] = {}
-        # Secrets in effect, and those of them that hold none of their digests.
-        self._defined = 0
-        self._idle: set[Owner] = set()
-        self._expiries: dict[Owner, float] = {}
-        self._compiled: dict[str, CompiledConfig] = {}
-        self._problems: dict[_ProblemKey, Problem] = {}
-        self._configs_changed = True
-        self._published: Policy | None = None
-        # The change being applied, to tell a second definition of an owner in the same
-        # source (two documents of one file) from a new version of the source; the ids of
-        # its definitions are only collected when that question first comes up.
-        self._applying: tuple[Definition, ...] = ()
-        self._applying_ids: set[int] | None = None
-
-    # -- applying changes ------------------------------------------------------------------
-
-    def apply(self, change: Change) -> None:
-        for _ in self.steps(change):
-            pass
-
-    def steps(self, change: Change, every: int = 4096) -> Iterator[None]:
-        """Apply `change`, pausing after every `every` definitions: a caller on an event
-        loop lets Checks through in between (they read the published policy, which
-        nothing here touches until `build()`)."""
-        self._applying, self._applying_ids = change.upserted, None
-        try:
-            removed, upserted = change.removed, change.upserted
-            for start in range(0, len(removed), every):
-                for removal in removed[start : start + every]:
-                    self._remove(removal)
-                yield
-            for start in range(0, len(upserted), every):
-                for definition in upserted[start : start + every]:
-                    self._upsert(definition)
-                yield
-        finally:
-            self._applying, self._applying_ids = (), None
-
-    def _upsert(self, definition: Definition) -> None:
-        if isinstance(definition, ApiKey):
-            self._define_secret(definition)
-        else:
-            self._define(self._configs, definition, self._config_effect)
-
-    def _remove(self, removal: Removal) -> None:
-        self._problems.pop(("twice", removal.owner, removal.source), None)
-        if removal.kind == "Secret":
-            self._undefine_secret(removal)
-        else:
-            self._undefine(self._configs, removal, self._config_effect)
-
-    def _same_source_twice(self, existing: _D, definition: _D) -> _D | None:
-        """`definition` and `existing` share a source. A new version of it replaces the
-        old one (None); two in the same change are two documents of one source: the
-        first wins, the loser is reported and returned."""
-        if self._applying_ids is None:
-            self._applying_ids = {id(d) for d in self._applying}
-        owner, path = definition.owner, definition.origin.path
-        if id(existing) not in self._applying_ids:
-            self._problems.pop(("twice", owner, path), None)
-            return None
-        winner, loser = sorted((existing, definition), key=rank)
-        kind = "Secret" if isinstance(definition, ApiKey) else "AuthConfig"
-        self._problems[("twice", owner, path)] = _problem(
-            loser.origin,
-            f"document {loser.origin.document}: {kind} {'/'.join(owner)} is already "
-            f"defined at {winner.origin} (document {winner.origin.document}); "
-            "this definition is refused",
-        )
-        return loser
-
-    def _define(
-        self,
-        table: dict[Owner, list[_D]],
-        definition: _D,
-        effect: Callable[[_D | None, _D | None], None],
-    ) -> None:
-        definitions = table.setdefault(definition.owner, [])
-        before = definitions[0] if definitions else None
-        for i, existing in enumerate(definitions):
-            if existing.origin.path == definition.origin.path:
-                if self._same_source_twice(existing, definition) is not definition:
-                    definitions[i] = definition
-                break
-        else:
-            definitions.append(definition)
-        definitions.sort(key=rank)
-        self._report_duplicates(definition.owner, definitions)
-        if definitions[0] is not before:
-            effect(before, definitions[0])
-
-    def _undefine(
-        self,
-        table: dict[Owner, list[_D]],
-        removal: Removal,
-        effect: Callable[[_D | None, _D | None], None],
-    ) -> None:
-        definitions = table.get(removal.owner)
-        if not definitions:
-            return
-        before = definitions[0]
-        kept = [d for d in definitions if d.origin.path != removal.source]
-        for gone in definitions:
-            if gone.origin.path == removal.source:
-                self._problems.pop(("duplicate", removal.owner, gone.origin.path), None)
-        if kept:
-            table[removal.owner] = kept
-        else:
-            del table[removal.owner]
-        self._report_duplicates(removal.owner, kept)
-        after = kept[0] if kept else None
-        if after is not before:
-            effect(before, after)
-
-    def _report_duplicates(self, owner: Owner, definitions: Sequence[Definition]) -> None:
-        """`definitions` by rank: the first is in effect, every other one is refused."""
-        if not definitions:
-            return
-        first = definitions[0]
-        kind = "Secret" if isinstance(first, ApiKey) else "AuthConfig"
-        self._problems.pop(("duplicate", owner, first.origin.path), None)
-        for later in definitions[1:]:
-            self._problems[("duplicate", owner, later.origin.path)] = _problem(
-                later.origin,
-                f"{kind} {'/'.join(owner)} is already defined at {first.origin}, which "
-                "comes first; this definition is refused",
-            )
-
-    def _secret(self, owner: Owner) -> ApiKey | None:
-        names = self._secrets.get(owner[0])
-        return names.get(owner[1]) if names else None
-
-    def _define_secret(self, key: ApiKey) -> None:
-        names = self._secrets.get(key.namespace)
-        if names is None:
-            names = self._secrets[key.namespace] = {}
-        current = names.get(key.name)
-        if current is None:
-            # A new Secret with an unclaimed key: the initial load's million times, so
-            # done here in a few dictionary operations.
-            names[key.name] = key
-            self._defined += 1
-            if (
-                key.next_digest is None
-                and key.expires_at is None
-                and key.digest not in self._admitted
-            ):
-                self._admitted[key.digest] = key  # it holds its key: not idle
-            else:
-                self._secret_effect(None, key)
-            return
-        if current.path == key.path:
-            if self._same_source_twice(current, key) is not key:
-                names[key.name] = key
-                self._secret_effect(current, key)
-            return
-        owner = key.owner
-        later = self._shadowed.setdefault(owner, [])
-        for i, existing in enumerate(later):
-            if existing.path == key.path:
-                if self._same_source_twice(existing, key) is not key:
-                    later[i] = key
-                break
-        else:
-            later.append(key)
-        best = min(later, key=rank)
-        if rank(best) < rank(current):
-            # A definition from a source that ranks first: it takes effect.
-            later.remove(best)
-            later.append(current)
-            names[key.name] = best
-            self._secret_effect(current, best)
-        later.sort(key=rank)
-        self._report_duplicates(owner, [names[key.name], *later])
-
-    def _undefine_secret(self, removal: Removal) -> None:
-        owner = removal.owner
-        names = self._secrets.get(owner[0])
-        current = names.get(owner[1]) if names else None
-        if names is None or current is None:
-            return
-        later = self._shadowed.pop(owner, [])
-        for gone in later:
-            if gone.path == removal.source:
-                self._problems.pop(("duplicate", owner, gone.path), None)
-        kept = [d for d in later if d.path != removal.source]
-        if current.path != removal.source:
-            if kept:
-                self._shadowed[owner] = kept
-            self._report_duplicates(owner, [current, *kept])
-            return
-        after: ApiKey | None = None
-        if kept:
-            after = names[owner[1]] = kept.pop(0)  # kept by rank: the next in line
-            if kept:
-                self._shadowed[owner] = kept
-            self._report_duplicates(owner, [after, *kept])
-        else:
-            del names[owner[1]]
-            if not names:
-                del self._secrets[owner[0]]
-            self._defined -= 1
-        self._secret_effect(current, after)
-
-    def _secret_effect(self, before: ApiKey | None, after: ApiKey | None) -> None:
-        if before is not None and before.expires_at is not None:
-            self._expiries.pop(before.owner, None)
-        if after is not None and after.expires_at is not None:
-            self._expiries[after.owner] = after.expires_at
-        if (
-            before is not None
-            and after is not None
-            and before.digests == after.digests
-            and rank(before) == rank(after)
-        ):
-            # Same keys, same rank, new metadata or labels: the same claims, in place.
-            for key_digest in after.digests:
-                holder = self._admitted[key_digest]
-                if holder is before:
-                    self._admitted[key_digest] = after
-                    for waiter in self._waiting.get(key_digest, ()):
-                        self._refuse(key_digest, waiter, after)
-                else:
-                    self._refuse(key_digest, after.owner, holder)
-            return
-        if before is not None:
-            self._release(before)
-        if after is not None:
-            self._claim(after)
-
-    def _claim(self, key: ApiKey) -> None:
-        for key_digest in key.digests:
-            holder = self._admitted.get(key_digest)
-            if holder is None:
-                self._admitted[key_digest] = key
-                continue
-            waiting = self._waiting.setdefault(key_digest, [])
-            if rank(key) < rank(holder):
-                # The newcomer ranks first: it takes the key, the holder waits.
-                self._admitted[key_digest] = key
-                waiting.append(holder.owner)
-                for waiter in waiting:
-                    self._refuse(key_digest, waiter, key)
-                self._count(holder.owner)
-            else:
-                waiting.append(key.owner)
-                self._refuse(key_digest, key.owner, holder)
-        self._count(key.owner)
-
-    def _release(self, key: ApiKey) -> None:
-        owner = key.owner
-        for key_digest in key.digests:
-            holder = self._admitted.get(key_digest)
-            if holder is None:
-                continue
-            self._problems.pop(("conflict", owner, key_digest.hex()), None)
-            waiting = self._waiting.pop(key_digest, [])
-            if holder.owner != owner:
-                # It was waiting for this digest: it waits no more.
-                if owner in waiting:
-                    waiting.remove(owner)
-                if waiting:
-                    self._waiting[key_digest] = waiting
-                continue
-            if not waiting:
-                del self._admitted[key_digest]
-                continue
-            claimants = [self._secret(waiter) for waiter in waiting]
-            successor = min((c for c in claimants if c is not None), key=rank)
-            waiting.remove(successor.owner)
-            self._admitted[key_digest] = successor
-            if waiting:
-                self._waiting[key_digest] = waiting
-            self._problems.pop(("conflict", successor.owner, key_digest.hex()), None)
-            self._count(successor.owner)
-            for waiter in waiting:
-                self._refuse(key_digest, waiter, successor)
-        self._count(owner)
-
-    def _count(self, owner: Owner) -> None:
-        """Keep the set of defined Secrets that hold none of their digests."""
-        key = self._secret(owner)
-        if key is None or any(self._admitted.get(d) is key for d in key.digests):
-            self._idle.discard(owner)
-        else:
-            self._idle.add(owner)
-
-    def _refuse(self, key_digest: bytes, refused: Owner, holder: ApiKey) -> None:
-        key = self._secret(refused)
-        assert key is not None  # a claimant is defined
-        self._problems[("conflict", refused, key_digest.hex())] = _problem(
-            key.origin,
-            f"Secret {key.namespace}/{key.name} holds the same API key as "
-            f"Secret {holder.namespace}/{holder.name} ({holder.origin}), which comes "
-            "first; refused",
-        )
-
-    def _config_effect(
-        self, before: PlacedAuthConfig | None, after: PlacedAuthConfig | None
-    ) -> None:
-        self._configs_changed = True
-        if before is not None:
-            self._compiled.pop(before.config.config_id, None)
-        if after is not None:
-            self._compiled[after.config.config_id] = _compile(after)
-
-    # -- publishing ------------------------------------------------------------------------
-
-    def build(self) -> Policy:
-        previous = self._published
-        configs: Mapping[str, CompiledConfig]
-        if previous is None or self._configs_changed:
-            configs = MappingProxyType(dict(self._compiled))
-        else:
-            configs = previous.configs
-        self._configs_changed = False
-        policy = Policy(
-            keys=MappingProxyType(self._admitted.copy()),
-            configs=configs,
-            default_config=self.default_config,
-            usage_label=self.usage_label,
-            problems=tuple(self._problems.values()) + tuple(self._config_warnings()),
-            loaded=True,
-            expiries=tuple(self._expiries.values()),
-            holders=self._defined - len(self._idle),
-        )
-        self._published = policy
-        return policy
-
-    def _config_warnings(self) -> Iterable[Problem]:
-        """References to Secrets that are not there, and referenced keys that lack metadata
-        a config requires. Cost: the total number of references, not of keys."""
-        if self.default_config and self.default_config not in self._compiled:
-            yield Problem(
-                "--default-config", 0, f"AuthConfig {self.default_config!r} does not exist"
-            )
-        for definitions in self._configs.values():
-            placed = definitions[0]
-            compiled = self._compiled[placed.config.config_id]
-            name = "/".join(placed.owner)  # as every other message names a resource
-            for rule in compiled.rules:
-                for owner in sorted(rule.refs):
-                    key = self._secret(owner)
-                    if key is None or not any(self._admitted.get(d) is key for d in key.digests):
-                        yield _problem(
-                            placed.origin,
-                            f"AuthConfig {name} references Secret "
-                            f"{'/'.join(owner)}, which is not loaded",
-                            warning=True,
-                        )
-                        continue
-                    missing = rule.grant(key, None).missing_required
-                    if missing:
-                        yield _problem(
-                            key.origin,
-                            f"Secret {key.namespace}/{key.name} lacks metadata "
-                            f"{', '.join(map(repr, missing))} required by AuthConfig "
-                            f"{name}: its key is denied there",
-                            warning=True,
-                        )
-
-
-def compile_policy(
-    change: Change, *, default_config: str | None = None, usage_label: str | None = None
-) -> Policy:
-    """A policy from one complete state (validate, tests)."""
-    builder = PolicyBuilder(default_config, usage_label)
-    builder.apply(change)
-    return builder.build()
-
-
-class PolicyHolder:
-    """The one reference Check reads. Replacing it is a single atomic assignment."""
-
-    def __init__(self, default_config: str | None = None, usage_label: str | None = None) -> None:
-        self.builder = PolicyBuilder(default_config, usage_label)
-        self.current = Policy(default_config=default_config, usage_label=usage_label)
-        self._reported: set[str] = set()
-
-    def update(self, changes: Iterable[Change]) -> Policy:
-        """Apply a batch of changes and publish one new policy for all of them."""
-        for change in changes:
-            self.builder.apply(change)
-        return self.publish()
-
-    def publish(self) -> Policy:
-        """Publish what the builder holds now (after `builder.steps`)."""
-        policy = self.builder.build()
-        self.current = policy
-        self._report(policy)
-        return policy
-
-    def _report(self, policy: Policy) -> None:
-        """Log each problem once, when it first appears, not on every rebuild."""
-        now = {str(p) for p in policy.problems}
-        for problem in policy.problems:
-            text = str(problem)
-            if text not in self._reported:
-                (log.warning if problem.warning else log.error)("policy: %s", text)
-        self._reported = now
-        log.info(
-            "policy: %d AuthConfig(s), %d API key(s) loaded",
-            len(policy.configs),
-            policy.key_count,
-        )

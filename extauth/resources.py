@@ -15,31 +15,29 @@ import base64
 import binascii
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from extauth import boolexpr
+from extauth import boolexpr, hosts
+from extauth.apikeys import (
+    API_KEY_ENTRY,
+    API_KEY_HASH_ENTRY,
+    EXPIRES_AT_ENTRY,
+    KEY_ENTRIES,
+    NEXT_KEY_ENTRY,
+    NEXT_KEY_HASH_ENTRY,
+    OWS,
+    parse_expiry,
+)
 
 APIKEY_SECRET_TYPE = "extauth.solo.io/apikey"  # noqa: S105 (a type name, not a secret)
 AUTHCONFIG_API_VERSION = "extauth.solo.io/v1"
-API_KEY_ENTRY = "api-key"
-API_KEY_HASH_ENTRY = "api-key-hash"
-# Rotation: a second key, valid alongside the first, for the same identity.
-NEXT_KEY_ENTRY = "api-key-next"
-NEXT_KEY_HASH_ENTRY = "api-key-next-hash"
-EXPIRES_AT_ENTRY = "expires-at"
-# Entries that hold key material; every other entry is metadata.
-KEY_ENTRIES = (API_KEY_ENTRY, API_KEY_HASH_ENTRY, NEXT_KEY_ENTRY, NEXT_KEY_HASH_ENTRY)
 _HASH_RE = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-# HTTP's optional whitespace (RFC 9110 OWS), trimmed from header values in transit: the
-# one notion of whitespace for stored keys, metadata and the request path (credentials).
-OWS = " \t"
 # Control characters but TAB: what Envoy refuses in a header value.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SECRET_ENTRY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
@@ -262,50 +260,6 @@ def check_entries(entries: Mapping[str, str]) -> None:
         raise ValueError("; ".join(found))
 
 
-# RFC 3339 section 5.6, date-time: full-date "T" full-time, with `T` and `Z` in either
-# case (section 5.6's note), seconds required, an optional fraction, and `Z` or a
-# numeric offset. Nothing ISO 8601 adds (week dates, basic format, missing seconds).
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))?",
-    re.ASCII,
-)
-_EXPIRY_FORM = (
-    f"entry '{EXPIRES_AT_ENTRY}' is not an RFC 3339 time "
-    "(e.g. 2027-01-31T00:00:00Z or 2027-01-31T02:00:00+02:00)"
-)
-
-
-def parse_expiry(value: str) -> float:
-    """`expires-at` (RFC 3339, with `Z` or an offset) as a POSIX timestamp.
-
-    Strict on purpose: Python's fromisoformat reads ISO 8601 forms that RFC 3339 does
-    not have (`2027-W05-1T00:00Z`, `20270131T000000Z`) and Kubernetes tools would not
-    write. A leap second (`:60`) is the second after `:59`.
-    """
-    match = _RFC3339.fullmatch(value)
-    if match is None:
-        raise ValueError(_EXPIRY_FORM)
-    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
-    fraction, zulu, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10, 11)
-    if zulu is None and sign is None:
-        raise ValueError(f"entry '{EXPIRES_AT_ENTRY}' needs a timezone (e.g. Z or +02:00)")
-    offset = 0
-    if sign is not None:
-        if int(offset_hours) > 23 or int(offset_minutes) > 59:
-            raise ValueError(_EXPIRY_FORM)
-        offset = (int(offset_hours) * 60 + int(offset_minutes)) * 60
-        offset = -offset if sign == "-" else offset
-    if second > 60:
-        raise ValueError(_EXPIRY_FORM)
-    try:
-        moment = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=UTC)
-    except ValueError:
-        raise ValueError(_EXPIRY_FORM) from None
-    extra = (1 if second == 60 else 0) + (float(fraction) if fraction else 0.0)
-    return moment.timestamp() + extra - offset
-
-
 class SecretRef(_Model):
     name: ResourceName
     namespace: Namespace | None = None
@@ -469,10 +423,22 @@ class AuthConfigEntry(_Model):
         return data
 
 
+def _check_hosts(value: list[str]) -> list[str]:
+    hosts.normalize_all(value)  # raises HostPatternError (a ValueError) naming the pattern
+    return value
+
+
+# Host patterns (extension, as Authorino's spec.hosts): a Check whose route names no
+# config_id picks the AuthConfig claiming the request's host (extauth/hosts.py).
+HostPatterns = Annotated[list[str], AfterValidator(_check_hosts)]
+MAX_HOSTS = 256
+
+
 class AuthConfigSpec(_Model):
     configs: list[AuthConfigEntry] = Field(min_length=1)
     # Over the entries' names, e.g. "teamkeys || partnerkeys"; without it all must pass.
     boolean_expr: str | None = None
+    hosts: HostPatterns | None = Field(default=None, max_length=MAX_HOSTS)
 
     @model_validator(mode="after")
     def _check_expr(self) -> AuthConfigSpec:

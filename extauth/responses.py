@@ -7,7 +7,8 @@ means "overwrite" to every Envoy we know of.
 
 Deny: a non-OK gRPC status plus a `DeniedHttpResponse` with the HTTP status, a
 `www-authenticate` challenge on 401s, the reason in `x-ext-auth-reason`, and a short JSON
-body. Deny responses depend only on (reason, config, hint), so each is serialized once.
+body. Deny responses depend only on (reason, config, hint), so each is serialized once;
+an Allow's bytes are kept per policy and key by `AllowCache`.
 Neither form ever contains the key the client sent.
 """
 
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 
 from google.protobuf.wrappers_pb2 import BoolValue
 
-from extauth.decide import Allow, Decision, Reason
+from extauth.decisions import Allow, Decision, Reason
 from extauth.wire import ext_authz_pb2 as pb
 
 GRPC_OK = 0
@@ -71,30 +73,14 @@ _DENIALS: dict[Reason, tuple[pb.StatusCode, int, str]] = {
 }
 
 
-# Allows are memoized per key (decide.py), so the same object comes back request after
-# request: its bytes are found by its identity, without hashing its fields each time.
-# Each entry holds the Allow itself, so its id cannot be reused while the entry lives.
-_BY_IDENTITY_LIMIT = 65_536
-_by_identity: dict[int, tuple[Allow, bytes]] = {}
-
-
 def encode(decision: Decision) -> bytes:
     if isinstance(decision, Allow):
-        known = _by_identity.get(id(decision))
-        if known is not None and known[0] is decision:
-            return known[1]
-        encoded = _allow(decision)
-        if len(_by_identity) >= _BY_IDENTITY_LIMIT:
-            _by_identity.clear()
-        _by_identity[id(decision)] = (decision, encoded)
-        return encoded
+        return allow_bytes(decision)
     return deny_bytes(decision.reason, decision.config_id, decision.hint)
 
 
-@functools.lru_cache(maxsize=65_536)
-def _allow(decision: Allow) -> bytes:
-    """Cached: an Allow's bytes depend only on the Allow, and the fast path hands out the
-    same Allow object for the same key, so most requests reuse finished bytes."""
+def allow_bytes(decision: Allow) -> bytes:
+    """An Allow's bytes, made afresh: the server keeps them per key (`AllowCache`)."""
     response = pb.CheckResponse(status=pb.RpcStatus(code=GRPC_OK))
     ok = response.ok_response
     for name, value in decision.set_headers:
@@ -116,6 +102,46 @@ def _allow(decision: Allow) -> bytes:
         }
     )
     return response.SerializeToString()
+
+
+# Entries one policy's cache holds before it starts over (it refills from use): a few
+# hundred bytes each, so some tens of MB at most.
+CACHE_LIMIT = 100_000
+
+
+class AllowCache:
+    """The one cache of the request path: under one policy, (config id, key digest) ->
+    the finished Allow and its bytes.
+
+    Only a config whose answer depends on the key alone is cached (`deciding.cache_key`),
+    and the cache belongs to the policy it was filled under: the server starts a new one
+    when the policy changes, so a revoked or edited key never finds an old answer, and
+    nothing of a superseded key outlives the policy that held it. An entry whose key has
+    expired is not returned; the header limit is checked per request (`deciding.fits`).
+    """
+
+    __slots__ = ("_entries", "policy")
+
+    def __init__(self, policy: object) -> None:
+        self.policy = policy
+        self._entries: dict[tuple[str, bytes], tuple[Allow, bytes]] = {}
+
+    def get(self, key: tuple[str, bytes]) -> tuple[Allow, bytes] | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        expires_at = found[0].expires_at
+        if expires_at is not None and expires_at <= time.time():
+            return None
+        return found
+
+    def put(self, key: tuple[str, bytes], allow: Allow, encoded: bytes) -> None:
+        if len(self._entries) >= CACHE_LIMIT:
+            self._entries.clear()
+        self._entries[key] = (allow, encoded)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @functools.lru_cache(maxsize=4096)

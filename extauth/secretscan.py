@@ -35,11 +35,19 @@ from base64 import b64decode
 
 from yaml.resolver import Resolver
 
-from extauth.manifests import DEFAULT_LIMITS, MAX_DOCUMENT_NODES, Limits, Origin
-from extauth.resources import (
+from extauth.apikeys import (
     API_KEY_ENTRY,
     EXPIRES_AT_ENTRY,
     KEY_ENTRIES,
+    ApiKey,
+    Shared,
+    api_key,
+    digest,
+    shared,
+)
+from extauth.manifests import DEFAULT_LIMITS, MAX_DOCUMENT_NODES, Limits
+from extauth.origins import Origin
+from extauth.resources import (
     check_entries,
     check_entry_names,
     check_labels,
@@ -47,7 +55,6 @@ from extauth.resources import (
     check_namespace,
     header_value_problem,
 )
-from extauth.snapshot import ApiKey, Shared, api_key, digest, shared
 
 # A plain scalar this fast path reads itself: no spaces, no YAML indicator first, no ':'
 # last; whether YAML would resolve it to a non-string (`yes`, `12`, `1e3`, a date) is

@@ -1,10 +1,19 @@
 """The gRPC server: Envoy's Authorization/Check, the standard health service, and signals.
 
-One request, start to finish: `check()` reads the current policy reference once, pulls
-route settings, headers and path out of the parsed request, calls `decide.decide()` and
-returns the bytes `responses.encode()` made. The handler is registered with our own
+One Check, from socket to bytes, runs through three modules of this package, no more
+(the import-linter contract in pyproject.toml keeps it so):
+
+1. `server` (here): `AuthorizationService.check` reads the current policy reference
+   once, pulls route settings, headers and path out of the parsed request, and looks
+   for a finished answer in the policy's `AllowCache`;
+2. `deciding`: the credential, the key's digest in the policy's index, each rule's
+   verdict, the `booleanExpr`: `Allow` or `Deny` (pure: it writes nowhere);
+3. `responses`: the decision as serialized `CheckResponse` bytes.
+
+They read the vocabulary (`policy`, `apikeys`, `decisions`: data, no behaviour to speak
+of); `metrics` counts the answer once it is made. The handler is registered with our own
 message classes under Envoy's method path, and its response serializer is the identity:
-responses are already bytes, so deny responses can be cached pre-serialized.
+responses are already bytes. Sources are given (`cli.sources_for` wires them).
 
 Fail closed: any exception inside Check becomes a deny (500), never an allow and never a
 gRPC error that Envoy might be configured to let through.
@@ -19,7 +28,6 @@ import signal
 import ssl
 import sys
 import time
-import traceback
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +37,17 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauth import decide, memory, responses
+from extauth import deciding, memory, responses, statuspage, tracing
+from extauth.apikeys import ApiKey
+from extauth.building import PolicyHolder
+from extauth.changes import Change, Source
+from extauth.decisions import Allow, Decision, Deny, Reason
 from extauth.httpd import StatusServer
-from extauth.manifests import DEFAULT_LIMITS, Limits
 from extauth.metrics import DecisionLog, Metrics, shown
-from extauth.policy import Policy, PolicyHolder
-from extauth.snapshot import ApiKey, Change
-from extauth.sources import Source
-from extauth.sources.files import FileSource
+from extauth.origins import failure_site
+from extauth.policy import Policy
+from extauth.sourcehealth import SourceHealth
+from extauth.tracing import CheckTracing
 from extauth.wire import AUTHORIZATION_SERVICE, CHECK_METHOD
 from extauth.wire import ext_authz_pb2 as pb
 
@@ -51,7 +62,8 @@ WARN_LIMIT = 20
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    config_dir: Path | None = None
+    """How the server listens and answers; what it reads is its sources' (`cli.sources_for`)."""
+
     grpc_address: str = "127.0.0.1:9001"
     default_config: str | None = None
     shutdown_grace: float = 5.0
@@ -60,21 +72,11 @@ class Settings:
     shutdown_delay: float = 0.0
     # /metrics, /healthz, /readyz; None: not served (metrics are still kept).
     http_address: str | None = None
+    # The status page at / of http_address (--no-status-page: off, a 404).
+    status_page: bool = True
     usage_label: str | None = None
     decision_log: bool = False
     decision_log_sample: float = 1.0
-    kubernetes: bool = False
-    namespaces: tuple[str, ...] = ()
-    kubeconfig: str | None = None
-    write_status: bool = True
-    kube_watch_timeout: int = 300
-    kube_heartbeat: float = 10.0
-    kube_request_timeout: float = 5.0
-    kube_max_secret_bytes: int = 16 * 1024
-    kube_status_rate: float = 50.0
-    # Keep every Kubernetes Secret whole, even those no AuthConfig selects (inspect
-    # reports those; serve keeps them as stubs).
-    kube_every_secret: bool = False
     # --workers: every worker binds the same gRPC port (SO_REUSEPORT).
     reuse_port: bool = False
     # TLS on the gRPC port (PEM files); with grpc_client_ca, clients must present a
@@ -82,8 +84,8 @@ class Settings:
     grpc_tls_cert: Path | None = None
     grpc_tls_key: Path | None = None
     grpc_client_ca: Path | None = None
-    # --max-file-bytes, --max-documents, --max-depth: what one config file may hold.
-    limits: Limits = DEFAULT_LIMITS
+    # A span per Check (extauth/tracing.py): --otel or an OTEL_EXPORTER_OTLP_* endpoint.
+    otel: bool = False
 
 
 def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -105,30 +107,10 @@ def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def sources_for(settings: Settings) -> list[Source]:
-    sources: list[Source] = []
-    if settings.config_dir is not None:
-        sources.append(FileSource(settings.config_dir, limits=settings.limits))
-    if settings.kubernetes:
-        # Imported here: the kubernetes client is only loaded when it is used.
-        from extauth.sources.kubernetes import KubernetesSource
-
-        sources.append(
-            KubernetesSource(
-                list(settings.namespaces) or None,
-                kubeconfig=settings.kubeconfig,
-                write_status=settings.write_status,
-                watch_timeout=settings.kube_watch_timeout,
-                heartbeat=settings.kube_heartbeat,
-                request_timeout=settings.kube_request_timeout,
-                max_secret_bytes=settings.kube_max_secret_bytes,
-                status_rate=settings.kube_status_rate,
-                # AuthConfigs in files may select Secrets this source would otherwise
-                # keep as stubs: with a --config-dir, every Secret is kept whole.
-                every_secret=settings.kube_every_secret or settings.config_dir is not None,
-            )
-        )
-    return sources
+def source_health(sources: list[Source]) -> list[SourceHealth]:
+    """The sources' health objects (the status page and `extauth_source_*`)."""
+    found = [getattr(source, "health", None) for source in sources]
+    return [health for health in found if isinstance(health, SourceHealth)]
 
 
 def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:
@@ -151,15 +133,18 @@ class AuthorizationService:
         holder: PolicyHolder,
         metrics: Metrics | None = None,
         decision_log: DecisionLog | None = None,
+        tracing: CheckTracing | None = None,
     ) -> None:
         self._holder = holder
         self._metrics = metrics or Metrics()
         self._decision_log = decision_log
+        self._tracing = tracing
         self._warned_policy: Policy | None = None
         # Config ids warned about (None: a route without one) under `_warned_policy`, and
         # whether the limit was reached: a flag of its own, since None is an id here.
         self._warned: set[str | None] = set()
         self._warned_enough = False
+        self._cache = responses.AllowCache(None)
 
     async def check(
         self,
@@ -170,41 +155,56 @@ class AuthorizationService:
         if request is None:
             # Not a CheckRequest (parse_check): denied, counted as an internal error and
             # not logged; Envoy never sends one.
-            return self._failed(start)
+            return self._failed(start, context)
         policy = self._holder.current
+        cache = self._cache
+        if cache.policy is not policy:
+            # A new policy: every finished answer of the old one goes with it.
+            cache = self._cache = responses.AllowCache(policy)
         try:
             attributes = request.attributes
             http = attributes.request.http
             headers = request_headers(http)
-            decision = decide.decide(policy, attributes.context_extensions, headers, http.path)
-            encoded = responses.encode(decision)
+            route = attributes.context_extensions
+            key = deciding.cache_key(policy, route, headers, http.host)
+            hit = cache.get(key) if key is not None else None
+            decision: Decision
+            if hit is not None and deciding.fits(hit[0], headers):
+                decision, encoded = hit
+            else:
+                decision = deciding.decide(policy, route, headers, http.path, host=http.host)
+                encoded = responses.encode(decision)
+                if key is not None and isinstance(decision, Allow):
+                    cache.put(key, decision, encoded)
         except Exception as exc:
             # The message or a traceback's locals may quote request data (a key): log
             # only the exception type and where it was raised.
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error(
-                "check: internal error (%s at %s:%s); denying",
-                type(exc).__name__,
-                frame.filename,
-                frame.lineno,
-            )
-            return self._failed(start)
-        if isinstance(decision, decide.Deny) and decision.reason in (
-            decide.Reason.NO_CONFIG,
-            decide.Reason.UNKNOWN_CONFIG,
+            log.error("check: internal error (%s); denying", failure_site(exc))
+            return self._failed(start, context)
+        if isinstance(decision, Deny) and decision.reason in (
+            Reason.NO_CONFIG,
+            Reason.UNKNOWN_CONFIG,
         ):
             self._warn_config(policy, decision)
-        self._metrics.record(decision, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self._metrics.record(decision, seconds)
         if self._decision_log is not None:
             self._decision_log.write(decision, headers, http.path)
+        if self._tracing is not None:
+            self._tracing.record(context.invocation_metadata(), headers, decision, seconds)
         return encoded
 
-    def _failed(self, start: float) -> bytes:
-        failed = decide.Deny(decide.Reason.INTERNAL, None)
-        self._metrics.record(failed, time.perf_counter() - start)
+    def _failed(
+        self, start: float, context: grpc.aio.ServicerContext[pb.CheckRequest | None, bytes]
+    ) -> bytes:
+        failed = Deny(Reason.INTERNAL, None)
+        seconds = time.perf_counter() - start
+        self._metrics.record(failed, seconds)
+        if self._tracing is not None:
+            self._tracing.record(context.invocation_metadata(), {}, failed, seconds)
         return responses.encode(failed)
 
-    def _warn_config(self, policy: Policy, decision: decide.Deny) -> None:
+    def _warn_config(self, policy: Policy, decision: Deny) -> None:
         """Log a route's config problem once per policy version, not once per request."""
         if policy is not self._warned_policy:
             self._warned_policy, self._warned, self._warned_enough = policy, set(), False
@@ -220,8 +220,11 @@ class AuthorizationService:
             )
             return
         self._warned.add(decision.config_id)
-        if decision.reason is decide.Reason.NO_CONFIG:
-            log.warning("check: route has no config_id and there is no --default-config; denying")
+        if decision.reason is Reason.NO_CONFIG:
+            log.warning(
+                "check: route has no config_id, its host matches no AuthConfig's hosts "
+                "and there is no --default-config; denying"
+            )
         else:
             log.warning(
                 "check: AuthConfig '%s' is not loaded; denying", shown(decision.config_id or "")
@@ -255,40 +258,49 @@ def authorization_handler(service: AuthorizationService) -> grpc.GenericRpcHandl
 class Server:
     """Wires a source, the policy holder and the gRPC server together."""
 
-    def __init__(self, settings: Settings, sources: list[Source] | None = None) -> None:
+    def __init__(self, settings: Settings, sources: list[Source]) -> None:
         self.settings = settings
-        self.sources = sources if sources is not None else sources_for(settings)
+        self.sources = sources
         self.holder = PolicyHolder(settings.default_config, settings.usage_label)
         self.health = health.aio.HealthServicer()
         self.metrics = Metrics()
         self.metrics.track_expiries(lambda: self.holder.current.expiries)
-        for source in self.sources:  # a source's own metrics (the Kubernetes CRD check)
-            register = getattr(source, "register_metrics", None)
-            if register is not None:
-                register(self.metrics.registry)
-        files = [s for s in self.sources if isinstance(s, FileSource)]
-        self.metrics.track_unreadable(lambda: sum(s.unreadable for s in files))
-        self.status = StatusServer(self.metrics.registry, self.is_ready, self.problems)
+        for source in self.sources:
+            source.register_metrics(self.metrics.registry)
+        self.metrics.track_sources(source_health(self.sources))
+        self.usage = statuspage.UsageHistory(lambda: self.metrics.usage_counts)
+        page = statuspage.StatusPage(
+            lambda: self.holder.current, source_health(self.sources), self.usage
+        )
+        self.status = StatusServer(
+            self.metrics.registry,
+            self.is_ready,
+            self.problems,
+            page.render if settings.status_page else None,
+        )
         self.port: int | None = None
         # Set once every source's initial state is loaded and the port is listening.
         self.ready = asyncio.Event()
         self._stopping = False
+        self._tracing: CheckTracing | None = None
 
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self._stopping
 
     def problems(self) -> list[str]:
         """What /readyz says beside its verdict (a Kubernetes API server not answering)."""
-        found: list[str] = []
+        return [problem for source in self.sources for problem in source.problems()]
+
+    def _published(self, policy: Policy) -> None:
+        """Tell the sources that report on their objects (AuthConfig status) what the
+        policy made of them."""
+        self.metrics.policy_loaded(policy)
         for source in self.sources:
-            report = getattr(source, "problems", None)
-            if report is not None:
-                found.extend(report())
-        return found
+            source.policy_published(policy)
 
     def _update(self, changes: list[Change]) -> None:
         with memory.collector_paused():
-            self.metrics.policy_loaded(self.holder.update(changes))
+            self._published(self.holder.update(changes))
         if sum(len(c.upserted) for c in changes) >= memory.SETTLE_AFTER:
             memory.settle()
 
@@ -330,7 +342,10 @@ class Server:
         decision_log = (
             DecisionLog(self.settings.decision_log_sample) if self.settings.decision_log else None
         )
-        checks = AuthorizationService(self.holder, self.metrics, decision_log)
+        if self.settings.otel:
+            self._tracing = tracing.start()
+            log.info("tracing Checks (OpenTelemetry, OTLP/gRPC)")
+        checks = AuthorizationService(self.holder, self.metrics, decision_log, self._tracing)
         server.add_generic_rpc_handlers((authorization_handler(checks),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         credentials = grpc_credentials(self.settings)
@@ -357,6 +372,8 @@ class Server:
         queue: asyncio.Queue[Change] = asyncio.Queue()
         tasks = [asyncio.create_task(self._pump(stream, queue)) for stream in streams]
         tasks.append(asyncio.create_task(self._apply(queue)))
+        if self.settings.http_address and self.settings.status_page:
+            tasks.append(asyncio.create_task(self._sample_usage()))
         try:
             await stop.wait()
         finally:
@@ -373,7 +390,15 @@ class Server:
                     await task
             await server.stop(self.settings.shutdown_grace)
             await self.status.stop()
+            if self._tracing is not None:
+                await asyncio.to_thread(self._tracing.shutdown)
             log.info("stopped")
+
+    async def _sample_usage(self) -> None:
+        """The status page's usage chart: per-team totals once a step."""
+        while True:
+            self.usage.sample()
+            await asyncio.sleep(self.usage.step)
 
     @staticmethod
     async def _pump(stream: AsyncIterator[Change], queue: asyncio.Queue[Change]) -> None:
@@ -394,7 +419,7 @@ class Server:
                     for _ in self.holder.builder.steps(change):
                         await asyncio.sleep(0)
                 policy = self.holder.publish()
-                self.metrics.policy_loaded(policy)
+                self._published(policy)
             _warn_unadmitted(policy, batch)
             if sum(len(c.upserted) for c in batch) >= memory.SETTLE_AFTER:
                 memory.settle()
@@ -420,7 +445,7 @@ def _warn_unadmitted(policy: Policy, batch: list[Change]) -> None:
     if len(keys) > _WARN_UNADMITTED_UP_TO:
         return
     for key in keys:
-        if policy.keys.get(key.digest) is key and not policy.admitted_anywhere(key):
+        if policy.keys.get(key.digest) is key and not deciding.admitted_anywhere(policy, key):
             log.warning(
                 "policy: Secret %s/%s (%s) is admitted by no AuthConfig: its key is denied "
                 "everywhere (add it to apiKeySecretRefs or give it a selected label)",
@@ -430,10 +455,10 @@ def _warn_unadmitted(policy: Policy, batch: list[Change]) -> None:
             )
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, sources: list[Source]) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await Server(settings).run(stop)
+    await Server(settings, sources).run(stop)

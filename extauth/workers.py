@@ -32,6 +32,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 
+from extauth import logformat
 from extauth.server import Settings
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,7 @@ def run_workers(settings: Settings, count: int, serve_one: Callable[[Settings], 
             die_with_parent(parent)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            for handler in logging.getLogger().handlers:
-                handler.setFormatter(
-                    logging.Formatter(
-                        f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s"
-                    )
-                )
+            logformat.tag_worker(index)
             code = 1
             try:
                 code = serve_one(worker_settings(settings, index))

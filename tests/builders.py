@@ -6,7 +6,12 @@ import textwrap
 from collections.abc import Mapping
 
 from extauth import manifests
-from extauth.snapshot import ApiKey, Change, definitions
+from extauth.apikeys import ApiKey
+from extauth.changes import Change
+from extauth.deciding import decide
+from extauth.decisions import Allow, Deny
+from extauth.loader import definitions
+from extauth.policy import Policy
 
 
 def snapshot(*documents: str, path: str = "t.yaml") -> Change:
@@ -53,4 +58,29 @@ def authconfig(name: str, *api_key_auths: str, namespace: str = "ns") -> str:
         "apiVersion: extauth.solo.io/v1\nkind: AuthConfig\n"
         f"metadata: {{name: {name}, namespace: {namespace}}}\n"
         f"spec:\n  configs:\n{entries}"
+    )
+
+
+ROUTE = {"config_id": "ns.cfg"}
+REFS = "headerName: x-key\nk8sSecretApikeyStorage: {apiKeySecretRefs: [{name: a}, {name: b}]}"
+
+
+def allowed(
+    policy: Policy, headers: dict[str, str], route: dict[str, str] = ROUTE, now: float | None = None
+) -> Allow | Deny:
+    """The decision on a request to `route` with `headers`, at `now`."""
+    return decide(policy, route, headers, "/", now)
+
+
+def expr_config(expr: str) -> str:
+    """An AuthConfig of two named entries (teamkeys, partnerkeys) under `expr`."""
+    return (
+        "apiVersion: extauth.solo.io/v1\nkind: AuthConfig\nmetadata: {name: cfg, namespace: ns}\n"
+        f"spec:\n  booleanExpr: {expr!r}\n  configs:\n"
+        "    - name: teamkeys\n      apiKeyAuth:\n        headerName: x-team-key\n"
+        "        k8sSecretApikeyStorage: {labelSelector: {kind: team}}\n"
+        "        headersFromMetadataEntry: {x-org: {name: org}}\n"
+        "    - name: partnerkeys\n      apiKeyAuth:\n        headerName: x-partner-key\n"
+        "        k8sSecretApikeyStorage: {labelSelector: {kind: partner}}\n"
+        "        clientIdHeader: x-partner\n"
     )

@@ -13,8 +13,10 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from extauth import responses
-from extauth.decide import Allow, decide
-from extauth.policy import Policy, PolicyHolder
+from extauth.building import PolicyHolder
+from extauth.deciding import decide
+from extauth.decisions import Allow
+from extauth.policy import Policy
 from extauth.server import AuthorizationService
 from extauth.wire import ext_authz_pb2 as pb
 from tests.builders import authconfig, secret, snapshot

@@ -16,9 +16,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extauth.manifests import Origin
-from extauth.policy import Policy, PolicyBuilder
-from extauth.snapshot import ApiKey, Change, Removal, digest
+from extauth.apikeys import ApiKey, digest
+from extauth.building import PolicyBuilder
+from extauth.changes import Change, Removal
+from extauth.origins import Origin
+from extauth.policy import Policy
 
 OWNERS = ("n0", "n1", "n2")
 SOURCES = ("f1.yaml", "f0.yaml", "f2.yaml")

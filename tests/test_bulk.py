@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from extauth.apikeys import ApiKey
+from extauth.changes import Change, Definition
 from extauth.manifests import Limits
-from extauth.snapshot import ApiKey, Change, Definition
 from extauth.sources import bulk
 from extauth.sources.files import FileSource
 from tests.builders import authconfig, key_fields, secret

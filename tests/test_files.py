@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from extauth import keys, manifests, secretscan
+from extauth.apikeys import digest
+from extauth.building import PolicyBuilder
+from extauth.changes import Change
 from extauth.manifests import DEFAULT_LIMITS, Limits
-from extauth.policy import Policy, PolicyBuilder
-from extauth.snapshot import Change, digest
+from extauth.policy import Policy
 from extauth.sources import bulk, files, inotify
 from extauth.sources.files import ConfigDirError, FileSource
 from extauth.sources.listing import walk
@@ -487,7 +489,12 @@ def test_a_fifo_renamed_over_a_file_after_the_listing_does_not_block_its_read(
     reader.join(10)
     try:
         assert not reader.is_alive(), "the read is blocked opening the FIFO"
-        assert outcome == [files._Outcome(None)]
+        (read,) = outcome
+        assert isinstance(read, files._Outcome)
+        assert read.definitions is None  # rejected, not unreadable: with its reason
+        assert read.unreadable is None
+        assert read.problem is not None
+        assert "not a regular file" in read.problem
     finally:
         if reader.is_alive():  # release it: a writer opening the FIFO lets its open return
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))

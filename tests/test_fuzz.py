@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extauth import loader, manifests
-from extauth.policy import PolicyHolder
+from extauth.building import PolicyHolder
 from extauth.server import AuthorizationService
 from extauth.wire import ext_authz_pb2 as pb
 from tests.builders import authconfig, secret, snapshot

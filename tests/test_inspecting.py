@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from extauth import inspecting
-from extauth.policy import compile_policy
+from extauth.building import compile_policy
 from tests.builders import authconfig, merge, secret, snapshot
 
 KEYS = ("key-red-7f3a", "key-blue-9c2e", "key-next-1b4d", "key-lost-5e6f", "key-nometa-8d9a")

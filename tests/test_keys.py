@@ -13,10 +13,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from extauth import keys, manifests, secretscan
-from extauth.policy import compile_policy
+from extauth import cli, deciding, keys, manifests, secretscan
+from extauth.building import compile_policy
+from extauth.changes import Change
+from extauth.decisions import Allow
+from extauth.loader import definitions
 from extauth.resources import Secret
-from extauth.snapshot import Change, definitions
+from tests.builders import allowed, authconfig, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_PATTERN = re.compile(r"eak_[A-Za-z0-9_-]{43}")
@@ -72,11 +75,11 @@ def test_the_readme_story_admits_the_new_key(tmp_path: Path) -> None:
         assert file.ok, file.problems
         loaded.extend(file.resources)
     policy = compile_policy(Change(definitions(loaded)))
-    grant = policy.grant("agentgateway-system.apikey-auth", key)
+    grant = deciding.grant(policy, "agentgateway-system.apikey-auth", key)
     assert grant is not None
     assert grant.identity == "team2-apikey"
     assert ("x-org", "platform") in grant.set_headers
-    assert policy.grant("agentgateway-system.apikey-auth", key + "x") is None
+    assert deciding.grant(policy, "agentgateway-system.apikey-auth", key + "x") is None
 
 
 def test_output_is_never_partial_and_never_overwritten(tmp_path: Path) -> None:
@@ -148,3 +151,40 @@ def test_a_bad_label_fails_the_command_with_its_reason() -> None:
     assert result.returncode == 2
     assert "label key 'a b' is not valid" in result.stderr
     assert not result.stdout
+
+
+def test_keys_new_hashed_prints_a_hash_only_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        cli.main(
+            ["keys", "new", "team3", "-n", "ns", "--hashed", "--expires-at", "2099-01-01T00:00:00Z"]
+        )
+        == 0
+    )
+    out = capsys.readouterr()
+    key = out.err.rsplit(": ", 1)[1].strip()
+    assert "api-key-hash" in out.out
+    assert "api-key:" not in out.out
+    path = tmp_path / "k.yaml"
+    path.write_text(out.out)
+    loaded = manifests.load_file(path)
+    assert loaded.ok
+    resource = loaded.resources[0].resource
+    assert isinstance(resource, Secret)
+    assert keys.key_hash(key) == resource.entries()["api-key-hash"]
+    policy = compile_policy(
+        Change(
+            (
+                *snapshot(
+                    authconfig("cfg", "headerName: x-key\napiKeySecretRefs: [{name: team3}]")
+                ).upserted,
+                *_from_file(path).upserted,
+            )
+        )
+    )
+    assert isinstance(allowed(policy, {"x-key": key}), Allow)
+
+
+def _from_file(path: Path) -> Change:
+    return Change(definitions(manifests.load_file(path).resources))

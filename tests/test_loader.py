@@ -23,9 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extauth import keys, loader, manifests, secretscan
+from extauth.apikeys import ApiKey, digest
+from extauth.building import PolicyBuilder
 from extauth.manifests import Limits
-from extauth.policy import PolicyBuilder
-from extauth.snapshot import ApiKey, digest
 from extauth.sources.files import FileSource
 from tests import harness
 from tests.builders import authconfig, secret

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 
 import grpc
@@ -12,6 +13,8 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from extauth.cli import SourceSettings, sources_for
+from extauth.metrics import Metrics
 from extauth.server import Server, Settings
 from tests.builders import authconfig, secret
 from tests.harness import request
@@ -57,7 +60,6 @@ def test_metrics_usage_and_decision_log(tmp_path: Path, caplog: pytest.LogCaptur
         )
     )
     settings = Settings(
-        config_dir=tmp_path,
         grpc_address="127.0.0.1:0",
         http_address="127.0.0.1:0",
         usage_label="x-org",
@@ -65,7 +67,7 @@ def test_metrics_usage_and_decision_log(tmp_path: Path, caplog: pytest.LogCaptur
     )
 
     async def main() -> str:
-        server = Server(settings)
+        server = Server(settings, sources_for(SourceSettings(config_dir=tmp_path)))
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
         await asyncio.wait_for(server.ready.wait(), 10)
@@ -118,7 +120,8 @@ def test_readyz_is_not_ready_before_the_first_snapshot_and_while_stopping(tmp_pa
 
     async def main() -> None:
         server = Server(
-            Settings(config_dir=tmp_path, grpc_address="127.0.0.1:0", http_address="127.0.0.1:0")
+            Settings(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0"),
+            sources_for(SourceSettings(config_dir=tmp_path)),
         )
         assert not server.is_ready()
         stop = asyncio.Event()
@@ -132,3 +135,12 @@ def test_readyz_is_not_ready_before_the_first_snapshot_and_while_stopping(tmp_pa
         await asyncio.wait_for(task, 10)
 
     asyncio.run(main())
+
+
+def test_expiring_and_expired_keys_are_counted() -> None:
+    now = time.time()
+    metrics = Metrics()
+    expiries = (now + 3600, now + 6 * 86400, now + 30 * 86400, now - 10)
+    metrics.track_expiries(lambda: expiries)
+    assert metrics.registry.get_sample_value("extauth_api_keys_expiring_soon") == 2
+    assert metrics.registry.get_sample_value("extauth_api_keys_expired") == 1

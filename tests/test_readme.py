@@ -85,6 +85,10 @@ PLAN: list[tuple[str, str]] = [
     (r"^\.venv/bin/envoy -c envoy/envoy\.yaml$", "stack"),
     (r"^cp envoy/secrets/provider-key\.example\.yaml envoy/secrets/provider-key\.yaml$", "run"),
     (r"^\.venv/bin/extauth (keys new|inspect|validate authconfigs/)", "run"),
+    (
+        r"^extauth serve --config-dir authconfigs --decision-log --log-format json$",
+        "illustrates the format; tests/test_logformat.py runs serve in both formats",
+    ),
 ]
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from extauth import cli, credentials, loader
-from extauth.decide import Allow, Deny, decide
-from extauth.policy import Policy, compile_policy
-from extauth.resources import Secret, parse_expiry
-from extauth.snapshot import ApiKey
+from extauth import cli, deciding, loader
+from extauth.apikeys import ApiKey, parse_expiry
+from extauth.building import compile_policy
+from extauth.deciding import decide
+from extauth.decisions import Allow, Deny
+from extauth.policy import Policy
+from extauth.resources import Secret
 from tests.builders import authconfig, snapshot
 
 HEAD = (
@@ -171,8 +173,8 @@ def test_http_whitespace_is_trimmed_from_requests_and_refused_in_secrets() -> No
         problem = _key(HEAD + f"data: {{api-key: {_b64(stored)}}}\n")
         assert isinstance(problem, str)
         assert "leading or trailing whitespace" in problem
-    assert credentials.cookie("a=1; k=team1-key\u00a0", "k") == "team1-key\u00a0"
-    assert credentials.cookie("a=1;\tk=team1-key ", "k") == "team1-key"
+    assert deciding.cookie("a=1; k=team1-key\u00a0", "k") == "team1-key\u00a0"
+    assert deciding.cookie("a=1;\tk=team1-key ", "k") == "team1-key"
 
 
 def test_validate_and_the_model_agree_on_wrapped_base64(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from extauth import keys, manifests, secretscan
-from extauth.snapshot import ApiKey, definitions, digest
+from extauth.apikeys import ApiKey, digest
+from extauth.loader import definitions
 from tests.builders import key_fields
 
 PATH = "keys.yaml"

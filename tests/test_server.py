@@ -12,7 +12,9 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2
 
-from extauth import decide, memory
+from extauth import deciding, memory
+from extauth.cli import SourceSettings, sources_for
+from extauth.decisions import Decision
 from extauth.server import WARN_LIMIT, AuthorizationService, Server, Settings
 from extauth.wire import ext_authz_pb2 as pb
 from tests.builders import authconfig, secret
@@ -40,7 +42,9 @@ Scenario = Callable[[Server, external_auth_pb2_grpc.AuthorizationStub], Awaitabl
 
 def run_with_server(config_dir: Path, scenario: Scenario) -> None:
     async def main() -> None:
-        server = Server(Settings(config_dir=config_dir, grpc_address="127.0.0.1:0"))
+        server = Server(
+            Settings(grpc_address="127.0.0.1:0"), sources_for(SourceSettings(config_dir=config_dir))
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
         await asyncio.wait_for(server.ready.wait(), 10)
@@ -98,10 +102,10 @@ def test_raw_header_map_is_read(config_dir: Path) -> None:
 def test_exception_in_check_fails_closed(
     config_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(*args: object) -> decide.Decision:
+    def broken(*args: object, **kwargs: object) -> Decision:
         raise ValueError("boom with key-a inside")
 
-    monkeypatch.setattr(decide, "decide", broken)
+    monkeypatch.setattr(deciding, "decide", broken)
 
     async def scenario(server: Server, stub: external_auth_pb2_grpc.AuthorizationStub) -> None:
         reply = await stub.Check(check_request({"x-key": "key-a"}))
@@ -158,7 +162,8 @@ def test_shutdown_drains_in_flight_checks(
 
     async def main() -> None:
         server = Server(
-            Settings(config_dir=config_dir, grpc_address="127.0.0.1:0", shutdown_grace=10)
+            Settings(grpc_address="127.0.0.1:0", shutdown_grace=10),
+            sources_for(SourceSettings(config_dir=config_dir)),
         )
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))

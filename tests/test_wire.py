@@ -15,7 +15,7 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from google.protobuf import descriptor, descriptor_pb2
 from grpc_tools import protoc
 
-from extauth import decide, responses
+from extauth import decisions, responses
 from extauth.wire import ext_authz_pb2 as pb
 from extauth.wire import generate
 
@@ -147,7 +147,7 @@ def test_our_request_parses_as_official() -> None:
 
 
 def test_allow_response_parses_as_official_with_overwrite_semantics() -> None:
-    allow = decide.Allow(
+    allow = decisions.Allow(
         config_id="ns.cfg",
         identity="team1",
         set_headers=(("x-org", "developers"),),
@@ -169,7 +169,7 @@ def test_allow_response_parses_as_official_with_overwrite_semantics() -> None:
 
 
 def test_deny_response_parses_as_official() -> None:
-    raw = responses.encode(decide.Deny(decide.Reason.MISSING, "ns.cfg", "the x header"))
+    raw = responses.encode(decisions.Deny(decisions.Reason.MISSING, "ns.cfg", "the x header"))
     official = external_auth_pb2.CheckResponse.FromString(raw)
     assert official.status.code == 16  # UNAUTHENTICATED
     denied = official.denied_response

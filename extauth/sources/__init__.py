@@ -1,16 +1,7 @@
 """Sources read resources from the outside world and publish `Change`s.
 
-Every source has the same shape: an async iterator of changes whose first item is the
-complete initial state (the service is ready once every source's has arrived) and whose
-later items say what was defined, redefined or removed. Sources do I/O only; applying
-changes is `policy.py`'s.
+Each source (`files.FileSource`, `kubernetes.KubernetesSource`) implements
+`changes.Source`: its changes, its own metrics, its own problems for /readyz, the same
+way whatever it reads. Sources do I/O only; applying changes is `building.py`'s, and
+choosing which sources run is the command line's (`cli.sources_for`).
 """
-
-from collections.abc import AsyncIterator
-from typing import Protocol
-
-from extauth.snapshot import Change
-
-
-class Source(Protocol):
-    def changes(self) -> AsyncIterator[Change]: ...

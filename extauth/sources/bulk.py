@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extauth import loader, manifests, secretscan
+from extauth.apikeys import ApiKey, Shared, api_key, shared_items
+from extauth.changes import PlacedAuthConfig
 from extauth.manifests import Limits
-from extauth.snapshot import ApiKey, PlacedAuthConfig, Shared, api_key, shared_items
+from extauth.origins import Problem
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,7 @@ class Apart:
 
     row_chunks: list[bytes] | None
     configs: list[PlacedAuthConfig] | None
-    problems: tuple[manifests.Problem, ...]
+    problems: tuple[Problem, ...]
     ignored: tuple[str, ...] = ()
 
     def rows(self) -> Iterator[Row]:
@@ -220,7 +222,7 @@ def read_apart(path: Path, limits: Limits) -> Apart:
     try:
         return pool.submit(read_one, str(path), limits).result()
     except concurrent.futures.process.BrokenProcessPool:
-        problem = manifests.Problem(str(path), 0, "its reader process died reading it")
+        problem = Problem(str(path), 0, "its reader process died reading it")
         return Apart(None, None, (problem,))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

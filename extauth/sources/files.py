@@ -40,9 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Gauge
+
 from extauth import loader, manifests, memory
+from extauth.changes import Change, Definition, Removal, removal_of
 from extauth.manifests import DEFAULT_LIMITS, Limits
-from extauth.snapshot import Change, Definition, Removal, removal_of
+from extauth.origins import Problem
+from extauth.policy import Policy
+from extauth.sourcehealth import SourceHealth
 from extauth.sources import bulk, inotify
 from extauth.sources.listing import Listing, ListingError, Signature, walk
 
@@ -62,6 +67,7 @@ class _Outcome:
 
     definitions: tuple[Definition, ...] | None
     unreadable: str | None = None
+    problem: str | None = None  # why it is rejected (the first error), for the status page
 
 
 class ConfigDirError(Exception):
@@ -95,11 +101,38 @@ class FileSource:
         self._unreadable_files: dict[Path, str] = {}
         self._notes: set[tuple[Path, str]] = set()
         self.listing = Listing()
+        self.health = SourceHealth(
+            "files",
+            errors=("unlistable", "unreadable"),
+            restarts=("inotify_overflow",),
+            kinds=("File",),
+        )
+        self.health.rejected_now = lambda: len(self._rejected)
+        self.health.rejected_list = self._rejected_list
+        self._rejected_reasons: dict[Path, str] = {}
 
     @property
     def unreadable(self) -> int:
         """Paths below the root that cannot be read now (their last good state serves)."""
         return len(self._unreadable_entries) + len(self._unreadable_files)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        gauge = Gauge(
+            "extauth_config_unreadable_paths",
+            "Files and directories below --config-dir that cannot be read; what was loaded "
+            "from them keeps serving.",
+            registry=registry,
+        )
+        # Counted at scrape time.
+        gauge.set_function(lambda: float(self.unreadable))
+
+    def problems(self) -> list[str]:
+        """For /readyz, beside a 200: the last good state of what cannot be read serves."""
+        problem = self.health.view().problem
+        return [problem] if problem else []
+
+    def policy_published(self, policy: Policy) -> None:
+        """Nothing to write back: a file has no status (problems go to the log)."""
 
     # -- one scan, read in full (the initial state, tests) ---------------------------------
 
@@ -115,7 +148,21 @@ class FileSource:
             removed = self._remove_gone(listing)
             for path, signature in changed:
                 self._commit(path, signature, read[path], upserted, removed)
+        self._synced()
         return Change(tuple(upserted), tuple(removed))
+
+    def _rejected_list(self) -> list[tuple[str, str, str]]:
+        return [
+            ("File", str(path), self._rejected_reasons.get(path, "rejected"))
+            for path in sorted(self._rejected)
+        ]
+
+    def _synced(self) -> None:
+        """A rescan is complete: current, unless something below the root is unreadable."""
+        if self.unreadable:
+            self.health.down(f"{self.unreadable} path(s) below {self.root} cannot be read")
+        else:
+            self.health.synced()
 
     def _list(self) -> Listing:
         try:
@@ -125,6 +172,7 @@ class FileSource:
         for path, reason in listing.unreadable.items():
             if self._unreadable_entries.get(path) != reason:
                 log.error("config: %s %s; keeping what was loaded from there", path, reason)
+                self.health.error("unreadable")
         for path in self._unreadable_entries.keys() - listing.unreadable.keys():
             log.info("config: %s is readable again", path)
         self._unreadable_entries = dict(listing.unreadable)
@@ -157,6 +205,7 @@ class FileSource:
             removed.extend(removal_of(d) for d in self._accepted.pop(gone).definitions)
         for gone in set(self._rejected) - set(listing.files):
             del self._rejected[gone]
+            self._rejected_reasons.pop(gone, None)
         for gone in set(self._unreadable_files) - set(listing.files):
             del self._unreadable_files[gone]
         return removed
@@ -174,6 +223,7 @@ class FileSource:
             # Not marked rejected: a chmod changes no signature, so it is tried again at
             # every rescan (an open call) and reported once.
             if self._unreadable_files.get(path) != outcome.unreadable:
+                self.health.error("unreadable")
                 log.error(
                     "config: cannot read %s (%s); %s",
                     path,
@@ -187,8 +237,11 @@ class FileSource:
         found = outcome.definitions
         if found is None:
             self._rejected[path] = signature
+            self._rejected_reasons[path] = outcome.problem or "rejected"
+            self.health.rejected("File")
             return
         self._rejected.pop(path, None)
+        self._rejected_reasons.pop(path, None)
         accepted = self._accepted.get(path)
         self._accepted[path] = _Accepted(signature, found)
         upserted.extend(found)
@@ -255,7 +308,7 @@ class FileSource:
     def _failed(self, path: Path, exc: BaseException, had_good: bool) -> _Outcome:
         reason = manifests.failure(exc)  # its type and place only: never its message
         log.error("config: rejected %s (%s): %s: %s", path, _keeping(had_good), path, reason)
-        return _Outcome(None)
+        return _Outcome(None, problem=reason)
 
     def _load(self, path: Path, had_good: bool) -> _Outcome:
         unopenable = _unopenable(path)
@@ -271,21 +324,23 @@ class FileSource:
         self,
         path: Path,
         found: tuple[Definition, ...] | None,
-        problems: Iterable[manifests.Problem],
+        problems: Iterable[Problem],
         ignored: Iterable[str],
         had_good: bool,
     ) -> _Outcome:
         """Log what a read of the general loader found; its outcome."""
         for note in ignored:
             log.info("config: %s: %s", path, note)
+        first: str | None = None
         for problem in problems:
             if problem.warning:
                 log.warning("config: %s", problem)
             elif found is None:
                 log.error("config: rejected %s (%s): %s", path, _keeping(had_good), problem)
+                first = first or str(problem)
         if found is not None:
             log.info("config: loaded %s (%d resource(s))", path, len(found))
-        return _Outcome(found)
+        return _Outcome(found, problem=first)
 
     def _read_apart(self, path: Path, had_good: bool) -> _Outcome:
         """`_read`, in a child process (bulk.read_apart): for large files while serving."""
@@ -319,7 +374,7 @@ class FileSource:
         state and are retried.
         """
         wake = asyncio.Event()
-        watch = _Watch(self._resync_seconds, wake, self._use_inotify)
+        watch = _Watch(self._resync_seconds, wake, self._use_inotify, self.health)
         # The listing that finds removals has a thread of its own: on the pool that reads
         # files, it would wait behind every pending read (thousands of files landing at
         # once held a revocation for seconds).
@@ -368,6 +423,8 @@ class FileSource:
         except ConfigDirError as exc:
             if not self._missing:
                 log.error("config: %s; keeping the last good state", exc)
+                self.health.error("unlistable")
+            self.health.down(f"{exc}; serving the last good state")
             self._missing = True
             # Reads that finished meanwhile are dropped (their files are read again once
             # the directory is back), so that they do not wake the loop again and again.
@@ -396,6 +453,8 @@ class FileSource:
                 asyncio.to_thread(self._read_alone, path, path in self._accepted, signature[1])
             )
             reads[path] = (signature, task)
+        if not reads:
+            self._synced()
         return Change(tuple(upserted), tuple(removed))
 
 
@@ -420,8 +479,15 @@ class _Watch:
     """inotify on every directory of the tree, and what it says about which changed
     files are complete; where it cannot say, time does (see the module's docstring)."""
 
-    def __init__(self, period: float, wake: asyncio.Event, enabled: bool) -> None:
+    def __init__(
+        self,
+        period: float,
+        wake: asyncio.Event,
+        enabled: bool,
+        health: SourceHealth | None = None,
+    ) -> None:
         self._period = period
+        self._health = health or SourceHealth("files")
         self._wake = wake
         self._inotify: inotify.Inotify | None = None
         self._directories: dict[Path, int] = {}
@@ -455,6 +521,7 @@ class _Watch:
     def _handle(self, event: inotify.Event) -> None:
         if event.mask & inotify.IN_Q_OVERFLOW:
             log.warning("config: inotify queue overflow; rescanning")
+            self._health.restarted("inotify_overflow")
             self._writing.clear()
             self._distrust_until = time.monotonic() + self._period
             return

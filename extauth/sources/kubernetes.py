@@ -36,20 +36,13 @@ from kubernetes import client, config
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
-from extauth import crds, manifests
-from extauth.manifests import Origin
+from extauth import crds, loader, manifests
+from extauth.apikeys import KUBERNETES_PREFIX, ApiKey, Owner, shared
+from extauth.changes import Change, Definition, PlacedAuthConfig, Removal, removal_of
+from extauth.origins import Origin
+from extauth.policy import Policy
 from extauth.resources import AuthConfig, Secret
-from extauth.snapshot import (
-    KUBERNETES_PREFIX,
-    ApiKey,
-    Change,
-    Definition,
-    Owner,
-    PlacedAuthConfig,
-    Removal,
-    removal_of,
-    shared,
-)
+from extauth.sourcehealth import SourceHealth, State
 from extauth.sources import bounds, liveness, statuses
 from extauth.sources.records import (
     ConfigRecord,
@@ -164,6 +157,8 @@ class Translator:
         self._selection = selection  # None: every Secret is kept whole
         self._on_selection = on_selection
         self.known: Records[Record] = Records()
+        # Objects whose latest version is rejected (extauth_config_problems counts them),
+        self.rejected_owners: dict[Owner, str] = {}  # and why: rejections are few
         # The list attempt in progress, or the last one: what records are stamped with.
         self._listing = 0
         self._in_list = False
@@ -203,6 +198,7 @@ class Translator:
     def _forget(self, owner: Owner) -> Change:
         if self._status is not None:
             self._status.forget(owner)
+        self.rejected_owners.pop(owner, None)
         gone = self.known.pop(owner)
         if gone is not None:
             self._track(owner, None)
@@ -215,6 +211,7 @@ class Translator:
         self._listing, self._in_list = event.listing, False
         removed: list[Removal] = []
         for owner, gone in self.known.sweep(event.listing):
+            self.rejected_owners.pop(owner, None)
             if self._status is not None:
                 self._status.forget(owner)
             self._track(owner, None)
@@ -349,12 +346,14 @@ class Translator:
             reason = "invalid"
             try:
                 if self.kind == "Secret":
-                    definition = ApiKey.from_secret(
+                    definition = loader.secret_key(
                         Secret.model_validate(item), _origin(self.kind, owner, rank)
                     )
                 else:
+                    # Ranked by age too: of two claiming one host, the older keeps it.
                     definition = PlacedAuthConfig(
-                        AuthConfig.model_validate(item), _origin(self.kind, owner)
+                        AuthConfig.model_validate(item),
+                        _origin(self.kind, owner, kubernetes_rank(item)),
                     )
             except ValidationError as exc:
                 problem = "; ".join(manifests.error_messages(exc))
@@ -374,7 +373,10 @@ class Translator:
             self.known.put(owner, ConfigRecord(version, stamp, ident, kept, number, problem))
             if record is None or kept is not record.definition:
                 self._track(owner, kept)
-        if problem is not None:
+        if problem is None:
+            self.rejected_owners.pop(owner, None)
+        else:
+            self.rejected_owners[owner] = problem
             self._rejected(reason)
             keeping = "keeping its last good version" if previous else "not loaded"
             log.error(
@@ -546,6 +548,36 @@ class KubernetesSource:
         self.pruned: list[str] | None = None
         self._rejected: Counter | None = None
         self._status_writes: Counter | None = None
+        self.health = SourceHealth(
+            "kubernetes",
+            errors=("connection", "timeout", "unanswered"),
+            restarts=("ended", "expired", "connection", "timeout"),
+            kinds=("Secret", "AuthConfig"),
+        )
+        self.health.rejected_now = lambda: sum(len(t.rejected_owners) for t in self.translators)
+        self.health.state = self._state
+        self.health.rejected_list = self._rejected_list
+        self._synced_at: float | None = None
+
+    def _rejected_list(self) -> list[tuple[str, str, str]]:
+        found: list[tuple[str, str, str]] = []
+        for translator in list(self.translators):
+            for owner, reason in sorted(translator.rejected_owners.items()):
+                found.append((translator.kind, "/".join(owner), reason or "rejected"))
+        return found
+
+    def _state(self) -> State:
+        """Current when the API server answers and every watch has listed and is open;
+        then as of the heartbeat's last answer. Read at scrape time."""
+        if not self.heartbeat.up:
+            return False, self.heartbeat.describe(), self._synced_at
+        failing = [w for w in self.watchers if w.failure is not None]
+        if not self.watchers or failing:
+            what = f"{failing[0].where}: {failing[0].failure}" if failing else "not started"
+            return False, f"kubernetes: {what}", self._synced_at
+        answered = time.time() - (time.monotonic() - self.heartbeat.last_answer)
+        self._synced_at = max(self._synced_at or 0.0, answered)
+        return True, None, self._synced_at
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         gauge = Gauge(
@@ -586,9 +618,23 @@ class KubernetesSource:
             registry=registry,
         )
 
+    def policy_published(self, policy: Policy) -> None:
+        """Hosts the policy refuses an AuthConfig of this cluster (another claimed them
+        first) go into its status; a refusal lifted clears it."""
+        if self.status is None:
+            return
+        prefix = f"{KUBERNETES_PREFIX}AuthConfig/"
+        notes: dict[Owner, str] = {}
+        for path, message in policy.host_refusals.items():
+            if path.startswith(prefix):
+                namespace, _, name = path[len(prefix) :].partition("/")
+                notes[(namespace, name)] = message
+        self.status.set_notes(notes)
+
     def problems(self) -> list[str]:
-        """What /readyz reports beside its verdict."""
-        found = self.heartbeat.describe()
+        """What /readyz reports beside its verdict: the API server not answering, or a
+        watch failing (a 403, say) while it answers."""
+        found = self.health.view().problem
         return [found] if found else []
 
     @property
@@ -612,6 +658,7 @@ class KubernetesSource:
             custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
 
     def _lost(self) -> None:
+        self.health.error("unanswered")
         for watcher in self.watchers:
             watcher.kick()
 
@@ -623,6 +670,7 @@ class KubernetesSource:
 
     def _count_rejected(self, kind: Kind) -> Callable[[str], None]:
         def count(reason: str) -> None:
+            self.health.rejected(kind)
             if self._rejected is not None:
                 self._rejected.labels(kind, reason).inc()
 
@@ -666,6 +714,7 @@ class KubernetesSource:
                 page_size=self._page_size,
                 request_timeout=self._request_timeout,
                 on_error=self.heartbeat.check_soon,
+                health=self.health,
             )
             for kind, namespace in pairs
         ]

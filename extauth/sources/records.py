@@ -24,7 +24,8 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
-from extauth.snapshot import Definition, Owner
+from extauth.apikeys import Owner
+from extauth.changes import Definition
 
 Version = int | str
 Identity = int | str

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from extauth.apikeys import Owner
 from extauth.resources import APIKEY_SECRET_TYPE
-from extauth.snapshot import Owner
 from extauth.sources import bounds
 from extauth.sources.watching import API_VERSIONS, RawObject, Watcher, describe
 

@@ -24,8 +24,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from extauth.apikeys import Owner
 from extauth.resources import AuthConfig
-from extauth.snapshot import Owner
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -50,13 +50,16 @@ def status_for(
     problem: str | None,
     current: dict[str, Any],
     pruned: Sequence[str] = (),
+    note: str | None = None,
 ) -> dict[str, Any] | None:
     """The status to write, or None when `current` already says it.
 
     A condition's lastTransitionTime is kept while its status holds, so two replicas
     computing the same status write the same bytes, and a second write is skipped.
     `pruned`: model fields the installed CRD would drop, said in the reason (visible with
-    any CRD, `kubectl get -o wide`) and in a `SchemaCurrent` condition.
+    any CRD, `kubectl get -o wide`) and in a `SchemaCurrent` condition. `note`: what an
+    accepted AuthConfig was refused of the policy (hosts another AuthConfig claimed first),
+    said in the reason and the Accepted condition's message.
     """
     accepted = problem is None
     outdated = (
@@ -65,7 +68,7 @@ def status_for(
         if pruned
         else ""
     )
-    reason = (problem or outdated)[:_MESSAGE_LIMIT]
+    reason = (problem or "; ".join(filter(None, (note, outdated))))[:_MESSAGE_LIMIT]
     conditions: list[dict[str, Any]] = [
         {
             "type": "Accepted",
@@ -133,6 +136,10 @@ class StatusWriter:
         self._failures = 0
         self._warned = 0.0
         self.pruned: list[str] = []
+        # Per AuthConfig: what the policy refused it (set_notes), and the latest version
+        # submitted, to write the status again when only the note changes.
+        self._notes: dict[Owner, str] = {}
+        self._latest: dict[Owner, tuple[str, Any, str | None, dict[str, Any]]] = {}
 
     @property
     def backlog(self) -> int:
@@ -149,9 +156,32 @@ class StatusWriter:
         only_if_behind: bool = False,
     ) -> None:
         """Queue the status for this version of the object (replacing any older one)."""
-        if only_if_behind and current.get("observedGeneration") == generation:
+        with self._wake:
+            self._latest[owner] = (resource_version, generation, problem, current)
+            note = self._notes.get(owner)
+        # Written for this generation already; unless the policy refuses it something,
+        # which the status may not say yet (status_for answers None when it does).
+        if only_if_behind and current.get("observedGeneration") == generation and note is None:
             return
-        status = status_for(generation, problem, current, self.pruned)
+        status = status_for(generation, problem, current, self.pruned, note)
+        self._queue(owner, resource_version, status)
+
+    def set_notes(self, notes: dict[Owner, str]) -> None:
+        """What the policy now refuses each AuthConfig (none: absent); the statuses whose
+        note changed are written again, from the latest version submitted."""
+        with self._wake:
+            changed = [
+                owner
+                for owner in set(self._notes) | set(notes)
+                if self._notes.get(owner) != notes.get(owner) and owner in self._latest
+            ]
+            self._notes = dict(notes)
+            latest = {owner: self._latest[owner] for owner in changed}
+        for owner, (resource_version, generation, problem, current) in latest.items():
+            status = status_for(generation, problem, current, self.pruned, notes.get(owner))
+            self._queue(owner, resource_version, status)
+
+    def _queue(self, owner: Owner, resource_version: str, status: dict[str, Any] | None) -> None:
         with self._wake:
             if status is None:
                 self._pending.pop(owner, None)  # already right: replicas converge
@@ -163,6 +193,7 @@ class StatusWriter:
         """The object is gone: nothing to write."""
         with self._wake:
             self._pending.pop(owner, None)
+            self._latest.pop(owner, None)
 
     def run(self, stop: threading.Event) -> None:
         """Write until `stop` is set (and `wake()` is called)."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -44,8 +45,10 @@ from typing import Any, Literal, NotRequired, TypedDict, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
+from urllib3 import exceptions as urllib3_errors
 
 from extauth.resources import APIKEY_SECRET_TYPE
+from extauth.sourcehealth import SourceHealth
 from extauth.sources import bounds
 
 log = logging.getLogger(__name__)
@@ -199,8 +202,12 @@ class Watcher:
         page_size: int = DEFAULT_PAGE_SIZE,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         on_error: Callable[[], None] = lambda: None,
+        health: SourceHealth | None = None,
     ) -> None:
         self.kind = kind
+        self._health = health or SourceHealth("kubernetes")
+        # Why this watch is not current now (None: listed, and watching or about to).
+        self.failure: str | None = "not listed yet"
         self.namespace = namespace
         self._core = client.CoreV1Api(api)
         self._custom = client.CustomObjectsApi(api)
@@ -235,7 +242,9 @@ class Watcher:
                     continue
                 resource_version = yield from self._watch(resource_version)
                 backoff = BACKOFF_FIRST
+                self._health.restarted("ended")
             except Gone:
+                self._health.restarted("expired")
                 log.info(
                     "kubernetes: %s: resourceVersion expired (410 Gone); relisting", self.where
                 )
@@ -245,6 +254,7 @@ class Watcher:
                 # expires again, the next list is one unpaged request (costlier in memory
                 # for its duration, but it cannot expire halfway).
                 self._expired += 1
+                self._health.restarted("list_expired")
                 log.warning(
                     "kubernetes: %s: the list outlived its snapshot (410 Gone on a continue "
                     "token); listing again%s",
@@ -257,6 +267,10 @@ class Watcher:
                     return
                 if self._relist.is_set():
                     continue  # the watch was ended on purpose, to list again
+                self.failure = describe(exc)
+                reason = reason_of(exc)
+                self._health.error(reason)
+                self._health.restarted(reason)
                 log.warning(
                     "kubernetes: %s: %s; retrying in %.1fs", self.where, describe(exc), backoff
                 )
@@ -345,6 +359,7 @@ class Watcher:
         relist = self.lists > 0
         self.lists += 1
         self._expired = 0
+        self.failure = None
         log.info("kubernetes: %s: listed %d object(s)", self.where, count)
         yield Listed(resource_version, count, relist, listing)
         return resource_version
@@ -362,6 +377,7 @@ class Watcher:
             _request_timeout=(self._request_timeout, self._request_timeout),
         )
         self._response = response
+        self.failure = None
         if self._relist.is_set():  # asked for between the check and here: not missed
             response.release_conn()
             self._response = None
@@ -418,6 +434,21 @@ def describe(exc: Exception) -> str:
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def reason_of(exc: BaseException) -> str:
+    """A failure as a metric label: a few fixed words (and the HTTP status), never text
+    from the exception, so the label set stays small."""
+    if isinstance(exc, ApiException):
+        status = exc.status
+        return f"http_{status}" if isinstance(status, int) and 100 <= status < 600 else "http"
+    if isinstance(exc, urllib3_errors.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    if isinstance(exc, urllib3_errors.TimeoutError | socket.timeout | TimeoutError):
+        return "timeout"
+    if isinstance(exc, urllib3_errors.HTTPError | OSError):
+        return "connection"
+    return "error"
 
 
 def run_in_thread(name: str, target: Callable[[], None]) -> threading.Thread:

@@ -41,11 +41,18 @@ class Proxied:
         self.http = http
         self.config_id = f"{cluster.namespace}.partners"
 
-    def metric(self, name: str) -> float | None:
+    def metric(self, name: str, labels: str | None = None) -> float | None:
+        """The first sample of `name`, or the one with exactly these `labels`."""
         for line in request(self.http, "/metrics").body.decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
+            if labels is not None:
+                if line.startswith(f"{name}{{{labels}}} "):
+                    return float(line.rsplit(" ", 1)[1])
+            elif line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         return None
+
+    def source_up(self) -> float | None:
+        return self.metric("extauth_source_up", 'source="kubernetes"')
 
 
 @pytest.fixture
@@ -115,6 +122,9 @@ def test_a_hung_api_server_is_noticed_and_changes_apply_once_it_answers(
     cluster.create_secret("before", "k-before", {"t": "p"})
     becomes(address, proxied.config_id, "k-before", True)
     assert proxied.metric("extauth_kube_api_up") == 1.0
+    assert proxied.source_up() == 1.0
+    synced = proxied.metric("extauth_source_last_sync_timestamp_seconds", 'source="kubernetes"')
+    assert synced is not None
     proxied.proxy.hang()
     hung = time.monotonic()
     wait_until(
@@ -123,6 +133,9 @@ def test_a_hung_api_server_is_noticed_and_changes_apply_once_it_answers(
         "the metric to say the API server is lost",
     )
     noticed = time.monotonic() - hung
+    assert proxied.source_up() == 0.0
+    unanswered = 'reason="unanswered",source="kubernetes"'
+    assert (proxied.metric("extauth_source_errors_total", unanswered) or 0) >= 1
     readiness = request(proxied.http, "/readyz")
     assert readiness.status == 200  # the last good state keeps serving (README)
     assert b"has not answered" in readiness.body
@@ -138,6 +151,14 @@ def test_a_hung_api_server_is_noticed_and_changes_apply_once_it_answers(
         RECOVERY,
         "the metric to say the API server is back",
     )
+    wait_until(
+        lambda: True if proxied.source_up() == 1.0 else None,
+        RECOVERY,
+        "extauth_source_up to say the source syncs again",
+    )
+    later = proxied.metric("extauth_source_last_sync_timestamp_seconds", 'source="kubernetes"')
+    assert later is not None
+    assert later > synced
     assert b"has not answered" not in request(proxied.http, "/readyz").body
     print(f"\nhang noticed after {noticed:.1f}s; changes applied {applied:.2f}s after resume")
 
@@ -157,6 +178,12 @@ def test_changes_during_a_crash_apply_once_the_api_server_is_back(proxied: Proxi
     becomes(address, proxied.config_id, "k-wide", True)
     proxied.proxy.refuse()
     wait_until(lambda: True if "retrying in" in proxied.extauth.log() else None, 30, "a retry")
+    assert proxied.source_up() == 0.0
+    restarts = proxied.metric(
+        "extauth_source_restarts_total", 'reason="connection",source="kubernetes"'
+    )
+    assert restarts is not None
+    assert restarts >= 1
     _changes_meanwhile(cluster)
     cluster.custom.delete_namespaced_custom_object(
         GROUP, VERSION, cluster.namespace, PLURAL, "partners"

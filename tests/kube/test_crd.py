@@ -25,6 +25,7 @@ pytestmark = pytest.mark.kube
 EXAMPLES: list[dict[str, Any]] = [
     {
         "booleanExpr": "teams || (partners && !legacy)",
+        "hosts": ["api.example.com", "*.Example.com:8443", "[::1]:8080"],
         "configs": [
             {
                 "name": "teams",
@@ -209,6 +210,9 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         "a configs entry is not used in booleanExpr",
     ),
     "a mode that does not exist": (_auth(mode="Lenient"), "supported values"),
+    "every host": ({"hosts": ["*"], **_auth()}, crds.EVERY_HOST),
+    "a wildcard inside a host": ({"hosts": ["a.*.com"], **_auth()}, "should match"),
+    "a host twice": ({"hosts": ["a.com", "a.com"], **_auth()}, "Duplicate value"),
 }
 
 

@@ -67,7 +67,7 @@ def _status(cluster: Cluster, name: str) -> dict[str, Any]:
 
 def _metric(http: int, name: str, labels: str) -> float:
     for line in request(http, "/metrics").body.decode().splitlines():
-        if line.startswith(f"{name}{{{labels}}} "):
+        if line.startswith(f"{name}{{{labels}}} " if labels else f"{name} "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -131,6 +131,19 @@ def test_an_authconfig_nested_1000_deep_is_rejected_alone(tenant: Cluster, tmp_p
             _metric(http, "extauth_kube_objects_rejected_total", 'kind="AuthConfig",reason="limit"')
             == 1.0
         )
+        assert (
+            _metric(
+                http, "extauth_rejected_resources_total", 'kind="AuthConfig",source="kubernetes"'
+            )
+            == 1.0
+        )
+        # Rejected now: a problem until it goes (the policy itself has none).
+        assert _metric(http, "extauth_config_problems", "") == 1.0
+        # The status page says so, with the reason.
+        page = request(http, "/").body.decode()
+        row = page.split(f'data-config="{tenant.namespace}.bomb"', 1)[1].split("</tr>", 1)[0]
+        assert "Rejected" in row
+        assert "nested more than 32 levels" in row
         # A fresh replica lists the bomb and turns ready all the same.
         fresh, _ = _serve(tenant, tmp_path / "fresh.log", "--namespace", tenant.namespace)
         try:
@@ -141,6 +154,14 @@ def test_an_authconfig_nested_1000_deep_is_rejected_alone(tenant: Cluster, tmp_p
             fresh.stop()
         tenant.delete_secret("k")
         becomes(extauth.address, config_id, "k-deep", False)
+        tenant.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, tenant.namespace, PLURAL, "bomb"
+        )
+        wait_until(
+            lambda: True if _metric(http, "extauth_config_problems", "") == 0.0 else None,
+            10,
+            "the deleted bomb to stop counting as a problem",
+        )
     finally:
         extauth.stop()
 

@@ -17,8 +17,9 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from kubernetes import client
 
+from extauth.apikeys import ApiKey
+from extauth.changes import Change, PlacedAuthConfig
 from extauth.server import Server, Settings
-from extauth.snapshot import ApiKey, Change, PlacedAuthConfig
 from extauth.sources import watching
 from extauth.sources.kubernetes import KubernetesSource, Translator
 from tests.kube.conftest import GROUP, PLURAL, VERSION, Cluster, authconfig_body, connect
@@ -66,7 +67,7 @@ def test_every_page_of_a_list_is_loaded_when_ready(namespace: Cluster) -> None:
     config_id = f"{namespace.namespace}.paged"
 
     async def main() -> None:
-        server = Server(Settings(grpc_address="127.0.0.1:0", write_status=False), [source])
+        server = Server(Settings(grpc_address="127.0.0.1:0"), [source])
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
         try:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from extauth.snapshot import Change, PlacedAuthConfig
+from extauth.changes import Change, PlacedAuthConfig
 from extauth.sources.kubernetes import Translator
 from extauth.sources.statuses import StatusWriter
 from extauth.sources.watching import Watcher

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 
 import pytest
 
-from extauth import credentials, responses
-from extauth.decide import MAX_QUERY_PARAMETERS, Allow, Deny, Reason, decide
-from extauth.policy import KeySource, Policy, compile_policy
-from extauth.wire import ext_authz_pb2 as pb
-from tests.builders import authconfig, secret, snapshot
+from extauth import deciding, keys
+from extauth.building import PolicyBuilder, compile_policy
+from extauth.changes import Change, Removal
+from extauth.deciding import MAX_QUERY_PARAMETERS, decide
+from extauth.decisions import Allow, Deny, Reason
+from extauth.policy import KeySource, Policy
+from tests.builders import REFS, allowed, authconfig, expr_config, secret, snapshot
 
 ROUTE = {"config_id": "ns.cfg"}
 
@@ -95,7 +96,7 @@ HEADER, QUERY, COOKIE = (
     ],
 )
 def test_extract(headers: dict[str, str], path: str, expected: str | None) -> None:
-    assert credentials.extract((HEADER, QUERY, COOKIE), headers, path) == expected
+    assert deciding.extract((HEADER, QUERY, COOKIE), headers, path) == expected
 
 
 @pytest.mark.parametrize(
@@ -116,18 +117,18 @@ def test_extract(headers: dict[str, str], path: str, expected: str | None) -> No
     ],
 )
 def test_smuggled_query_keys(path: str, smuggled: bool) -> None:
-    assert credentials.smuggled(path, ["k"]) is smuggled
+    assert deciding.smuggled(path, ["k"]) is smuggled
 
 
 def test_query_key_is_read_by_the_name_envoy_strips() -> None:
-    assert credentials.query_param("/p?%6B=v&k=w", "k") == "w"
-    assert credentials.query_param("/p?%6B=v", "k") is None
+    assert deciding.query_param("/p?%6B=v&k=w", "k") == "w"
+    assert deciding.query_param("/p?%6B=v", "k") is None
 
 
 def test_without_cookies() -> None:
-    assert credentials.without_cookies("a=1; k=secret;b=2", frozenset({"k"})) == "a=1; b=2"
-    assert credentials.without_cookies("k=secret", frozenset({"k"})) == ""
-    assert credentials.without_cookies("a=1,k=s; b=2", frozenset({"k"})) == "a=1; b=2"
+    assert deciding.without_cookies("a=1; k=secret;b=2", frozenset({"k"})) == "a=1; b=2"
+    assert deciding.without_cookies("k=secret", frozenset({"k"})) == ""
+    assert deciding.without_cookies("a=1,k=s; b=2", frozenset({"k"})) == "a=1; b=2"
 
 
 def _python_calls(function: Callable[[], object]) -> int:
@@ -258,48 +259,120 @@ def test_every_config_entry_must_pass(policy: Policy) -> None:
     assert swapped.reason == Reason.INVALID
 
 
-# responses ---------------------------------------------------------------------------------
+OPTIONAL = """
+mode: Optional
+headerName: x-key
+clientIdHeader: x-client
+k8sSecretApikeyStorage: {apiKeySecretRefs: [{name: a}]}
+headersFromMetadataEntry: {x-org: {name: org}}
+"""
 
 
-@pytest.mark.parametrize(
-    ("reason", "http", "grpc"),
-    [
-        (Reason.MISSING, 401, 16),
-        (Reason.INVALID, 401, 16),
-        (Reason.MISSING_METADATA, 403, 7),
-        (Reason.NO_CONFIG, 403, 7),
-        (Reason.UNKNOWN_CONFIG, 403, 7),
-        (Reason.NOT_READY, 503, 14),
-        (Reason.INTERNAL, 500, 13),
-        (Reason.AMBIGUOUS, 400, 3),
-        (Reason.TOO_MANY_HEADERS, 431, 8),
-        (Reason.TOO_MANY_PARAMETERS, 400, 3),
-    ],
-)
-def test_deny_responses(reason: Reason, http: int, grpc: int) -> None:
-    response = pb.CheckResponse.FromString(responses.encode(Deny(reason, "ns.cfg", "the h header")))
-    assert response.status.code == grpc
-    assert response.denied_response.status.code == http
-    body = json.loads(response.denied_response.body)
-    assert body["error"] == reason.value
-    headers = {h.header.key: h.header.value for h in response.denied_response.headers}
-    assert headers["x-ext-auth-reason"] == reason.value
-    assert headers["content-type"] == "application/json"
-    assert ("www-authenticate" in headers) == (http == 401)
+def test_a_hashed_secret_admits_its_key_and_never_holds_it() -> None:
+    stored = keys.key_hash("team-key")
+    policy = compile_policy(
+        snapshot(
+            secret("a", "unused").replace("api-key: 'unused'", f"api-key-hash: '{stored}'"),
+            authconfig("cfg", REFS),
+        )
+    )
+    decision = allowed(policy, {"x-key": "team-key"})
+    assert isinstance(decision, Allow)
+    assert decision.identity == "a"
+    assert isinstance(allowed(policy, {"x-key": stored}), Deny)  # the hash is not the key
 
 
-def test_deny_bytes_are_built_once() -> None:
-    first = responses.deny_bytes(Reason.INVALID, "ns.cfg", "")
-    assert responses.deny_bytes(Reason.INVALID, "ns.cfg", "") is first
+def test_require_hashed_keys_admits_only_hashed_secrets() -> None:
+    stored = keys.key_hash("hashed-key")
+    policy = compile_policy(
+        snapshot(
+            secret("a", "plain-key"),
+            secret("b", "x").replace("api-key: 'x'", f"api-key-hash: '{stored}'"),
+            authconfig("cfg", REFS + "\nrequireHashedKeys: true"),
+        )
+    )
+    assert isinstance(allowed(policy, {"x-key": "hashed-key"}), Allow)
+    denied = allowed(policy, {"x-key": "plain-key"})
+    assert isinstance(denied, Deny)
+    assert denied.reason is Reason.INVALID
 
 
-def test_allow_response_overwrites_and_removes() -> None:
-    raw = responses.encode(Allow("ns.cfg", "a", (("x-org", "red"),), ("x-key",), ("k",)))
-    response = pb.CheckResponse.FromString(raw)
-    assert response.status.code == 0
-    (option,) = response.ok_response.headers
-    assert option.append.value is False
-    assert option.HasField("append")
-    assert option.append_action == pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-    assert list(response.ok_response.headers_to_remove) == ["x-key"]
-    assert list(response.ok_response.query_parameters_to_remove) == ["k"]
+def test_expired_key_is_denied_with_its_own_reason() -> None:
+    policy = compile_policy(
+        snapshot(secret("a", "key-a", expires_at="2030-01-01T00:00:00Z"), authconfig("cfg", REFS))
+    )
+    before = allowed(policy, {"x-key": "key-a"}, now=1_800_000_000.0)  # 2027
+    assert isinstance(before, Allow)
+    after = allowed(policy, {"x-key": "key-a"}, now=1_900_000_000.0)  # 2030
+    assert isinstance(after, Deny)
+    assert after.reason is Reason.EXPIRED
+
+
+def test_both_keys_of_a_rotation_work_for_one_identity() -> None:
+    builder = PolicyBuilder()
+    builder.apply(
+        snapshot(secret("a", "old-key", api_key_next="new-key", org="red"), authconfig("cfg", REFS))
+    )
+    policy = builder.build()
+    assert policy.key_count == 1
+    for key in ("old-key", "new-key"):
+        decision = allowed(policy, {"x-key": key})
+        assert isinstance(decision, Allow)
+        assert decision.identity == "a"
+    # The rotation ends: only the new key remains.
+    builder.apply(snapshot(secret("a", "new-key", org="red")))
+    policy = builder.build()
+    assert isinstance(allowed(policy, {"x-key": "old-key"}), Deny)
+    assert isinstance(allowed(policy, {"x-key": "new-key"}), Allow)
+    # Revoking the Secret revokes every key it held.
+    builder.apply(Change(removed=(Removal("Secret", ("ns", "a"), "t.yaml"),)))
+    assert isinstance(allowed(builder.build(), {"x-key": "new-key"}), Deny)
+
+
+def test_optional_mode() -> None:
+    policy = compile_policy(snapshot(secret("a", "key-a", org="red"), authconfig("cfg", OPTIONAL)))
+    valid = allowed(policy, {"x-key": "key-a", "x-org": "spoof"})
+    assert isinstance(valid, Allow)
+    assert dict(valid.set_headers) == {"x-org": "red", "x-client": "a"}
+    invalid = allowed(policy, {"x-key": "wrong"})
+    assert isinstance(invalid, Deny)
+    assert invalid.reason is Reason.INVALID
+    anonymous = allowed(policy, {"x-org": "spoof", "x-client": "spoof"})
+    assert isinstance(anonymous, Allow)
+    assert anonymous.identity == ""
+    assert anonymous.set_headers == ()
+    assert set(anonymous.remove_headers) >= {"x-org", "x-client"}
+
+
+def test_boolean_expr_or() -> None:
+    policy = expr_policy("teamkeys || partnerkeys")
+    team = allowed(policy, {"x-team-key": "team-key", "x-partner": "spoof"})
+    assert isinstance(team, Allow)
+    assert team.identity == "t"
+    assert dict(team.set_headers) == {"x-org": "red"}
+    assert "x-partner" in team.remove_headers  # the failed branch injects nothing
+    assert {"x-team-key", "x-partner-key"} <= set(team.remove_headers)
+    partner = allowed(policy, {"x-partner-key": "partner-key"})
+    assert isinstance(partner, Allow)
+    assert partner.identity == "p"
+    neither = allowed(policy, {"x-team-key": "wrong"})
+    assert isinstance(neither, Deny)
+    assert neither.reason is Reason.INVALID  # more telling than "missing"
+    assert allowed(policy, {}).reason is Reason.MISSING  # type: ignore[union-attr]
+
+
+def test_boolean_expr_and_not() -> None:
+    policy = expr_policy("teamkeys && !partnerkeys")
+    assert isinstance(allowed(policy, {"x-team-key": "team-key"}), Allow)
+    both = allowed(policy, {"x-team-key": "team-key", "x-partner-key": "partner-key"})
+    assert isinstance(both, Deny)
+
+
+def expr_policy(expr: str) -> Policy:
+    return compile_policy(
+        snapshot(
+            secret("t", "team-key", labels={"kind": "team"}, org="red"),
+            secret("p", "partner-key", labels={"kind": "partner"}),
+            expr_config(expr),
+        )
+    )

@@ -1,4 +1,4 @@
-"""What sources publish: keys and AuthConfigs defined, redefined or gone (`Change`).
+"""API keys as the service holds them: SHA-256 digests and what their Secret says.
 
 A key's plaintext is hashed the moment its Secret is read and then dropped: from here
 on the service only holds SHA-256 digests, so neither a change, a policy, a log line nor
@@ -12,25 +12,26 @@ definitions, and removing one leaves the other.
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 import weakref
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple, NewType
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, NamedTuple, NewType
 
-from extauth.manifests import Loaded, Origin
-from extauth.resources import (
-    API_KEY_ENTRY,
-    API_KEY_HASH_ENTRY,
-    EXPIRES_AT_ENTRY,
-    KEY_ENTRIES,
-    NEXT_KEY_ENTRY,
-    NEXT_KEY_HASH_ENTRY,
-    AuthConfig,
-    Secret,
-    parse_expiry,
-)
+from extauth.origins import Origin
 
+API_KEY_ENTRY = "api-key"
+API_KEY_HASH_ENTRY = "api-key-hash"
+# Rotation: a second key, valid alongside the first, for the same identity.
+NEXT_KEY_ENTRY = "api-key-next"
+NEXT_KEY_HASH_ENTRY = "api-key-next-hash"
+EXPIRES_AT_ENTRY = "expires-at"
+# Entries that hold key material; every other entry is metadata.
+KEY_ENTRIES = (API_KEY_ENTRY, API_KEY_HASH_ENTRY, NEXT_KEY_ENTRY, NEXT_KEY_HASH_ENTRY)
+# HTTP's optional whitespace (RFC 9110 OWS), trimmed from header values in transit: the
+# one notion of whitespace for stored keys, metadata and the request path (credentials).
+OWS = " \t"
 Owner = tuple[str, str]  # (namespace, name)
 
 
@@ -135,11 +136,6 @@ class ApiKey(NamedTuple):
         return Origin(self.path, self.line, self.document)
 
     @classmethod
-    def from_secret(cls, secret: Secret, origin: Origin) -> ApiKey:
-        meta = secret.metadata
-        return cls.from_entries(meta.namespace, meta.name, meta.labels, secret.entries(), origin)
-
-    @classmethod
     def from_entries(
         cls,
         namespace: str,
@@ -242,56 +238,45 @@ def api_key(
     return _new_tuple(ApiKey, fields)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class PlacedAuthConfig:
-    config: AuthConfig
-    origin: Origin
-
-    @property
-    def owner(self) -> Owner:
-        return (self.config.metadata.namespace, self.config.metadata.name)
-
-
-Definition = ApiKey | PlacedAuthConfig
-
-
-def definitions(loaded: Iterable[Loaded]) -> tuple[Definition, ...]:
-    """Validated resources as definitions: a Secret's key is hashed here, once."""
-    found: list[Definition] = []
-    for item in loaded:
-        if isinstance(item.resource, AuthConfig):
-            found.append(PlacedAuthConfig(item.resource, item.origin))
-        else:
-            found.append(ApiKey.from_secret(item.resource, item.origin))
-    return tuple(found)
+# RFC 3339 section 5.6, date-time: full-date "T" full-time, with `T` and `Z` in either
+# case (section 5.6's note), seconds required, an optional fraction, and `Z` or a
+# numeric offset. Nothing ISO 8601 adds (week dates, basic format, missing seconds).
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))?",
+    re.ASCII,
+)
+_EXPIRY_FORM = (
+    f"entry '{EXPIRES_AT_ENTRY}' is not an RFC 3339 time "
+    "(e.g. 2027-01-31T00:00:00Z or 2027-01-31T02:00:00+02:00)"
+)
 
 
-@dataclass(frozen=True, slots=True)
-class Removal:
-    """A definition that is gone: `source` is the `origin.path` it was defined with."""
+def parse_expiry(value: str) -> float:
+    """`expires-at` (RFC 3339, with `Z` or an offset) as a POSIX timestamp.
 
-    kind: Literal["Secret", "AuthConfig"]
-    owner: Owner
-    source: str
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """Definitions added or replaced, and definitions removed, in the order to apply them.
-
-    A source's first change is its complete initial state.
+    Strict on purpose: Python's fromisoformat reads ISO 8601 forms that RFC 3339 does
+    not have (`2027-W05-1T00:00Z`, `20270131T000000Z`) and Kubernetes tools would not
+    write. A leap second (`:60`) is the second after `:59`.
     """
-
-    upserted: tuple[Definition, ...] = ()
-    removed: tuple[Removal, ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        return not self.upserted and not self.removed
-
-
-def removal_of(definition: Definition) -> Removal:
-    kind: Literal["Secret", "AuthConfig"] = (
-        "Secret" if isinstance(definition, ApiKey) else "AuthConfig"
-    )
-    return Removal(kind, definition.owner, definition.origin.path)
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise ValueError(_EXPIRY_FORM)
+    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+    fraction, zulu, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10, 11)
+    if zulu is None and sign is None:
+        raise ValueError(f"entry '{EXPIRES_AT_ENTRY}' needs a timezone (e.g. Z or +02:00)")
+    offset = 0
+    if sign is not None:
+        if int(offset_hours) > 23 or int(offset_minutes) > 59:
+            raise ValueError(_EXPIRY_FORM)
+        offset = (int(offset_hours) * 60 + int(offset_minutes)) * 60
+        offset = -offset if sign == "-" else offset
+    if second > 60:
+        raise ValueError(_EXPIRY_FORM)
+    try:
+        moment = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=UTC)
+    except ValueError:
+        raise ValueError(_EXPIRY_FORM) from None
+    extra = (1 if second == 60 else 0) + (float(fraction) if fraction else 0.0)
+    return moment.timestamp() + extra - offset

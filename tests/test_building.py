@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from extauth.manifests import Origin
-from extauth.policy import PolicyBuilder, PolicyHolder, compile_policy
-from extauth.snapshot import ApiKey, Change, Removal, digest
-from tests.builders import authconfig, merge, secret, snapshot
+from extauth import deciding
+from extauth.apikeys import ApiKey, digest
+from extauth.building import PolicyBuilder, PolicyHolder, compile_policy
+from extauth.changes import Change, Removal
+from extauth.origins import Origin
+from tests.builders import REFS as X_KEY_REFS
+from tests.builders import allowed, authconfig, merge, secret, snapshot
 
 REFS = """
 headerName: x-key
@@ -34,12 +37,12 @@ def test_refs_admit_exactly_the_referenced_secrets() -> None:
         )
     )
     assert policy.key_count == 3
-    grant_a = policy.grant("ns.cfg", "key-a")
+    grant_a = deciding.grant(policy, "ns.cfg", "key-a")
     assert grant_a is not None
     assert grant_a.set_headers == (("x-org", "red"),)
-    assert policy.grant("ns.cfg", "key-b") is None  # loaded, but not referenced
+    assert deciding.grant(policy, "ns.cfg", "key-b") is None  # loaded, but not referenced
     # c has no `org`: its grant removes a client-sent x-org.
-    grant_c = policy.grant("ns.cfg", "key-c")
+    grant_c = deciding.grant(policy, "ns.cfg", "key-c")
     assert grant_c is not None
     assert grant_c.remove_headers == ("x-org",)
     assert policy.configs["ns.cfg"].rules[0].strip_headers == ("x-key",)
@@ -65,7 +68,7 @@ def _selected(all_namespaces: str) -> set[str]:
         )
     )
     keys = ("key-a", "key-b", "key-c", "key-d", "key-e")
-    return {k for k in keys if policy.grant("ns.cfg", k)}
+    return {k for k in keys if deciding.grant(policy, "ns.cfg", k)}
 
 
 def test_label_selectors_stay_in_the_authconfigs_namespace_unless_told() -> None:
@@ -98,8 +101,8 @@ def test_required_metadata_missing_marks_the_grant_and_warns() -> None:
             ),
         )
     )
-    grant_a = policy.grant("ns.cfg", "key-a")
-    grant_b = policy.grant("ns.cfg", "key-b")
+    grant_a = deciding.grant(policy, "ns.cfg", "key-a")
+    grant_b = deciding.grant(policy, "ns.cfg", "key-b")
     assert grant_a is not None
     assert grant_b is not None
     assert grant_a.missing_required == ()
@@ -113,7 +116,7 @@ def test_usage_label_comes_from_metadata() -> None:
         secret("a", "key-a", org="red"), secret("b", "key-b"), authconfig("cfg", REFS_AB)
     )
     policy = compile_policy(change, usage_label="org")
-    assert [policy.grant("ns.cfg", k).usage for k in ("key-a", "key-b")] == ["red", "-"]  # type: ignore[union-attr]
+    assert [deciding.grant(policy, "ns.cfg", k).usage for k in ("key-a", "key-b")] == ["red", "-"]  # type: ignore[union-attr]
 
 
 def test_forward_credential_keeps_the_key_and_sources_are_split_by_kind() -> None:
@@ -155,7 +158,7 @@ def test_same_key_in_two_secrets_goes_to_the_first_path_whatever_the_arrival_ord
             builder.apply(change)
         policy = builder.build()
         # 0.yaml comes before t.yaml: b holds the key, a is refused, naming both places.
-        assert policy.grant("ns.cfg", "shared").identity == "b"  # type: ignore[union-attr]
+        assert deciding.grant(policy, "ns.cfg", "shared").identity == "b"  # type: ignore[union-attr]
         assert errors(policy.problems) == [
             "t.yaml:1: Secret ns/a holds the same API key as Secret ns/b (0.yaml:1), "
             "which comes first; refused"
@@ -163,7 +166,7 @@ def test_same_key_in_two_secrets_goes_to_the_first_path_whatever_the_arrival_ord
         # b is revoked: a, waiting, takes the key over and the conflict is gone.
         builder.apply(Change(removed=(Removal("Secret", ("ns", "b"), "0.yaml"),)))
         policy = builder.build()
-        assert policy.grant("ns.cfg", "shared").identity == "a"  # type: ignore[union-attr]
+        assert deciding.grant(policy, "ns.cfg", "shared").identity == "a"  # type: ignore[union-attr]
         assert errors(policy.problems) == []
 
 
@@ -184,7 +187,7 @@ def test_redefining_the_holder_keeps_its_claim() -> None:
     builder.apply(snapshot(secret("b", "shared"), path="u.yaml"))
     builder.apply(snapshot(secret("a", "shared", org="a2")))  # same file, new metadata
     policy = builder.build()
-    grant = policy.grant("ns.cfg", "shared")
+    grant = deciding.grant(policy, "ns.cfg", "shared")
     assert grant is not None
     assert grant.identity == "a"
     assert grant.set_headers == ()  # REFS_AB injects nothing; a is still the holder
@@ -200,8 +203,8 @@ def test_changing_a_key_releases_the_old_one() -> None:
     builder.apply(snapshot(secret("a", "old"), authconfig("cfg", REFS_AB)))
     builder.apply(snapshot(secret("a", "new")))
     policy = builder.build()
-    assert policy.grant("ns.cfg", "old") is None
-    assert policy.grant("ns.cfg", "new") is not None
+    assert deciding.grant(policy, "ns.cfg", "old") is None
+    assert deciding.grant(policy, "ns.cfg", "new") is not None
     assert policy.key_count == 1
 
 
@@ -213,8 +216,8 @@ def test_duplicate_names_keep_the_first_path_and_the_next_takes_over() -> None:
         for change in order:
             builder.apply(change)
         policy = builder.build()
-        assert policy.grant("ns.cfg", "one") is not None
-        assert policy.grant("ns.cfg", "two") is None
+        assert deciding.grant(policy, "ns.cfg", "one") is not None
+        assert deciding.grant(policy, "ns.cfg", "two") is None
         assert sorted(errors(policy.problems)) == [
             "2.yaml:1: Secret ns/a is already defined at 1.yaml:1, which comes first; "
             "this definition is refused",
@@ -223,18 +226,18 @@ def test_duplicate_names_keep_the_first_path_and_the_next_takes_over() -> None:
         ]
         builder.apply(Change(removed=(Removal("Secret", ("ns", "a"), "1.yaml"),)))
         policy = builder.build()
-        assert policy.grant("ns.cfg", "one") is None
-        assert policy.grant("ns.cfg", "two") is not None
+        assert deciding.grant(policy, "ns.cfg", "one") is None
+        assert deciding.grant(policy, "ns.cfg", "two") is not None
         assert len(errors(policy.problems)) == 1  # only the AuthConfig duplicate is left
 
 
 def test_a_config_from_a_path_that_comes_first_takes_over() -> None:
     builder = PolicyBuilder()
     builder.apply(snapshot(secret("a", "key-a"), authconfig("cfg", REFS_AB), path="2.yaml"))
-    assert builder.build().grant("ns.cfg", "key-a") is not None
+    assert deciding.grant(builder.build(), "ns.cfg", "key-a") is not None
     builder.apply(snapshot(authconfig("cfg", "apiKeySecretRefs: [{name: b}]"), path="1.yaml"))
     policy = builder.build()
-    assert policy.grant("ns.cfg", "key-a") is None
+    assert deciding.grant(policy, "ns.cfg", "key-a") is None
     assert errors(policy.problems) == [
         "2.yaml:8: AuthConfig ns/cfg is already defined at 1.yaml:1, which comes first; "
         "this definition is refused"
@@ -245,8 +248,8 @@ def test_the_same_name_twice_in_one_file_keeps_the_first_document() -> None:
     builder = PolicyBuilder()
     builder.apply(snapshot(secret("a", "first"), secret("a", "second"), authconfig("cfg", REFS_AB)))
     policy = builder.build()
-    assert policy.grant("ns.cfg", "first") is not None
-    assert policy.grant("ns.cfg", "second") is None
+    assert deciding.grant(policy, "ns.cfg", "first") is not None
+    assert deciding.grant(policy, "ns.cfg", "second") is None
     assert errors(policy.problems) == [
         "t.yaml:8: document 2: Secret ns/a is already defined at t.yaml:1 (document 1); "
         "this definition is refused"
@@ -254,7 +257,7 @@ def test_the_same_name_twice_in_one_file_keeps_the_first_document() -> None:
     # A new version of the file without the duplicate clears it.
     builder.apply(snapshot(secret("a", "second"), authconfig("cfg", REFS_AB)))
     policy = builder.build()
-    assert policy.grant("ns.cfg", "second") is not None
+    assert deciding.grant(policy, "ns.cfg", "second") is not None
     assert errors(policy.problems) == []
 
 
@@ -266,7 +269,7 @@ def test_editing_a_config_recompiles_it_alone() -> None:
     first = builder.build()
     builder.apply(snapshot(authconfig("cfg", "k8sSecretApikeyStorage: {labelSelector: {t: x}}")))
     second = builder.build()
-    assert second.grant("ns.cfg", "key-a") is None
+    assert deciding.grant(second, "ns.cfg", "key-a") is None
     assert second.configs["ns.other"] is first.configs["ns.other"]
     # A key-only change reuses the compiled configs as they are.
     builder.apply(snapshot(secret("b", "key-b")))
@@ -287,9 +290,9 @@ def test_holder_swaps_whole_policies_and_keeps_old_ones_intact() -> None:
     assert first.loaded
     second = holder.update([Change(removed=(Removal("Secret", ("ns", "a"), "t.yaml"),))])
     assert holder.current is second
-    assert second.grant("ns.cfg", "key-a") is None
+    assert deciding.grant(second, "ns.cfg", "key-a") is None
     # A Check that started on `first` still sees a consistent, unchanged policy.
-    assert first.grant("ns.cfg", "key-a") is not None
+    assert deciding.grant(first, "ns.cfg", "key-a") is not None
 
 
 def test_policy_mappings_are_read_only() -> None:
@@ -310,3 +313,58 @@ def test_files_rank_before_kubernetes_objects_whatever_the_directory_is_called()
         for order in ((from_file, from_cluster), (from_cluster, from_file)):
             policy = compile_policy(Change(order))
             assert policy.keys[digest("shared")].name == "file"
+
+
+def test_a_publish_copies_the_change_not_the_index() -> None:
+    """A revocation among many keys shares the published base and copies only the recent
+    layer; after changes amounting to 1/32 of the base, a publish compacts them into a
+    new base, and no superseded key stays referenced."""
+    builder = PolicyBuilder()
+    builder.apply(snapshot(*(secret(f"s{i}", f"key-{i}") for i in range(256))))
+    first = builder.build()
+    assert len(first.keys) == 256
+    assert not first.keys.recent
+    builder.apply(Change(removed=(Removal("Secret", ("ns", "s0"), "t.yaml"),)))
+    second = builder.build()
+    assert second.keys.base is first.keys.base  # shared, not copied
+    assert dict(second.keys.recent) == {digest("key-0"): None}
+    assert digest("key-0") not in second.keys
+    assert len(second.keys) == 255
+    assert first.keys[digest("key-0")].name == "s0"  # the old policy is unchanged
+    assert set(second.keys) == {digest(f"key-{i}") for i in range(1, 256)}
+    # 256 // 32 = 8 changed digests fit in the recent layer; past them a publish compacts.
+    for i in range(1, 7):
+        builder.apply(Change(removed=(Removal("Secret", ("ns", f"s{i}"), "t.yaml"),)))
+        policy = builder.build()
+        assert policy.keys.base is first.keys.base
+        assert len(policy.keys.recent) == i + 1
+    builder.apply(snapshot(secret("s9", "new-key-9")))  # two more digests: key-9, new-key-9
+    compacted = builder.build()
+    assert compacted.keys.base is not first.keys.base
+    assert not compacted.keys.recent
+    assert digest("key-9") not in compacted.keys.base  # superseded: gone from the base
+    assert compacted.keys[digest("new-key-9")].name == "s9"
+    assert len(compacted.keys) == 249
+
+
+def test_expiries_follow_the_policy() -> None:
+    builder = PolicyBuilder()
+    builder.apply(
+        snapshot(secret("a", "key-a", expires_at="2030-01-01T00:00:00Z"), secret("b", "key-b"))
+    )
+    assert len(builder.build().expiries) == 1
+    builder.apply(Change(removed=(Removal("Secret", ("ns", "a"), "t.yaml"),)))
+    assert builder.build().expiries == ()
+
+
+def test_a_next_key_that_clashes_is_refused_alone() -> None:
+    policy = compile_policy(
+        snapshot(
+            secret("a", "key-a"),
+            secret("b", "key-b", api_key_next="key-a"),
+            authconfig("cfg", X_KEY_REFS),
+        )
+    )
+    assert allowed(policy, {"x-key": "key-a"}).identity == "a"  # type: ignore[union-attr]
+    assert allowed(policy, {"x-key": "key-b"}).identity == "b"  # type: ignore[union-attr]
+    assert any("holds the same API key" in str(p) for p in policy.problems)
