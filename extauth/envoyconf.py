@@ -73,6 +73,9 @@ GATEWAY_HOSTS: dict[str, str] = {
     "blue.example.com": "gateways.blue",
     "*.wild.example.com": "gateways.wild",
 }
+# The port of the Gateway server in the Istio shape: Istio adds `*.x:<that port>` beside a
+# wildcard host `*.x`, which the recipe's AuthConfig must claim as well.
+ISTIO_GATEWAY_PORT = 443
 # kgateway names its filter after the GatewayExtension (deploy/gateways/kgateway.yaml).
 KGATEWAY_FILTER = "ext_auth/gateways/extauth"
 
@@ -403,9 +406,7 @@ def _virtual_hosts(routing: Routing, host_rewrite: str | None) -> list[dict[str,
         hosts.append(
             {
                 "name": host.replace("*", "wildcard"),
-                # The host with any port too, but for a wildcard host: Envoy allows one
-                # `*` in a domain (`*.a.com:*` would match nothing).
-                "domains": [host] if host.startswith("*") else [host, f"{host}:*"],
+                "domains": _domains(host, routing),
                 "routes": _routes(host_rewrite, per_route),
             }
         )
@@ -413,6 +414,15 @@ def _virtual_hosts(routing: Routing, host_rewrite: str | None) -> list[dict[str,
         # Hosts no AuthConfig claims still reach extauth, which denies them.
         hosts.append({"name": "other", "domains": ["*"], "routes": _routes(host_rewrite, None)})
     return hosts
+
+
+def _domains(host: str, routing: Routing) -> list[str]:
+    """The host with any port too, as Istio writes a gateway's domains, but for a wildcard
+    host: Envoy allows one `*` in a domain (`*.a.com:*` would match nothing), so Istio adds
+    the Gateway server's port instead."""
+    if not host.startswith("*"):
+        return [host, f"{host}:*"]
+    return [host, f"{host}:{ISTIO_GATEWAY_PORT}"] if routing == "istio" else [host]
 
 
 def _ext_authz_filters(routing: Routing) -> list[dict[str, Any]]:

@@ -6,21 +6,26 @@ exact (`api.example.com`, `api.example.com:8443`, `[::1]:8080`) or one leading w
 label (`*.example.com`, matching any name that ends in `.example.com`, never
 `example.com` itself).
 
-The request side is where an attacker writes, so a host is matched only when it is
-spelled as Envoy routes it: ASCII (Python's `lower()` folds U+212A KELVIN SIGN to `k`,
-which Envoy does not: matching on it would pick another AuthConfig than the route Envoy
-picked), at most one trailing dot, a valid port. Anything else selects nothing, and the
-request falls back to `--default-config` or is denied.
+The request side is where an attacker writes, and what Envoy routed by: a host is
+matched as Envoy matches a virtual host's domains, literally but for ASCII case, so that
+extauth judges a request by the AuthConfig of the virtual host Envoy picked, never by
+another's. A trailing dot, a percent-encoding, userinfo or an IPv6 address spelled
+another way is another host, as it is to Envoy. A pattern without a port also takes the
+host with any port (`host:*`, the domain Istio adds beside `host`); a wildcard takes a
+port only if it names it (`*.example.com:443`, the domain Istio adds for a wildcard on
+its gateway's port), as Envoy cannot put two `*` in one domain. Whatever a client
+sends, a lookup costs a few dictionary probes: the exact host, the suffixes after each
+dot no longer than the longest wildcard, then the host without its port (Envoy's order:
+exact domains, suffix wildcards, prefix wildcards such as Istio's `host:*`).
 
-A policy builds one `HostTable` per change of AuthConfigs; a lookup is a few dictionary
-probes (the exact host, then each parent domain, a host has at most 127), whatever the
-number of patterns.
+A policy builds one `HostTable` per change of AuthConfigs.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,6 +117,14 @@ def normalize(pattern: str) -> str:
             f"host {_shown(pattern)} is not a host name (labels of letters, digits, '-' "
             f"and '_', at most 63 characters each and {MAX_NAME} in all)"
         )
+    if wildcard and "." not in name:
+        # In a cluster where any namespace may create AuthConfigs, `*.com` would take every
+        # .com host no other AuthConfig claims: a new team's before its AuthConfig exists,
+        # or one's whose AuthConfig is being recreated.
+        raise HostPatternError(
+            f"host {_shown(pattern)} would claim a whole top-level domain; name at least "
+            "two labels after '*.', as in *.example.com"
+        )
     normalized = f"*.{name}" if wildcard else name
     return f"{normalized}:{_port(port, pattern)}" if colon else normalized
 
@@ -130,35 +143,27 @@ def normalize_all(patterns: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def _request_host(host: str) -> tuple[str, str | None] | None:
-    """(name, port) of a request's host as it must be spelled to be matched, else None."""
-    if not host or len(host) > MAX_REQUEST_HOST or not host.isascii():
-        return None
-    text = host.lower()
-    if text.startswith("["):
-        inner, bracket, after = text[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
+def _ascii_lower(host: str) -> str:
+    """Envoy lowers only ASCII letters (Python's `lower()` folds U+212A KELVIN SIGN to
+    `k`: matching on that would pick another AuthConfig than the route Envoy picked)."""
+    return host.lower() if host.isascii() else host.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _without_port(host: str) -> str | None:
+    """`host` without its `:port` (anything after the name), as Istio's `host:*` domain
+    takes it; None if it has none."""
+    if host.startswith("["):
+        end = host.find("]") + 1
+        if end == 0 or host[end : end + 1] != ":":
             return None
-        try:
-            address = ipaddress.IPv6Address(inner)
-        except ValueError:
-            return None
-        if address.scope_id:
-            return None
-        name, port = f"[{address.compressed}]", after[1:] if after else None
     else:
-        name, colon, rest = text.partition(":")
-        port = rest if colon else None
-        if name.endswith("."):
-            name = name[:-1]
-        if len(name) > MAX_NAME or not _NAME_RE.fullmatch(name):
+        end = host.find(":")
+        if end < 0:
             return None
-    if port is not None:
-        # Leading zeros are read as Envoy reads them (a number); anything else selects nothing.
-        if not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
-            return None
-        port = str(int(port))
-    return name, port
+    return host[:end] if len(host) > end + 1 and end > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +187,11 @@ class HostTable:
     # is cleared past MEMO_LIMIT entries, and a host longer than a name is never kept. A
     # memo, not state: it dies with this table, rebuilt with every change of AuthConfigs.
     _memo: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
+    _longest: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        longest = max(map(len, self.wildcard), default=0)
+        object.__setattr__(self, "_longest", longest)
 
     def __bool__(self) -> bool:
         return bool(self.exact or self.wildcard)
@@ -196,8 +206,8 @@ class HostTable:
         return {config_id: sorted(patterns) for config_id, patterns in found.items()}
 
     def lookup(self, host: str) -> str | None:
-        """The config id `host` selects: `host:port`, then `host`; then the longest
-        wildcard suffix, with the port, then without."""
+        """The config id `host` selects, as Envoy picks a virtual host: the exact host,
+        then the longest wildcard, then the host without its port."""
         memo = self._memo
         found = memo.get(host, _MISS)
         if found is not _MISS:
@@ -210,28 +220,29 @@ class HostTable:
         return found
 
     def _lookup(self, host: str) -> str | None:
-        parsed = _request_host(host)
-        if parsed is None:
-            return None
-        name, port = parsed
+        text = _ascii_lower(host)
         exact = self.exact
-        if port is not None and (found := exact.get(f"{name}:{port}")) is not None:
+        if (found := exact.get(text)) is not None:
             return found
-        if (found := exact.get(name)) is not None:
+        if self.wildcard and (found := self._suffix(text)) is not None:
             return found
+        # Last, as Envoy tries prefix wildcards (Istio's `host:*`) after suffix ones: with
+        # `*.example.com:443` claimed, `api.example.com:443` is the wildcard's.
+        if (name := _without_port(text)) is not None:
+            return exact.get(name)
+        return None
+
+    def _suffix(self, text: str) -> str | None:
+        # Envoy's `*.example.com` takes any host that ends in `.example.com` after at
+        # least one character, whatever those are: the suffixes after each dot but the
+        # first character, the longest first, no longer than the longest pattern (so a
+        # host of thousands of dots costs no more than a short one).
         wildcard = self.wildcard
-        if not wildcard or name.startswith("["):
-            return None
-        # `*` stands for one label or more: the suffixes after the first dot, the
-        # longest first. A valid name has no empty label, so each prefix is non-empty.
-        start = name.find(".")
+        start = text.find(".", max(1, len(text) - self._longest - 1))
         while start >= 0:
-            suffix = name[start + 1 :]
-            if port is not None and (found := wildcard.get(f"{suffix}:{port}")) is not None:
+            if (found := wildcard.get(text[start + 1 :])) is not None:
                 return found
-            if (found := wildcard.get(suffix)) is not None:
-                return found
-            start = name.find(".", start + 1)
+            start = text.find(".", start + 1)
         return None
 
 

@@ -4,6 +4,7 @@ for `docker compose up`: every name, port and path one service expects of anothe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -44,6 +45,7 @@ def test_docker_compose_accepts_the_file() -> None:
         "upstream",
         "envoy",
         "prometheus",
+        "grafana",
     }
 
 
@@ -175,3 +177,60 @@ def test_the_extauth_command_is_one_extauth_accepts(services: dict[str, Any]) ->
     args = build_parser().parse_args(services["extauth"]["command"])
     assert args.command == "serve"
     assert args.shutdown_delay == 2.0  # Envoy's 1 s health checks see NOT_SERVING first
+
+
+def test_grafana_reads_prometheus_and_the_dashboard(services: dict[str, Any]) -> None:
+    grafana = services["grafana"]
+    mounts = _mounts(grafana)
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert provisioning == ROOT / "deploy/grafana/provisioning"
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert datasource["type"] == "prometheus"
+    assert datasource["isDefault"] is True
+    # The Prometheus service, on the port it listens on inside its container.
+    container_port = services["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert datasource["url"] == f"http://prometheus:{container_port}"
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert datasource["jsonData"]["timeInterval"] == prometheus["global"]["scrape_interval"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "extauth.yml").read_text())[
+        "providers"
+    ]
+    dashboards = mounts[provider["options"]["path"]]
+    assert dashboards == ROOT / "deploy/grafana/dashboards"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (dashboards / home.rpartition("/")[2]).exists()
+    assert grafana["ports"] == ["127.0.0.1:3000:3000"]
+
+
+def test_every_dashboard_panel_queries_the_chosen_prometheus() -> None:
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/extauth.json").read_text())
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == (
+        "datasource",
+        "datasource",
+        "prometheus",
+    )
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    queried = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert queried
+    # Grafana's grid is 24 columns wide; panels that overlap are pushed around on load.
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        mine = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not mine & cells, f"{panel['title']} overlaps another panel"
+        cells |= mine
+    for panel in queried:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"]
+            assert target["expr"].strip()

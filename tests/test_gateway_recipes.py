@@ -176,3 +176,23 @@ def test_every_route_of_a_context_shape_names_an_authconfig(routing: str) -> Non
             (setting,) = route["typed_per_filter_config"].values()
             config_id = setting["check_settings"]["context_extensions"]["config_id"]
             assert config_id == envoyconf.GATEWAY_HOSTS[vhost["domains"][0]]
+
+
+def test_the_istio_recipe_claims_every_domain_of_its_virtual_hosts() -> None:
+    """extauth matches a host as Envoy matches domains: each domain of a virtual host, but
+    `host:*` (which extauth's `host` takes), must select that host's AuthConfig in the
+    recipe, or a request Envoy routes there (`x.wild.example.com:443`, by the port Istio
+    adds to a wildcard) is judged by none, or by --default-config."""
+    table, conflicts = hosts.build(
+        (0, f"gateways.{name}", hosts.normalize_all(config["spec"]["hosts"]))
+        for name, config in of_kind(RECIPES / "istio.yaml", "AuthConfig").items()
+    )
+    assert conflicts == []
+    config = harness_config("envoy/envoy-istio.yaml")
+    for vhost in _hcm(config)["route_config"]["virtual_hosts"]:
+        if vhost["domains"] == ["*"]:
+            continue
+        (config_id,) = {envoyconf.GATEWAY_HOSTS[vhost["domains"][0]]}
+        for domain in vhost["domains"]:
+            host = domain.replace("*", "x")  # a host each domain takes: `x.wild...`, `red...:x`
+            assert table.lookup(host) == config_id, domain

@@ -38,7 +38,7 @@ def hosted(name: str, patterns: list[str], header: str = "x-key", ref: str = "a"
         ("api.example.com.:8443", "api.example.com:8443"),
         ("*.Example.com", "*.example.com"),
         ("*.example.com:443", "*.example.com:443"),
-        ("*.com", "*.com"),
+        ("*.co.uk", "*.co.uk"),  # two labels: no list of public suffixes here
         ("localhost", "localhost"),
         ("10.0.0.1:8080", "10.0.0.1:8080"),
         ("[::1]", "[::1]"),
@@ -66,6 +66,12 @@ def test_patterns_are_canonical(pattern: str, canonical: str) -> None:
         ("**.example.com", "only as the whole first label"),
         ("*.*.example.com", "only as the whole first label"),
         ("*:8080", "only as the whole first label"),
+        # One AuthConfig taking every host under a top-level domain that no other claims
+        # (another team's, between its AuthConfig's deletion and recreation).
+        ("*.com", "a whole top-level domain"),
+        ("*.COM.", "a whole top-level domain"),
+        ("*.local:8443", "a whole top-level domain"),
+        ("*.internal", "a whole top-level domain"),
         ("bücher.example", "xn--bcher-kva.example"),
         ("\u212aey.example.com", "is not ASCII"),  # KELVIN SIGN, which lower() makes `k`
         ("api.example.com:0", "from 1 to 65535"),
@@ -147,26 +153,33 @@ TABLE, CONFLICTS = hosts.build(
     ("host", "config_id"),
     [
         ("api.example.com", "exact"),
-        ("api.example.com:80", "exact"),  # no host:port pattern: then host
+        ("api.example.com:80", "exact"),  # no host:port pattern: then host (Istio's host:*)
         ("api.example.com:8443", "port"),  # host:port first
         ("API.EXAMPLE.COM:8443", "port"),
-        ("api.example.com.", "exact"),
-        ("api.example.com.:8443", "port"),
-        ("api.example.com:08443", "port"),  # the number Envoy reads
+        ("api.example.com:08443", "exact"),  # literal, as Envoy's domains: host:* takes it
+        # Istio's `api.example.com:*` takes any port, even one no socket has.
+        ("api.example.com:0", "exact"),
+        ("api.example.com:65536", "exact"),
+        ("api.example.com:8443:8443", "exact"),
         ("www.example.com", "wild"),
         ("a.b.c.example.com", "wild"),  # `*` is one label or more
         ("x.eu.example.com", "deeper"),  # the longest wildcard wins
         ("x.eu.example.com:8443", "wildport"),
-        ("x.eu.example.com:9000", "deeper"),
         ("eu.example.com", "wild"),
-        ("example.com", None),  # `*.example.com` never matches the apex
-        ("example.com:8443", None),
-        ("com", None),
+        # Envoy's `*.example.com` takes any host that ends in `.example.com`, valid name
+        # or not: were extauth to refuse these, --default-config would judge a request
+        # Envoy routed to the wildcard's virtual host.
+        ("user@api.example.com", "wild"),
+        (".api.example.com", "wild"),
+        ("x..example.com", "wild"),
+        ("\u212api.example.com", "wild"),  # KELVIN SIGN: not `k` (exact), as for Envoy
+        ("\uff41pi.example.com", "wild"),  # a fullwidth letter
+        ("x." * 130 + "example.com", "wild"),
+        ("a" * 100_000 + ".example.com", "wild"),
         ("[::1]:8080", "ipv6"),
-        ("[0::1]:8080", "ipv6"),
         ("[::1]:9", "v6any"),
+        ("[::1]:0", "v6any"),
         ("[::1]", "v6any"),
-        ("[::2]", None),
         ("10.0.0.1:3000", "ipv4"),
     ],
 )
@@ -179,30 +192,30 @@ def test_lookup(host: str, config_id: str | None) -> None:
     [
         "",
         ":8443",
-        "api.example.com:0",
-        "api.example.com:65536",
-        "api.example.com:999999",
-        "api.example.com:-1",
-        "api.example.com: 8443",
-        "api.example.com:8443:8443",
+        # Envoy matches domains literally: a trailing dot is another host, routed to
+        # another virtual host (or none) unless the gateway strips it from the header.
+        "api.example.com.",
+        "api.example.com.:8443",
         "api.example.com..",
-        ".api.example.com",
-        "x..example.com",  # no empty label stands in for `*`
-        ".example.com",
-        "\u212api.example.com",  # lower() folds KELVIN SIGN to `k`; Envoy does not
+        # A wildcard takes no port but the one it names (Envoy has one `*` per domain).
+        "x.eu.example.com:9000",
+        "www.example.com:8443",
+        "example.com",  # `*.example.com` never matches the apex
+        "example.com:8443",
+        ".example.com",  # `*` stands for one character or more
+        "com",
+        "[::2]",
+        "[0::1]:8080",  # another spelling of [::1]: another host to Envoy
         "api.example.com\u3002",  # an ideographic full stop is not a dot
-        "\uff41pi.example.com",  # a fullwidth letter
         "api.example.com\x00",
         "api.example.com evil.com",
-        "user@api.example.com",
         "api.example.com/path",
+        "api.example.com@evil.com",
         "[::1",
         "[::1]8080",
         "[fe80::1%25eth0]:8080",
-        "[::1]:0",
         "::1",
-        "x." * 130 + "example.com",  # too long for a name: nothing is probed
-        "a" * 100_000 + ".example.com",
+        "a." * 30_000 + "example.org",
     ],
 )
 def test_hosts_that_select_nothing(host: str) -> None:
@@ -262,14 +275,15 @@ def test_precedence_config_id_then_hosts_then_default() -> None:
     # The route's config_id wins over the host.
     named = decide(policy, {"config_id": "ns.blue"}, key_a, "/", host="red.example.com")
     assert named == Deny(Reason.INVALID, "ns.blue", "the x-key header")
-    blue = decide(policy, {}, key_b, "/", host="api.blue.example.com:443")
+    blue = decide(policy, {}, key_b, "/", host="api.blue.example.com")
     assert isinstance(blue, Allow)
     assert blue.config_id == "ns.blue"
     assert decide(policy, {}, key_a, "/", host="api.blue.example.com") == Deny(
         Reason.INVALID, "ns.blue", "the x-key header"
     )
-    # Unclaimed (or unmatchable) hosts fall back to the default.
-    for host in ("elsewhere.example.com", "", "\u212aed.example.com"):
+    # Unclaimed hosts fall back to the default: a wildcard takes no port it does not
+    # name, as Envoy's `*.blue.example.com` does not (Istio routes that elsewhere).
+    for host in ("elsewhere.example.com", "", "\u212aed.example.com", "api.blue.example.com:443"):
         fallback = decide(policy, {}, key_b, "/", host=host)
         assert isinstance(fallback, Allow)
         assert fallback.config_id == "ns.fallback"
@@ -280,9 +294,12 @@ def test_an_unclaimed_host_without_a_default_is_denied() -> None:
     assert decide(policy, {}, {"x-key": "key-a"}, "/", host="blue.example.com") == Deny(
         Reason.NO_CONFIG, None
     )
-    spelled = decide(policy, {}, {"x-key": "key-a"}, "/", host="RED.example.com.")
+    spelled = decide(policy, {}, {"x-key": "key-a"}, "/", host="RED.example.com")
     assert isinstance(spelled, Allow)
     assert spelled.config_id == "ns.red"
+    # A trailing dot is another host to Envoy's domains: not red's virtual host.
+    dotted = decide(policy, {}, {"x-key": "key-a"}, "/", host="red.example.com.")
+    assert dotted == Deny(Reason.NO_CONFIG, None)
 
 
 def test_conflicting_files_the_first_path_keeps_the_host(tmp_path: Path) -> None:
@@ -344,7 +361,8 @@ def test_validate_reports_a_conflict(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_lookup_probes_stay_few_whatever_the_host() -> None:
-    """A name has at most 127 labels (253 characters): at most two probes per label."""
+    """The exact host, the host without its port, then the suffixes no longer than the
+    longest wildcard: a host of thousands of dots costs what a short one does."""
     probes = 0
 
     class Counting(dict[str, str]):
@@ -355,10 +373,13 @@ def test_lookup_probes_stay_few_whatever_the_host() -> None:
 
     table = hosts.HostTable(Counting(), Counting({"example.org": "x"}))
     assert table.lookup("a." * 120 + "example.com:8080") is None
-    assert probes <= 2 + 2 * 122
+    assert probes <= 2 + len("example.org")
     probes = 0
     assert table.lookup("a." * 30_000 + "example.com") is None
-    assert probes == 0
+    assert probes <= 2 + len("example.org")
+    probes = 0
+    assert table.lookup("a." * 30_000 + "example.org") == "x"
+    assert probes <= 2 + len("example.org")
 
 
 def test_inspect_shows_the_hosts_each_config_holds() -> None:
@@ -389,5 +410,17 @@ def test_the_memo_answers_the_same_and_stays_bounded() -> None:
         assert table.lookup(f"h{i}.a.com") == "w"
     assert len(table._memo) <= hosts.MEMO_LIMIT
     long_host = "a" * 300 + ".a.com"
-    assert table.lookup(long_host) is None
+    assert table.lookup(long_host) == "w"
     assert long_host not in table._memo
+
+
+def test_a_wildcard_naming_the_port_beats_an_exact_host_without_it() -> None:
+    """Envoy tries exact domains, then suffix wildcards, then prefix ones: with Istio's
+    domains `api.eu.example.com`, `api.eu.example.com:*` and `*.eu.example.com:8443`,
+    `api.eu.example.com:8443` goes to the wildcard's virtual host, so to its AuthConfig."""
+    table, _ = hosts.build(
+        [(1, "exact", ["api.eu.example.com"]), (2, "wildport", ["*.eu.example.com:8443"])]
+    )
+    assert table.lookup("api.eu.example.com:8443") == "wildport"
+    assert table.lookup("api.eu.example.com:9000") == "exact"
+    assert table.lookup("api.eu.example.com") == "exact"

@@ -10,6 +10,7 @@ headers, a wildcard host, and hosts no AuthConfig claims."""
 from __future__ import annotations
 
 import copy
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -67,9 +68,19 @@ spec:
 ---
 apiVersion: extauth.solo.io/v1
 kind: AuthConfig
+metadata: {{name: api, namespace: gateways}}
+spec:
+  hosts: [api.wild.example.com]
+  configs:
+    - apiKeyAuth:
+        headerName: x-api-key
+        k8sSecretApikeyStorage: {{apiKeySecretRefs: [{{name: red-team}}]}}
+---
+apiVersion: extauth.solo.io/v1
+kind: AuthConfig
 metadata: {{name: wild, namespace: gateways}}
 spec:
-  hosts: ["*.wild.example.com"]
+  hosts: ["*.wild.example.com", "*.wild.example.com:443"]
   configs:
     - apiKeyAuth:
         headerName: api-key
@@ -105,6 +116,27 @@ class Stack:
         return seen
 
 
+def _tag_virtual_hosts(listener: dict[str, Any]) -> None:
+    """Each virtual host tells the upstream its name (x-vhost), so a test sees where Envoy
+    routed a request, to compare with the AuthConfig extauth chose for it."""
+    (chain,) = listener["filter_chains"]
+    manager = chain["filters"][0]["typed_config"]
+    vhosts = manager["route_config"]["virtual_hosts"]
+    # An exact host under the wildcard, as Istio writes it (`host`, `host:*`): Envoy sends
+    # `api.wild.example.com:443` to `*.wild.example.com:443` (suffix wildcards come before
+    # prefix ones), and extauth must judge it by the wildcard's AuthConfig too.
+    vhosts.insert(0, copy.deepcopy(vhosts[0]))
+    vhosts[0]["name"] = "api.wild.example.com"
+    vhosts[0]["domains"] = ["api.wild.example.com", "api.wild.example.com:*"]
+    for vhost in vhosts:
+        vhost["request_headers_to_add"] = [
+            {
+                "header": {"key": "x-vhost", "value": vhost["name"]},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+
+
 def _merged(extauth: int, upstream: int, work: Any) -> tuple[dict[str, Any], dict[str, int]]:
     """One config holding every shape's listener, as committed, each on a port of its own."""
     config, _ = harness.envoy_config(
@@ -123,6 +155,7 @@ def _merged(extauth: int, upstream: int, work: Any) -> tuple[dict[str, Any], dic
         ), "the shapes share their clusters"
         if shape == "istio":
             (listener,) = config["static_resources"]["listeners"]  # its secrets relocated
+            _tag_virtual_hosts(listener)
         listener["name"] = shape
         ports[shape] = harness.free_port()
         listener["address"]["socket_address"]["port_value"] = ports[shape]
@@ -145,11 +178,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             config, ports = _merged(extauth.port, upstream.server_address[1], work)
             envoy = harness.Envoy(config, work)
             envoy.wait_ready()
+            _wait_healthy(envoy)
             yield Stack(ports, upstream, extauth)
         finally:
             if envoy:
                 envoy.stop()
             extauth.stop()
+
+
+def _wait_healthy(envoy: harness.Envoy) -> None:
+    """Envoy is ready once its listeners are; on a loaded machine its first gRPC health
+    check of extauth may still time out, and a request then gets 503 until the next."""
+
+    def healthy() -> bool | None:
+        stats = harness.request(envoy.admin_port, "/stats?filter=health_check.healthy").body
+        counts = [int(line.rsplit(b":", 1)[1]) for line in stats.splitlines() if b":" in line]
+        return True if counts and min(counts) >= 1 else None
+
+    harness.wait_until(healthy, 30, "Envoy to see extauth healthy")
 
 
 ALL = list(SHAPES)
@@ -190,10 +236,10 @@ def test_a_key_works_only_on_its_own_host(stack: Stack, shape: str) -> None:
 
 @pytest.mark.parametrize("shape", ALL)
 def test_a_wildcard_host(stack: Stack, shape: str) -> None:
-    # Envoy's domains hold one `*`: a gateway's `*.wild.example.com` takes no port; Istio's
-    # catch-all virtual host does, and extauth tries host:port, then host.
-    hosts = ["a.wild.example.com", "x.y.wild.example.com", "A.Wild.Example.COM"]
-    for host in hosts + (["x.y.wild.example.com:8080"] if shape == "istio" else []):
+    # Envoy's domains hold one `*`: a gateway's `*.wild.example.com` takes no port, and
+    # neither does extauth's (Istio's catch-all takes `x.wild.example.com:8080`, and
+    # extauth finds no AuthConfig for it: test_istio_host_spellings_...).
+    for host in ["a.wild.example.com", "x.y.wild.example.com", "A.Wild.Example.COM"]:
         allowed = stack.send(shape, host, {"api-key": WILD_KEY})
         assert allowed.status == 200, host
         (seen,) = stack.upstream_saw()
@@ -236,3 +282,116 @@ def test_keys_never_reach_the_log(stack: Stack) -> None:
     log = stack.extauth.log()
     for key in (RED_KEY, BLUE_KEY, WILD_KEY):
         assert key not in log
+
+
+KEY_HEADERS = {
+    "red": {"x-red-key": RED_KEY},
+    "blue": {"x-blue-key": BLUE_KEY},
+    "wild": {"api-key": WILD_KEY},
+    "api": {"x-api-key": RED_KEY},
+}
+# The AuthConfig each of the Istio shape's virtual hosts is meant to be guarded by; its
+# catch-all by none (there is no --default-config here).
+GUARD = {
+    "red.example.com": "red",
+    "blue.example.com": "blue",
+    "wildcard.wild.example.com": "wild",
+    "api.wild.example.com": "api",
+}
+
+
+def _raw(port: int, head: str) -> int:
+    """Status of a request written byte for byte (absolute-form targets, which http.client
+    does not send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head.encode("latin-1") + b"\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
+
+
+ODD_HOSTS = [
+    # Envoy matches a virtual host's domains literally (ASCII case aside): a trailing dot or
+    # a port its domains do not list routes elsewhere, here to the catch-all.
+    "red.example.com.",
+    "RED.Example.COM.",
+    "a.wild.example.com.",
+    "x.y.wild.example.com:8080",
+    "red.example.com:",
+    "red.example.com:abc",
+    "red.example.com:08443",
+    "red.example.com.:80",
+    "blue.example.com:443",
+    # Istio's `*.wild.example.com:443`, the Gateway server's port, even for a host that
+    # has an exact virtual host (`api.wild.example.com:*` is a prefix wildcard: it comes
+    # after the suffix ones).
+    "a.wild.example.com:443",
+    "api.wild.example.com:443",
+    "api.wild.example.com:8443",
+    "api.wild.example.com",
+    # Envoy's `*.wild.example.com` takes any prefix, valid name or not.
+    "x@a.wild.example.com",
+    "red.example.com@a.wild.example.com",
+    "a!.wild.example.com",
+    "-a.wild.example.com",
+    "a..wild.example.com",
+    "%61.wild.example.com",
+    "a_b.wild.example.com",
+    "a.b.c.d.e.f.g.h.wild.example.com",
+    "x" * 300 + ".wild.example.com",
+    "wild.example.com",
+    "red.example.com.wild.example.com",
+    "[::1]",
+    "[0:0::1]:80",
+    " red.example.com ",
+    "red.example.com\t",
+]
+
+
+def test_istio_host_spellings_never_borrow_another_virtual_hosts_authconfig(stack: Stack) -> None:
+    """However a client spells the host, the AuthConfig extauth applies is the one that
+    guards the virtual host Envoy routed the request to: a request that reaches an upstream
+    carries a key of that virtual host's AuthConfig, and a host routed to a guarded virtual
+    host is judged by its AuthConfig (never none, which --default-config would answer)."""
+    routed: dict[str, str] = {}
+    for host in ODD_HOSTS:
+        for name, headers in KEY_HEADERS.items():
+            response = stack.send("istio", host, headers)
+            for seen in stack.upstream_saw():
+                (vhost,) = seen["x-vhost"]
+                routed[host] = vhost
+                assert GUARD.get(vhost) == name, (host, name, vhost, response.status)
+    for host, vhost in routed.items():
+        assert vhost in GUARD, (host, vhost)
+    # Envoy sends these to the wildcard virtual host: extauth must judge them by its
+    # AuthConfig, not by none (which a --default-config would turn into another's).
+    for host in (
+        "x@a.wild.example.com",
+        "a!.wild.example.com",
+        "-a.wild.example.com",
+        "a.wild.example.com:443",  # the Gateway server's port, which Istio routes
+        "api.wild.example.com:443",
+    ):
+        assert routed.get(host) == "wildcard.wild.example.com", host
+    assert routed.get("api.wild.example.com:8443") == "api.wild.example.com"
+
+
+def test_istio_absolute_form_targets_route_and_judge_by_one_host(stack: Stack) -> None:
+    """`GET http://red.../` with `Host: blue...`: Envoy routes by the target's authority
+    and hands extauth the same, so blue's key never opens red's virtual host."""
+    port = stack.ports["istio"]
+    for target, host, key in [
+        ("http://red.example.com/v1/x", "blue.example.com", f"x-blue-key: {BLUE_KEY}"),
+        ("http://blue.example.com/v1/x", "red.example.com", f"x-red-key: {RED_KEY}"),
+        ("http://other.example.com/v1/x", "red.example.com", f"x-red-key: {RED_KEY}"),
+        ("http://a@red.example.com/v1/x", "blue.example.com", f"x-blue-key: {BLUE_KEY}"),
+    ]:
+        stack.upstream.received.clear()
+        head = f"GET {target} HTTP/1.1\r\nhost: {host}\r\n{key}\r\nconnection: close\r\n"
+        status = _raw(port, head)
+        assert status != 200, (target, host)
+        assert stack.upstream_saw() == []
