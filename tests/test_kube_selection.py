@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from extauth.apikeys import ApiKey
+from extauth.changes import Change
 from extauth.resources import AuthConfig
-from extauth.snapshot import ApiKey, Change
 from extauth.sources.kubernetes import Translator
 from extauth.sources.records import Record, Stub, uuid_number, version_of
 from extauth.sources.selection import EMPTY, Selection, Selects
