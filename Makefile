@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev]'
+	# xds-protos (dev: the wire tests) ships an older copy of OpenTelemetry's protos under
+	# the paths opentelemetry-proto (the otel extra) installs; whichever pip writes last
+	# wins, and the OTLP exporter needs its own: put it back.
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps \
+		"opentelemetry-proto==$$($(BIN)/python -c 'from importlib.metadata import version; print(version("opentelemetry-proto"))')"
 	touch $(STAMP)
 
 # The vanity-key story on localhost: mock upstream, extauth and a real Envoy on :8080.
