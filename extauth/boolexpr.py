@@ -9,6 +9,7 @@ evaluation, a walk over a few nested tuples, is `deciding.evaluate`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Deeper than this (`!` or parentheses inside one another, or a chain of operators) is
@@ -100,17 +101,18 @@ class _Parser:
         return token
 
     def expression(self) -> Node:
-        node = self._conjunction()
-        while self._peek() == "||":
-            self._take()
-            node = ("or", node, self._conjunction())
-        return node
+        return self._chain("||", "or", self._conjunction)
 
     def _conjunction(self) -> Node:
-        node = self._unary()
-        while self._peek() == "&&":
+        return self._chain("&&", "and", self._unary)
+
+    def _chain(self, symbol: str, operator: str, operand: Callable[[], Node]) -> Node:
+        """`a op b op c` as ((a op b) op c): both operators associate to the left and
+        differ only in their symbol and in what binds tighter (`operand`)."""
+        node = operand()
+        while self._peek() == symbol:
             self._take()
-            node = ("and", node, self._unary())
+            node = (operator, node, operand())
         return node
 
     def _unary(self) -> Node:

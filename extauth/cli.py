@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -148,53 +148,151 @@ def _from_environment(action: argparse.Action, raw: str) -> Any:
     return value
 
 
+def _pair(value: str) -> tuple[str, str]:
+    name, sep, text = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=VALUE")
+    return name, text
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One option as a row of a table: the commands' options are declared as data, so
+    that adding one is a line and the options two commands share are one table."""
+
+    flag: str | tuple[str, ...]
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    metavar: str | None = None
+    help: str | None = None
+    action: str | None = None
+
+    def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        settings = {
+            "type": self.type,
+            "default": self.default,
+            "metavar": self.metavar,
+            "help": self.help,
+            "action": self.action,
+        }
+        # Left out when unset, so that argparse's own defaults (False for a flag) hold.
+        flags = (self.flag,) if isinstance(self.flag, str) else self.flag
+        parser.add_argument(*flags, **{k: v for k, v in settings.items() if v is not None})
+
+
+def _add_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, options: Iterable[_Option]
+) -> None:
+    for option in options:
+        option.add_to(parser)
+
+
+# The same limits for `serve`, `validate` and `inspect`: what one passes, the others read.
+# fmt: off
+_LIMITS = (
+    _Option("--max-file-bytes", _bounded(int, 1, 2**40), DEFAULT_LIMITS.max_file_bytes, "N",
+            "largest file read (default: %(default)s, 64 MiB)"),
+    _Option("--max-documents", _bounded(int, 1, 2**31), DEFAULT_LIMITS.max_documents, "N",
+            "most YAML documents in one file (default: %(default)s)"),
+    _Option("--max-depth", _bounded(int, 1, MAX_DEPTH_CEILING), DEFAULT_LIMITS.max_depth, "N",
+            "deepest nesting of mappings and lists in a document (default: %(default)s)"),
+)
+# fmt: on
+
+
 def _add_limits(parser: argparse.ArgumentParser) -> None:
-    """The same limits for `serve` and `validate`: what one passes, the other reads."""
     group = parser.add_argument_group("limits per file (a file over one is refused, alone)")
-    group.add_argument(
-        "--max-file-bytes",
-        type=_bounded(int, 1, 2**40),
-        default=DEFAULT_LIMITS.max_file_bytes,
-        metavar="N",
-        help="largest file read (default: %(default)s, 64 MiB)",
-    )
-    group.add_argument(
-        "--max-documents",
-        type=_bounded(int, 1, 2**31),
-        default=DEFAULT_LIMITS.max_documents,
-        metavar="N",
-        help="most YAML documents in one file (default: %(default)s)",
-    )
-    group.add_argument(
-        "--max-depth",
-        type=_bounded(int, 1, MAX_DEPTH_CEILING),
-        default=DEFAULT_LIMITS.max_depth,
-        metavar="N",
-        help="deepest nesting of mappings and lists in a document (default: %(default)s)",
-    )
+    _add_options(group, _LIMITS)
 
 
-def _add_sources(parser: argparse.ArgumentParser, verb: str) -> None:
+def _sources(verb: str) -> tuple[_Option, ...]:
     """Where resources come from, for `serve` (which watches) and `inspect` (which reads)."""
-    parser.add_argument(
-        "--config-dir",
-        type=Path,
-        metavar="DIR",
-        help=f"{verb} this directory of Secret and AuthConfig YAML",
+    # fmt: off
+    return (
+        _Option("--config-dir", Path, None, "DIR",
+                f"{verb} this directory of Secret and AuthConfig YAML"),
+        _Option("--kubernetes", action="store_true",
+                help=f"{verb} Secrets and AuthConfigs in a cluster (in-cluster config or "
+                "KUBECONFIG)"),
+        _Option("--namespace", _namespace, None, "NS",
+                f"with --kubernetes: {verb} only this namespace (repeatable; default: all)",
+                action="append"),
+        _Option("--kubeconfig", None, None, "PATH", "with --kubernetes: kubeconfig file"),
     )
-    parser.add_argument(
-        "--kubernetes",
-        action="store_true",
-        help=f"{verb} Secrets and AuthConfigs in a cluster (in-cluster config or KUBECONFIG)",
-    )
-    parser.add_argument(
-        "--namespace",
-        action="append",
-        type=_namespace,
-        metavar="NS",
-        help=f"with --kubernetes: {verb} only this namespace (repeatable; default: all)",
-    )
-    parser.add_argument("--kubeconfig", metavar="PATH", help="with --kubernetes: kubeconfig file")
+    # fmt: on
+
+
+# `keys new`, after the Secret's name.
+# fmt: off
+_NEW_KEY = (
+    _Option(("--namespace", "-n"), _namespace, "default", help="the Secret's namespace"),
+    _Option("--meta", _pair, [], "ENTRY=VALUE",
+            "metadata entry, e.g. x-org=platform (repeatable)", action="append"),
+    _Option("--label", _pair, [], "KEY=VALUE",
+            "Secret label, for AuthConfig label selectors (repeatable)", action="append"),
+    _Option("--bytes", _bounded(int, 16, 1024), keys.DEFAULT_BYTES,
+            help="random bytes in the key (at least 16: 128 bits)"),
+    _Option("--hashed", action="store_true",
+            help="store only the key's SHA-256 (api-key-hash) in the Secret"),
+    _Option("--expires-at", metavar="RFC3339",
+            help="add an expires-at entry, e.g. 2027-01-31T00:00:00Z"),
+    _Option(("--output", "-o"), Path, None, "FILE",
+            "write the manifest to FILE (mode 0600, only once it is complete and valid) "
+            "instead of standard output"),
+    _Option("--force", action="store_true", help="with --output: replace FILE if it exists"),
+)
+# fmt: on
+
+
+# What `serve` alone takes, in the order its help lists them.
+# fmt: off
+_SERVE = (
+    _Option("--kube-watch-timeout", _bounded(int, 1, 3600), 300, "SECONDS",
+            "with --kubernetes: restart each watch this often (server-side timeout)"),
+    _Option("--kube-heartbeat", _bounded(float, 0.2, 60), 10.0, "SECONDS",
+            "with --kubernetes: ask the API server this often whether it answers "
+            "(a hung one is noticed within this plus 3 s)"),
+    _Option("--kube-request-timeout", _bounded(float, 0.2, 120), 5.0, "SECONDS",
+            "with --kubernetes: how long a list or watch request waits for the answer to start"),
+    _Option("--kube-max-secret-bytes", _bounded(int, 256, 4 * 1024 * 1024), 16 * 1024, "BYTES",
+            "with --kubernetes: refuse an API-key Secret whose entries and labels exceed this"),
+    _Option("--kube-status-rate", _bounded(float, 0.1, 10000), 50.0, "PER_SECOND",
+            "with --kubernetes: at most this many AuthConfig status writes a second"),
+    _Option("--no-status", action="store_true",
+            help="with --kubernetes: do not write AuthConfig status"),
+    _Option("--grpc-address", _address, "127.0.0.1:9001", "HOST:PORT",
+            "where Envoy's ext_authz filter reaches the Authorization service"),
+    _Option("--default-config", _config_id, None, "NS.NAME",
+            "AuthConfig for routes that set no config_id context extension"),
+    _Option("--http-address", _address, None, "HOST:PORT",
+            "serve /metrics (Prometheus), /healthz, /readyz and the status page (/) here"),
+    _Option("--no-status-page", action="store_true",
+            help="do not serve the status page at / of --http-address (404 instead)"),
+    _Option("--usage-label", None, None, "ENTRY",
+            "count allowed requests per value of this Secret metadata entry (e.g. x-org)"),
+    _Option("--decision-log", action="store_true",
+            help="log one JSON line per decision (logger extauth.decisions; never a key)"),
+    _Option("--decision-log-sample", _fraction, 1.0, "FRACTION",
+            "log only this fraction of decisions (0..1)"),
+    _Option("--workers", _bounded(int, 1, 64), 1, "N",
+            "processes sharing the gRPC port (SO_REUSEPORT); worker i serves "
+            "--http-address on its port + i"),
+    _Option("--grpc-tls-cert", Path, None, "PEM",
+            "serve the gRPC port over TLS with this certificate (chain); needs --grpc-tls-key"),
+    _Option("--grpc-tls-key", Path, None, "PEM", "its private key"),
+    _Option("--grpc-client-ca", Path, None, "PEM",
+            "with --grpc-tls-cert: require client certificates signed by this CA (Envoy's)"),
+    _Option("--shutdown-delay", _bounded(float, 0, 600), 0.0, "SECONDS",
+            "on SIGTERM, report NOT_SERVING but keep answering this long before closing "
+            "the port (longer than Envoy's 1 s health-check interval: 2 is a good value)"),
+    _Option("--shutdown-grace", _bounded(float, 0, 3600), 5.0, "SECONDS",
+            "how long SIGTERM waits for in-flight checks"),
+    _Option("--otel", action="store_true",
+            help="trace every Check with OpenTelemetry, exported over OTLP/gRPC as the "
+            "standard OTEL_* variables say (needs the otel extra; an "
+            "OTEL_EXPORTER_OTLP_ENDPOINT turns it on too)"),
+)
+# fmt: on
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -230,148 +328,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser(
+    def command(
+        under: argparse._SubParsersAction[argparse.ArgumentParser], name: str, **settings: Any
+    ) -> argparse.ArgumentParser:
+        """Every command takes the logging flags and shows defaults the same way."""
+        return under.add_parser(name, parents=[common], formatter_class=_Formatter, **settings)
+
+    run = command(
+        commands,
         "serve",
         help="serve Envoy's Authorization/Check over gRPC",
-        parents=[common],
-        formatter_class=_Formatter,
         epilog=f"Every option can also be set in the environment as {ENV_PREFIX}<OPTION> "
         f"({ENV_PREFIX}CONFIG_DIR, {ENV_PREFIX}GRPC_ADDRESS, ...; flags take true/false, "
         f"{ENV_PREFIX}NAMESPACE a comma-separated list); the command line wins.",
     )
-    _add_sources(run, "watch")
-    run.add_argument(
-        "--kube-watch-timeout",
-        type=_bounded(int, 1, 3600),
-        default=300,
-        metavar="SECONDS",
-        help="with --kubernetes: restart each watch this often (server-side timeout)",
-    )
-    run.add_argument(
-        "--kube-heartbeat",
-        type=_bounded(float, 0.2, 60),
-        default=10.0,
-        metavar="SECONDS",
-        help="with --kubernetes: ask the API server this often whether it answers "
-        "(a hung one is noticed within this plus 3 s)",
-    )
-    run.add_argument(
-        "--kube-request-timeout",
-        type=_bounded(float, 0.2, 120),
-        default=5.0,
-        metavar="SECONDS",
-        help="with --kubernetes: how long a list or watch request waits for the answer to start",
-    )
-    run.add_argument(
-        "--kube-max-secret-bytes",
-        type=_bounded(int, 256, 4 * 1024 * 1024),
-        default=16 * 1024,
-        metavar="BYTES",
-        help="with --kubernetes: refuse an API-key Secret whose entries and labels exceed this",
-    )
-    run.add_argument(
-        "--kube-status-rate",
-        type=_bounded(float, 0.1, 10000),
-        default=50.0,
-        metavar="PER_SECOND",
-        help="with --kubernetes: at most this many AuthConfig status writes a second",
-    )
-    run.add_argument(
-        "--no-status",
-        action="store_true",
-        help="with --kubernetes: do not write AuthConfig status",
-    )
-    run.add_argument(
-        "--grpc-address",
-        type=_address,
-        default="127.0.0.1:9001",
-        metavar="HOST:PORT",
-        help="where Envoy's ext_authz filter reaches the Authorization service",
-    )
-    run.add_argument(
-        "--default-config",
-        type=_config_id,
-        metavar="NS.NAME",
-        help="AuthConfig for routes that set no config_id context extension",
-    )
-    run.add_argument(
-        "--http-address",
-        type=_address,
-        metavar="HOST:PORT",
-        help="serve /metrics (Prometheus), /healthz, /readyz and the status page (/) here",
-    )
-    run.add_argument(
-        "--no-status-page",
-        action="store_true",
-        help="do not serve the status page at / of --http-address (404 instead)",
-    )
-    run.add_argument(
-        "--usage-label",
-        metavar="ENTRY",
-        help="count allowed requests per value of this Secret metadata entry (e.g. x-org)",
-    )
-    run.add_argument(
-        "--decision-log",
-        action="store_true",
-        help="log one JSON line per decision (logger extauth.decisions; never a key)",
-    )
-    run.add_argument(
-        "--decision-log-sample",
-        type=_fraction,
-        default=1.0,
-        metavar="FRACTION",
-        help="log only this fraction of decisions (0..1)",
-    )
-    run.add_argument(
-        "--workers",
-        type=_bounded(int, 1, 64),
-        default=1,
-        metavar="N",
-        help="processes sharing the gRPC port (SO_REUSEPORT); worker i serves "
-        "--http-address on its port + i",
-    )
-    run.add_argument(
-        "--grpc-tls-cert",
-        type=Path,
-        metavar="PEM",
-        help="serve the gRPC port over TLS with this certificate (chain); needs --grpc-tls-key",
-    )
-    run.add_argument("--grpc-tls-key", type=Path, metavar="PEM", help="its private key")
-    run.add_argument(
-        "--grpc-client-ca",
-        type=Path,
-        metavar="PEM",
-        help="with --grpc-tls-cert: require client certificates signed by this CA (Envoy's)",
-    )
-    run.add_argument(
-        "--shutdown-delay",
-        type=_bounded(float, 0, 600),
-        default=0.0,
-        metavar="SECONDS",
-        help="on SIGTERM, report NOT_SERVING but keep answering this long before closing "
-        "the port (longer than Envoy's 1 s health-check interval: 2 is a good value)",
-    )
-    run.add_argument(
-        "--shutdown-grace",
-        type=_bounded(float, 0, 3600),
-        default=5.0,
-        metavar="SECONDS",
-        help="how long SIGTERM waits for in-flight checks",
-    )
-    run.add_argument(
-        "--otel",
-        action="store_true",
-        help="trace every Check with OpenTelemetry, exported over OTLP/gRPC as the standard "
-        "OTEL_* variables say (needs the otel extra; an OTEL_EXPORTER_OTLP_ENDPOINT turns "
-        "it on too)",
-    )
+    _add_options(run, (*_sources("watch"), *_SERVE))
     _add_limits(run)
 
-    check = commands.add_parser(
+    check = command(
+        commands,
         "validate",
         help="check manifests; exit 1 on any problem",
-        parents=[common],
-        formatter_class=_Formatter,
     )
     check.add_argument(
         "paths",
@@ -388,70 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_limits(check)
 
-    keys_cmd = commands.add_parser("keys", help="API key helpers", parents=[common])
+    keys_cmd = command(commands, "keys", help="API key helpers")
     keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
-    new = keys_sub.add_parser(
+    new = command(
+        keys_sub,
         "new",
         help="generate a key and print its Secret manifest (the key itself goes to stderr)",
-        parents=[common],
-        formatter_class=_Formatter,
     )
     new.add_argument("name", help="Secret name: the identity of the key's holder")
-    new.add_argument(
-        "--namespace", "-n", default="default", type=_namespace, help="the Secret's namespace"
-    )
-    new.add_argument(
-        "--meta",
-        action="append",
-        type=_pair,
-        default=[],
-        metavar="ENTRY=VALUE",
-        help="metadata entry, e.g. x-org=platform (repeatable)",
-    )
-    new.add_argument(
-        "--label",
-        action="append",
-        type=_pair,
-        default=[],
-        metavar="KEY=VALUE",
-        help="Secret label, for AuthConfig label selectors (repeatable)",
-    )
-    new.add_argument(
-        "--bytes",
-        type=_bounded(int, 16, 1024),
-        default=keys.DEFAULT_BYTES,
-        help="random bytes in the key (at least 16: 128 bits)",
-    )
-    new.add_argument(
-        "--hashed",
-        action="store_true",
-        help="store only the key's SHA-256 (api-key-hash) in the Secret",
-    )
-    new.add_argument(
-        "--expires-at",
-        metavar="RFC3339",
-        help="add an expires-at entry, e.g. 2027-01-31T00:00:00Z",
-    )
-    new.add_argument(
-        "--output",
-        "-o",
-        type=Path,
-        metavar="FILE",
-        help="write the manifest to FILE (mode 0600, only once it is complete and valid) "
-        "instead of standard output",
-    )
-    new.add_argument(
-        "--force",
-        action="store_true",
-        help="with --output: replace FILE if it exists",
-    )
-    look = commands.add_parser(
+    _add_options(new, _NEW_KEY)
+    look = command(
+        commands,
         "inspect",
         help="what each AuthConfig admits: identities, headers, expiry (never a key)",
-        parents=[common],
-        formatter_class=_Formatter,
     )
-    _add_sources(look, "read")
+    _add_options(look, _sources("read"))
     look.add_argument("--output", choices=["text", "json"], default="text", help="report format")
     look.add_argument(
         "--limit",
@@ -462,20 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_limits(look)
 
-    completion = commands.add_parser(
+    completion = command(
+        commands,
         "completion",
         help='print a shell completion script (bash: eval "$(extauth completion bash)")',
-        parents=[common],
     )
     completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     return parser
-
-
-def _pair(value: str) -> tuple[str, str]:
-    name, sep, text = value.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=VALUE")
-    return name, text
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -522,18 +443,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.grpc_client_ca is not None and args.grpc_tls_cert is None:
         print("extauth serve: --grpc-client-ca needs --grpc-tls-cert", file=sys.stderr)
         return 2
-    reading = SourceSettings(
-        config_dir=args.config_dir,
-        kubernetes=args.kubernetes,
-        namespaces=tuple(args.namespace or ()),
-        kubeconfig=args.kubeconfig,
+    reading = _reading(
+        args,
         write_status=not args.no_status,
         kube_watch_timeout=args.kube_watch_timeout,
         kube_heartbeat=args.kube_heartbeat,
         kube_request_timeout=args.kube_request_timeout,
         kube_max_secret_bytes=args.kube_max_secret_bytes,
         kube_status_rate=args.kube_status_rate,
-        limits=_limits(args),
     )
     otel = tracing.wanted(args.otel, os.environ if environ is None else environ)
     if otel and not tracing.available():
@@ -603,6 +520,18 @@ class SourceSettings:
     kube_every_secret: bool = False
     # --max-file-bytes, --max-documents, --max-depth: what one config file may hold.
     limits: Limits = DEFAULT_LIMITS
+
+
+def _reading(args: argparse.Namespace, **settings: Any) -> SourceSettings:
+    """The sources as `serve` and `inspect` both take them (`_sources`, `_LIMITS`)."""
+    return SourceSettings(
+        config_dir=args.config_dir,
+        kubernetes=args.kubernetes,
+        namespaces=tuple(args.namespace or ()),
+        kubeconfig=args.kubeconfig,
+        limits=_limits(args),
+        **settings,
+    )
 
 
 def sources_for(settings: SourceSettings) -> list[Source]:
@@ -704,13 +633,9 @@ def inspect(args: argparse.Namespace) -> int:
     if args.config_dir is None and not args.kubernetes:
         print("extauth inspect: give --config-dir DIR, --kubernetes, or both", file=sys.stderr)
         return 2
-    settings = SourceSettings(
-        config_dir=args.config_dir,
-        kubernetes=args.kubernetes,
-        namespaces=tuple(args.namespace or ()),
-        kubeconfig=args.kubeconfig,
+    settings = _reading(
+        args,
         write_status=False,
-        limits=_limits(args),
         kube_every_secret=True,  # the Secrets no AuthConfig admits are reported
     )
     try:

@@ -26,12 +26,13 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import unquote_plus
 
 from extauth.apikeys import OWS, ApiKey, digest
 from extauth.boolexpr import BoolExpr, Node
 from extauth.decisions import Allow, Decision, Deny, Reason
+from extauth.hosts import HostTable
 from extauth.policy import CompiledConfig, Grant, KeyRule, KeySource, Policy
 
 CONFIG_ID = "config_id"
@@ -52,6 +53,11 @@ MAX_QUERY_PARAMETERS = 100
 MAX_CONFIG_ID = 317
 
 
+# How a host is looked up in the policy's table: `HostTable.lookup` itself, or the
+# server's per-policy memo of its answers (`responses.AllowCache.config_of_host`).
+ByHost = Callable[[HostTable, str], str | None]
+
+
 def decide(
     policy: Policy,
     context_extensions: Mapping[str, str],
@@ -59,8 +65,9 @@ def decide(
     path: str,
     now: float | None = None,
     host: str = "",
+    by_host: ByHost = HostTable.lookup,
 ) -> Decision:
-    config_id = config_id_of(policy, context_extensions, host)
+    config_id = config_id_of(policy, context_extensions, host, by_host)
     if not policy.loaded:
         return Deny(Reason.NOT_READY, config_id)
     if not config_id:
@@ -86,23 +93,33 @@ def decide(
     return _check_keys(policy, config, looked_up, headers, now)
 
 
-def config_id_of(policy: Policy, context_extensions: Mapping[str, str], host: str) -> str | None:
+def config_id_of(
+    policy: Policy,
+    context_extensions: Mapping[str, str],
+    host: str,
+    by_host: ByHost = HostTable.lookup,
+) -> str | None:
     """The route's config_id, else the AuthConfig claiming the request's host (spec.hosts,
-    for gateways that send no per-route context), else the default."""
+    for gateways that send no per-route context), else the default. `by_host` answers as
+    `HostTable.lookup` does: the server passes its per-policy memo of those answers."""
     return (
         context_extensions.get(CONFIG_ID)
-        or (policy.hosts.lookup(host) if host else None)
+        or (by_host(policy.hosts, host) if host else None)
         or policy.default_config
     )
 
 
 def cache_key(
-    policy: Policy, context_extensions: Mapping[str, str], headers: Mapping[str, str], host: str
+    policy: Policy,
+    context_extensions: Mapping[str, str],
+    headers: Mapping[str, str],
+    host: str,
+    by_host: ByHost = HostTable.lookup,
 ) -> tuple[str, bytes] | None:
     """Under which (config id, key digest) a request's answer may be cached: only for a
     config whose answer depends on the key alone (`CompiledConfig.key_header`), and only
     for the policy it was decided under. None: decide afresh."""
-    config_id = config_id_of(policy, context_extensions, host)
+    config_id = config_id_of(policy, context_extensions, host, by_host)
     if not config_id:
         return None
     config = policy.configs.get(config_id)

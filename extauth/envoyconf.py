@@ -183,12 +183,8 @@ KUBERNETES = Target(
 
 # The ext_authz link over mutual TLS (`extauth serve --grpc-tls-cert ... --grpc-client-ca`).
 CERTS_DIR = "envoy/certs"
-LOCAL_MTLS = Target(
-    listen=LOCAL.listen,
-    admin=LOCAL.admin,
-    extauth=LOCAL.extauth,
-    upstream=LOCAL.upstream,
-    secrets_dir=LOCAL.secrets_dir,
+LOCAL_MTLS = dataclasses.replace(
+    LOCAL,
     grpc_tls=GrpcTls(
         ca=f"{CERTS_DIR}/ca.crt",
         cert=f"{CERTS_DIR}/envoy.crt",
@@ -232,6 +228,11 @@ FILES: dict[str, tuple[Target, ProviderKey]] = {
 
 def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/{type_name}", **fields}
+
+
+def _extension(name: str, type_name: str, **fields: Any) -> dict[str, Any]:
+    """A named extension (filter, resource monitor) configured by one typed message."""
+    return {"name": name, "typed_config": _typed(type_name, **fields)}
 
 
 def _address(endpoint: Endpoint) -> dict[str, Any]:
@@ -552,39 +553,41 @@ def _ops_listener(endpoint: Endpoint, admin: Endpoint) -> dict[str, Any]:
         {"match": {"path": path}, "route": {"cluster": "admin"}}
         for path in ("/ready", "/stats/prometheus")
     ]
-    return {
-        "name": "ops",
-        "address": _address(endpoint),
+    return _http_listener(
+        "ops",
+        endpoint,
         # Readiness answers even when clients hold every connection the limit allows.
-        "ignore_global_conn_limit": True,
-        "filter_chains": [
+        {"ignore_global_conn_limit": True},
+        route_config={
+            "name": "ops",
+            "virtual_hosts": [{"name": "ops", "domains": ["*"], "routes": routes}],
+        },
+        http_filters=[
             {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": _typed(
-                            "envoy.extensions.filters.network."
-                            "http_connection_manager.v3.HttpConnectionManager",
-                            stat_prefix="ops",
-                            route_config={
-                                "name": "ops",
-                                "virtual_hosts": [
-                                    {"name": "ops", "domains": ["*"], "routes": routes}
-                                ],
-                            },
-                            http_filters=[
-                                {
-                                    "name": "envoy.filters.http.router",
-                                    "typed_config": _typed(
-                                        "envoy.extensions.filters.http.router.v3.Router"
-                                    ),
-                                }
-                            ],
-                        ),
-                    }
-                ]
+                "name": "envoy.filters.http.router",
+                "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
             }
         ],
+    )
+
+
+def _http_listener(
+    name: str, endpoint: Endpoint, listener: dict[str, Any], **manager: Any
+) -> dict[str, Any]:
+    """A listener whose one filter is an HTTP connection manager (stats under `name`):
+    the ingress and the ops listener differ only in the manager's fields and in a
+    listener field or two."""
+    connection_manager = _extension(
+        "envoy.filters.network.http_connection_manager",
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix=name,
+        **manager,
+    )
+    return {
+        "name": name,
+        "address": _address(endpoint),
+        **listener,
+        "filter_chains": [{"filters": [connection_manager]}],
     }
 
 
@@ -691,64 +694,50 @@ def _config(
     target: Target, virtual_hosts: list[dict[str, Any]], filters: list[dict[str, Any]]
 ) -> dict[str, Any]:
     listeners = [
-        {
-            "name": "ingress",
-            "address": _address(target.listen),
-            "per_connection_buffer_limit_bytes": 32768,
-            "filter_chains": [
-                {
-                    "filters": [
-                        {
-                            "name": "envoy.filters.network.http_connection_manager",
-                            "typed_config": _typed(
-                                "envoy.extensions.filters.network."
-                                "http_connection_manager.v3.HttpConnectionManager",
-                                stat_prefix="ingress",
-                                # The edge: every client is external, whatever its
-                                # address (an empty list would mean loopback and RFC 1918,
-                                # so it names only 0.0.0.0/32, which no peer has). Envoy
-                                # then sets x-forwarded-for from the peer, makes its own
-                                # x-request-id and drops client-sent x-envoy-* headers:
-                                # x-envoy-original-path would forge the logged path,
-                                # x-envoy-retry-on and x-envoy-upstream-rq-timeout-ms
-                                # would steer Envoy's calls to the provider.
-                                use_remote_address=True,
-                                internal_address_config={
-                                    "cidr_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 32}]  # noqa: S104
-                                },
-                                # `x_org: admins` is refused (400), not forwarded beside
-                                # the injected `x-org`: CGI, WSGI and others read both
-                                # spellings as one variable.
-                                common_http_protocol_options={
-                                    "headers_with_underscores_action": "REJECT_REQUEST",
-                                    "max_headers_count": MAX_REQUEST_HEADERS,
-                                },
-                                # A client trickling header bytes held its connection
-                                # and buffered headers for as long as it liked.
-                                request_headers_timeout=REQUEST_HEADERS_TIMEOUT,
-                                http2_protocol_options={
-                                    "max_concurrent_streams": 100,
-                                    "initial_stream_window_size": 65536,
-                                    "initial_connection_window_size": 1048576,
-                                },
-                                # Routes match (and the upstream receives) the path with
-                                # dot segments resolved and slashes merged: `/a/../b`
-                                # cannot match one route and reach another.
-                                normalize_path=True,
-                                merge_slashes=True,
-                                access_log=_access_log(target.tracing is not None),
-                                **_tracing(target),
-                                route_config={
-                                    "name": "routes",
-                                    "virtual_hosts": virtual_hosts,
-                                },
-                                http_filters=filters,
-                            ),
-                        }
-                    ]
-                }
-            ],
-        }
+        _http_listener(
+            "ingress",
+            target.listen,
+            {"per_connection_buffer_limit_bytes": 32768},
+            # The edge: every client is external, whatever its
+            # address (an empty list would mean loopback and RFC 1918,
+            # so it names only 0.0.0.0/32, which no peer has). Envoy
+            # then sets x-forwarded-for from the peer, makes its own
+            # x-request-id and drops client-sent x-envoy-* headers:
+            # x-envoy-original-path would forge the logged path,
+            # x-envoy-retry-on and x-envoy-upstream-rq-timeout-ms
+            # would steer Envoy's calls to the provider.
+            use_remote_address=True,
+            internal_address_config={
+                "cidr_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 32}]  # noqa: S104
+            },
+            # `x_org: admins` is refused (400), not forwarded beside
+            # the injected `x-org`: CGI, WSGI and others read both
+            # spellings as one variable.
+            common_http_protocol_options={
+                "headers_with_underscores_action": "REJECT_REQUEST",
+                "max_headers_count": MAX_REQUEST_HEADERS,
+            },
+            # A client trickling header bytes held its connection
+            # and buffered headers for as long as it liked.
+            request_headers_timeout=REQUEST_HEADERS_TIMEOUT,
+            http2_protocol_options={
+                "max_concurrent_streams": 100,
+                "initial_stream_window_size": 65536,
+                "initial_connection_window_size": 1048576,
+            },
+            # Routes match (and the upstream receives) the path with
+            # dot segments resolved and slashes merged: `/a/../b`
+            # cannot match one route and reach another.
+            normalize_path=True,
+            merge_slashes=True,
+            access_log=_access_log(target.tracing is not None),
+            **_tracing(target),
+            route_config={
+                "name": "routes",
+                "virtual_hosts": virtual_hosts,
+            },
+            http_filters=filters,
+        )
     ]
     clusters = [_extauth_cluster(target), _upstream_cluster(target)]
     if target.ops is not None:
@@ -764,14 +753,12 @@ def _config(
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "overload_manager": {
             "resource_monitors": [
-                {
-                    "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": _typed(
-                        "envoy.extensions.resource_monitors.downstream_connections.v3."
-                        "DownstreamConnectionsConfig",
-                        max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS,
-                    ),
-                }
+                _extension(
+                    "envoy.resource_monitors.global_downstream_max_connections",
+                    "envoy.extensions.resource_monitors.downstream_connections.v3."
+                    "DownstreamConnectionsConfig",
+                    max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS,
+                )
             ]
         },
     }

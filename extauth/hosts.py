@@ -33,8 +33,6 @@ from typing import Any
 # DNS's limit on a name (RFC 1035), plus a trailing dot and ":65535".
 MAX_NAME = 253
 MAX_REQUEST_HOST = MAX_NAME + 1 + 6
-MEMO_LIMIT = 4096
-_MISS = object()
 # A label: letters, digits, '-' and '_' (seen in internal names), 1 to 63 characters,
 # not starting or ending with '-'. Lowercase only: both sides are lowered (ASCII) first.
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
@@ -182,11 +180,6 @@ class HostTable:
 
     exact: Mapping[str, str] = field(default_factory=dict)
     wildcard: Mapping[str, str] = field(default_factory=dict)
-    # Answers by the host as sent: a gateway's hosts are few, and a memo hit is one probe
-    # instead of parsing the host (microseconds). Bounded: hosts come from clients, so it
-    # is cleared past MEMO_LIMIT entries, and a host longer than a name is never kept. A
-    # memo, not state: it dies with this table, rebuilt with every change of AuthConfigs.
-    _memo: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
     _longest: int = field(default=0, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -207,19 +200,8 @@ class HostTable:
 
     def lookup(self, host: str) -> str | None:
         """The config id `host` selects, as Envoy picks a virtual host: the exact host,
-        then the longest wildcard, then the host without its port."""
-        memo = self._memo
-        found = memo.get(host, _MISS)
-        if found is not _MISS:
-            return found  # type: ignore[return-value]
-        found = self._lookup(host)
-        if len(host) <= MAX_REQUEST_HOST:
-            if len(memo) >= MEMO_LIMIT:
-                memo.clear()
-            memo[host] = found
-        return found
-
-    def _lookup(self, host: str) -> str | None:
+        then the longest wildcard, then the host without its port. Pure: the server
+        remembers answers per policy (`responses.AllowCache.config_of_host`)."""
         text = _ascii_lower(host)
         exact = self.exact
         if (found := exact.get(text)) is not None:

@@ -265,37 +265,34 @@ def _prescan(text: str, path: str, limits: Limits) -> Problem | None:
         while True:
             event = get_event()  # type: ignore[no-untyped-call]
             kind = type(event)
+            refusal = None
             if kind in node_events:
                 nodes += 1
                 if nodes > MAX_DOCUMENT_NODES:
-                    return Problem(
-                        path,
-                        _line(event.start_mark),
+                    refusal = (
                         f"document {documents}: more than {MAX_DOCUMENT_NODES} YAML nodes "
-                        "(values, lists and mappings); split it",
+                        "(values, lists and mappings); split it"
                     )
             step = steps.get(kind)
             if step is not None:
                 depth += step
-                if depth > limits.max_depth:
-                    return Problem(
-                        path,
-                        _line(event.start_mark),
+                if depth > limits.max_depth and refusal is None:  # the node count speaks first
+                    refusal = (
                         f"document {documents}: nested more than {limits.max_depth} levels "
-                        f"deep (the limit is --max-depth {limits.max_depth})",
+                        f"deep (the limit is --max-depth {limits.max_depth})"
                     )
             elif kind is yaml.DocumentStartEvent:
                 documents += 1
                 nodes = 0
                 if documents > limits.max_documents:
-                    return Problem(
-                        path,
-                        _line(event.start_mark),
+                    refusal = (
                         f"more than {limits.max_documents} YAML documents "
-                        f"(the limit is --max-documents {limits.max_documents})",
+                        f"(the limit is --max-documents {limits.max_documents})"
                     )
             elif kind is yaml.StreamEndEvent:
                 return None
+            if refusal is not None:
+                return Problem(path, _line(event.start_mark), refusal)
     finally:
         parser.dispose()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -66,22 +66,23 @@ def _quoted(value: str) -> str:
     return repr(value) if len(value) <= 100 else "(a value of over 100 characters)"
 
 
-def check_name(value: str) -> str:
-    if not _NAME_RE.match(value):
-        raise ValueError(
-            f"{_quoted(value)} is not a valid resource name "
-            "(lowercase letters, digits, '-' and '.', at most 253 characters)"
-        )
-    return value
+def _matching(pattern: re.Pattern[str], what: str, rule: str) -> Callable[[str], str]:
+    """Names and namespaces are checked alike and differ only in the rule they follow."""
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"{_quoted(value)} is not a valid {what} ({rule})")
+        return value
+
+    return check
 
 
-def check_namespace(value: str) -> str:
-    if not _NAMESPACE_RE.match(value):
-        raise ValueError(
-            f"{_quoted(value)} is not a valid namespace "
-            "(lowercase letters, digits and '-', at most 63 characters)"
-        )
-    return value
+check_name = _matching(
+    _NAME_RE, "resource name", "lowercase letters, digits, '-' and '.', at most 253 characters"
+)
+check_namespace = _matching(
+    _NAMESPACE_RE, "namespace", "lowercase letters, digits and '-', at most 63 characters"
+)
 
 
 def check_header_name(value: str) -> str:

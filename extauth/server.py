@@ -5,7 +5,7 @@ One Check, from socket to bytes, runs through three modules of this package, no 
 
 1. `server` (here): `AuthorizationService.check` reads the current policy reference
    once, pulls route settings, headers and path out of the parsed request, and looks
-   for a finished answer in the policy's `AllowCache`;
+   for a finished answer (and a host's config id) in the policy's `AllowCache`;
 2. `deciding`: the credential, the key's digest in the policy's index, each rule's
    verdict, the `booleanExpr`: `Allow` or `Deny` (pure: it writes nowhere);
 3. `responses`: the decision as serialized `CheckResponse` bytes.
@@ -109,8 +109,7 @@ def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 def source_health(sources: list[Source]) -> list[SourceHealth]:
     """The sources' health objects (the status page and `extauth_source_*`)."""
-    found = [getattr(source, "health", None) for source in sources]
-    return [health for health in found if isinstance(health, SourceHealth)]
+    return [source.health for source in sources]
 
 
 def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:
@@ -166,13 +165,16 @@ class AuthorizationService:
             http = attributes.request.http
             headers = request_headers(http)
             route = attributes.context_extensions
-            key = deciding.cache_key(policy, route, headers, http.host)
+            by_host = cache.config_of_host
+            key = deciding.cache_key(policy, route, headers, http.host, by_host)
             hit = cache.get(key) if key is not None else None
             decision: Decision
             if hit is not None and deciding.fits(hit[0], headers):
                 decision, encoded = hit
             else:
-                decision = deciding.decide(policy, route, headers, http.path, host=http.host)
+                decision = deciding.decide(
+                    policy, route, headers, http.path, host=http.host, by_host=by_host
+                )
                 encoded = responses.encode(decision)
                 if key is not None and isinstance(decision, Allow):
                     cache.put(key, decision, encoded)

@@ -132,45 +132,36 @@ class CheckTracing:
     ) -> None:
         """The span of one Check that took `seconds` and ended now."""
         try:
-            self._record(metadata, headers, decision, seconds)
+            end = time.time_ns()
+            parent = self._parent(
+                (lambda: _from_metadata(metadata or ()), lambda: _from_headers(headers))
+            )
+            attributes: dict[str, str] = {}
+            if isinstance(decision, Allow):
+                attributes["extauth.config"] = decision.config_id
+                attributes["extauth.result"] = "allow"
+                attributes["extauth.identity"] = decision.identity
+                if decision.usage:
+                    attributes["extauth.team"] = decision.usage
+            else:
+                attributes["extauth.config"] = shown(decision.config_id or "")
+                attributes["extauth.result"] = "deny"
+                attributes["extauth.reason"] = decision.reason.value
+            span = self._tracer.start_span(
+                SPAN_NAME,
+                context=parent,
+                kind=self._trace.SpanKind.SERVER,
+                attributes=attributes,
+                start_time=end - int(seconds * 1e9),
+            )
+            if not isinstance(decision, Allow) and decision.reason is Reason.INTERNAL:
+                span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, "internal_error"))
+            span.end(end_time=end)
         except Exception as exc:
             # Tracing must never cost a decision; the reason is logged once (no values).
             if not self._failed:
                 self._failed = True
                 log.error("tracing: cannot record a Check span (%s)", type(exc).__name__)
-
-    def _record(
-        self,
-        metadata: Iterable[tuple[str, str | bytes]] | None,
-        headers: Mapping[str, str],
-        decision: Decision,
-        seconds: float,
-    ) -> None:
-        end = time.time_ns()
-        parent = self._parent(
-            (lambda: _from_metadata(metadata or ()), lambda: _from_headers(headers))
-        )
-        attributes: dict[str, str] = {}
-        if isinstance(decision, Allow):
-            attributes["extauth.config"] = decision.config_id
-            attributes["extauth.result"] = "allow"
-            attributes["extauth.identity"] = decision.identity
-            if decision.usage:
-                attributes["extauth.team"] = decision.usage
-        else:
-            attributes["extauth.config"] = shown(decision.config_id or "")
-            attributes["extauth.result"] = "deny"
-            attributes["extauth.reason"] = decision.reason.value
-        span = self._tracer.start_span(
-            SPAN_NAME,
-            context=parent,
-            kind=self._trace.SpanKind.SERVER,
-            attributes=attributes,
-            start_time=end - int(seconds * 1e9),
-        )
-        if not isinstance(decision, Allow) and decision.reason is Reason.INTERNAL:
-            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, "internal_error"))
-        span.end(end_time=end)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Send what is queued (at most `timeout` seconds), then stop."""

@@ -399,19 +399,12 @@ def test_inspect_shows_the_hosts_each_config_holds() -> None:
     assert "host 'b.example.com' is already claimed by AuthConfig ns/red" in text
 
 
-def test_the_memo_answers_the_same_and_stays_bounded() -> None:
+def test_a_lookup_answers_the_same_each_time() -> None:
     table, _ = hosts.build([(1, "w", ["*.a.com"]), (2, "e", ["x.a.com:8080"])])
-    for _ in range(2):  # computed, then from the memo
+    for _ in range(2):  # pure: nothing of a first answer is kept to change a second
         assert table.lookup("y.a.com") == "w"
         assert table.lookup("x.a.com:8080") == "e"
         assert table.lookup("x.b.com") is None
-    # Hosts come from clients: a flood of distinct ones never grows it past its limit.
-    for i in range(hosts.MEMO_LIMIT * 2 + 7):
-        assert table.lookup(f"h{i}.a.com") == "w"
-    assert len(table._memo) <= hosts.MEMO_LIMIT
-    long_host = "a" * 300 + ".a.com"
-    assert table.lookup(long_host) == "w"
-    assert long_host not in table._memo
 
 
 def test_a_wildcard_naming_the_port_beats_an_exact_host_without_it() -> None:

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from extauth import deciding, responses
+from extauth import deciding, hosts, responses
 from extauth.building import PolicyBuilder, PolicyHolder
 from extauth.changes import Change, Removal
 from extauth.decisions import Allow, Deny, Reason
-from extauth.responses import CACHE_LIMIT, AllowCache
+from extauth.responses import CACHE_LIMIT, HOST_LIMIT, AllowCache
 from extauth.server import AuthorizationService
 from extauth.wire import ext_authz_pb2 as pb
 from tests.builders import REFS, authconfig, secret, snapshot
@@ -90,6 +90,22 @@ def test_the_cache_is_bounded() -> None:
     for i in range(CACHE_LIMIT + 10):
         cache.put(("ns.cfg", i.to_bytes(4, "big")), allow, b"x")
     assert len(cache) <= CACHE_LIMIT
+
+
+def test_the_hosts_config_ids_answer_as_the_table_and_stay_bounded() -> None:
+    table, _ = hosts.build([(1, "w", ["*.a.com"]), (2, "e", ["x.a.com:8080"])])
+    cache = AllowCache(object())
+    for _ in range(2):  # looked up, then remembered
+        assert cache.config_of_host(table, "y.a.com") == "w"
+        assert cache.config_of_host(table, "x.a.com:8080") == "e"
+        assert cache.config_of_host(table, "x.b.com") is None
+    # Hosts come from clients: a flood of distinct ones never grows it past its limit.
+    for i in range(HOST_LIMIT * 2 + 7):
+        assert cache.config_of_host(table, f"h{i}.a.com") == "w"
+    assert len(cache._hosts) <= HOST_LIMIT
+    long_host = "a" * 300 + ".a.com"
+    assert cache.config_of_host(table, long_host) == "w"
+    assert long_host not in cache._hosts
 
 
 WITH_ORG = REFS + "\nheadersFromMetadataEntry: {x-org: {name: org}}"
