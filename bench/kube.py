@@ -299,6 +299,95 @@ def run(
     return results
 
 
+def run_unselected(count: int, size: int, threads: int, work: Path) -> dict[str, Any]:
+    """What a Secret no AuthConfig selects costs (issue 18): `count` Secrets of about
+    `size` bytes each in one namespace, none selected, against the same extauth watching
+    an empty namespace; both with an AuthConfig in their namespace."""
+    kubelite = KubeLite(work / "kube-lite")
+    kubelite.start()
+    api = Api(kubelite.kubeconfig)
+    results: dict[str, Any] = {"unselected": count, "bytes_each": size}
+    try:
+        for namespace in (NAMESPACE, "empty"):
+            api.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+        status, _ = api.call(
+            "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crds.build()
+        )
+        assert status == 201, status
+        for namespace in (NAMESPACE, "empty"):
+            path = f"/apis/{crds.GROUP}/{crds.VERSION}/namespaces/{namespace}/{crds.PLURAL}"
+            body = {
+                "apiVersion": f"{crds.GROUP}/{crds.VERSION}",
+                "kind": "AuthConfig",
+                "metadata": {"name": "everyone"},
+                "spec": {
+                    "configs": [
+                        {
+                            "apiKeyAuth": {
+                                "headerName": "x-api-key",
+                                "k8sSecretApikeyStorage": {"labelSelector": {"team": "bench"}},
+                            }
+                        }
+                    ]
+                },
+            }
+            until(lambda p=path, b=body: api.call("POST", p, b)[0] == 201, 30, "the CRD", 0.2)  # type: ignore[misc]
+        filler = b"u" * (size * 3 // 4)
+
+        def create(i: int) -> None:
+            body = secret(i)
+            body["metadata"]["labels"] = {"team": "other", "org": f"o{i % 50}"}
+            # Distinct per Secret: equal metadata would be shared when kept whole.
+            body["data"]["pad"] = base64.b64encode(b"%08d" % i + filler[8:]).decode()
+            status, _ = api.call("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", body)
+            if status != 201:
+                raise RuntimeError(f"creating Secret {i}: HTTP {status}")
+
+        print(f"creating {count:,} unselected Secrets of {size:,} bytes ...", flush=True)
+        with ThreadPoolExecutor(min(threads, 8 if size > 100_000 else threads)) as pool:
+            list(pool.map(create, range(count)))
+        # With a --config-dir (an empty one here), every Secret is kept whole: the
+        # cost of an unselected Secret before stubs, for comparison.
+        empty_dir = work / "no-files"
+        empty_dir.mkdir()
+        runs = {
+            "empty": ("--namespace", "empty"),
+            "stubs": ("--namespace", NAMESPACE),
+            "whole": ("--namespace", NAMESPACE, "--config-dir", str(empty_dir)),
+        }
+        for run_name, extra in runs.items():
+            http_port = harness.free_port()
+            extauth = harness.Extauth(
+                None,
+                work / f"extauth-{run_name}.log",
+                "--kubernetes",
+                "--kubeconfig",
+                str(kubelite.kubeconfig),
+                "--http-address",
+                f"127.0.0.1:{http_port}",
+                *extra,
+            )
+            try:
+                started = time.monotonic()
+                until(lambda e=extauth, h=http_port: _ready(h, e), 600, "ready", step=0.05)  # type: ignore[misc]
+                results[f"ready_seconds_{run_name}"] = round(time.monotonic() - started, 2)
+                time.sleep(1)
+                results[f"rss_mb_{run_name}"] = round(rss_kb(extauth.proc.pid) / 1024, 1)
+                results[f"rss_peak_mb_{run_name}"] = round(
+                    rss_kb(extauth.proc.pid, "VmHWM") / 1024, 1
+                )
+            finally:
+                extauth.stop()
+        whole = results["rss_mb_whole"] - results["rss_mb_empty"]
+        results["bytes_per_unselected_secret_whole"] = round(whole * 1024 * 1024 / count)
+        extra_mb = results["rss_mb_stubs"] - results["rss_mb_empty"]
+        results["bytes_per_unselected_secret"] = round(extra_mb * 1024 * 1024 / count)
+    finally:
+        api.close()
+        kubelite.stop()
+    return results
+
+
 def _ready(http_port: int, extauth: harness.Extauth) -> bool:
     if extauth.proc.poll() is not None:
         raise RuntimeError(f"extauth exited:\n{extauth.log()[-3000:]}")
@@ -329,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=48)
     parser.add_argument("--sample", type=int, default=2_000, help="keys checked when ready")
     parser.add_argument("--out", type=Path, default=Path(".bench/kube.json"))
+    parser.add_argument(
+        "--unselected",
+        type=int,
+        default=0,
+        help="instead: this many Secrets no AuthConfig selects, against none (issue 18)",
+    )
+    parser.add_argument("--unselected-bytes", type=int, default=16 * 1024)
     args = parser.parse_args(argv)
     reason = unavailable_reason()
     if reason:
@@ -336,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     shm = Path("/dev/shm")  # noqa: S108 (etcd's state: fsyncs there cost nothing)
     work = Path(tempfile.mkdtemp(prefix="extauth-bench-kube-", dir=shm if shm.is_dir() else None))
+    if args.unselected:
+        try:
+            found = run_unselected(args.unselected, args.unselected_bytes, args.threads, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        for name, value in found.items():
+            print(f"{name:<28}  {value}")
+        return 0
     try:
         results = run(args.secrets, args.threads, args.sample, work)
     finally:

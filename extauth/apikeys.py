@@ -197,6 +197,11 @@ class ApiKey(NamedTuple):
 ApiKey.__hash__ = object.__hash__  # type: ignore[method-assign]
 
 _new_tuple = tuple.__new__
+# One int object per line and document number below this, shared by every key that has
+# it: a key's line and document numbers are ints of 32 bytes each once past 256 (which
+# Python caches), 64 bytes per key at a million keys; the table costs ~2.5 MB once.
+_SMALL_INTS = tuple(range(1 << 16))
+_SMALL_LIMIT = len(_SMALL_INTS)
 
 
 def api_key(
@@ -228,8 +233,8 @@ def api_key(
         next_digest,
         metadata,
         path,
-        line,
-        document,
+        _SMALL_INTS[line] if 0 <= line < _SMALL_LIMIT else line,
+        _SMALL_INTS[document] if 0 <= document < _SMALL_LIMIT else document,
         hashed,
         expires_at,
     )

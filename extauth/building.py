@@ -38,7 +38,15 @@ from extauth.deciding import rule_grant
 from extauth.definitions import ByOwner, Ranked
 from extauth.expiries import ExpiryLog
 from extauth.origins import Origin, Problem
-from extauth.policy import CompiledConfig, HeaderRule, KeyIndex, KeyRule, KeySource, Policy
+from extauth.policy import (
+    CompiledConfig,
+    HeaderRule,
+    KeyIndex,
+    KeyRule,
+    KeySource,
+    Policy,
+    WorkingIndex,
+)
 
 if TYPE_CHECKING:
     # Read, never imported at run time: the request path's server holds the builder.
@@ -142,14 +150,12 @@ class PolicyBuilder:
         self._configs: ByOwner[PlacedAuthConfig] = ByOwner(rank)
         self._secrets: ByOwner[ApiKey] = ByOwner(rank)
         # Of the Secrets in effect, the one holding each digest: `first` is the working
-        # index (`_admitted`), which a publish turns into a `KeyIndex`.
-        self._holders: Ranked[bytes, ApiKey] = Ranked(rank)
-        self._admitted = self._holders.first
-        # What was published of it, and the digests changed since: None once more than
-        # `_dirty_limit` have, when the next publish makes a new base.
+        # index (`_admitted`), whose base a publish shares with the `KeyIndex` it makes.
+        self._admitted = WorkingIndex()
+        self._holders: Ranked[bytes, ApiKey] = Ranked(rank, self._admitted)
+        # What was published of it, and whether a digest changed hands since.
         self._index = KeyIndex()
-        self._dirty: set[bytes] | None = None
-        self._dirty_limit = 0
+        self._index_changed = False
         # Secrets in effect, and those of them that hold none of their digests.
         self._defined = 0
         self._idle: set[Owner] = set()
@@ -297,11 +303,17 @@ class PolicyBuilder:
                 self._expiries.add(after.expires_at)
             if before is None:
                 self._defined += 1
-                if after.next_digest is None and after.digest not in self._admitted:
-                    # A new Secret with an unclaimed key (a million times at startup).
-                    self._admitted[after.digest] = after
-                    if self._dirty is not None:
-                        self._touch(after.digest)
+                working, key_digest = self._admitted, after.digest
+                if (
+                    after.next_digest is None
+                    and key_digest not in working.recent
+                    and key_digest not in working.base
+                ):
+                    # A new Secret with an unclaimed key (a million times at startup):
+                    # the working index's own dicts, without its methods' calls.
+                    working.recent[key_digest] = after
+                    working.count += 1
+                    self._index_changed = True
                     return
             if self._claim(after) or before is not None:
                 self._recount(after)
@@ -337,10 +349,7 @@ class PolicyBuilder:
 
     def _touch(self, key_digest: bytes) -> None:
         """Note a digest whose holder changed, for the next publish."""
-        if self._dirty is not None:
-            self._dirty.add(key_digest)
-            if len(self._dirty) > self._dirty_limit:
-                self._dirty = None  # past the limit: the next publish compacts
+        self._index_changed = True
 
     def _recount(self, key: ApiKey) -> None:
         """Keep the set of Secrets in effect that hold none of their digests."""
@@ -409,23 +418,19 @@ class PolicyBuilder:
         return policy
 
     def _publish_index(self) -> KeyIndex:
-        """The index as of now, at the cost of the changes since the last publish: the
-        published `recent` layer, copied with them, or past `_dirty_limit` changes
-        since the base was made, a new base (one copy of the whole index)."""
-        previous, dirty = self._index, self._dirty
-        if dirty is not None and not dirty:
-            return previous
-        admitted = self._admitted
-        if dirty is None:
-            index = KeyIndex(MappingProxyType(admitted.copy()), {}, len(admitted))
-        else:
-            recent = dict(previous.recent)
-            for key_digest in dirty:
-                recent[key_digest] = admitted.get(key_digest)
-            index = KeyIndex(previous.base, recent, len(admitted))
+        """The index as of now, at the cost of the changes since the base was made: the
+        working index's base as it is, and a copy of its `recent` layer; past
+        1/COMPACT_RATIO of the base, a new base first (one copy of the whole index)."""
+        if not self._index_changed:
+            return self._index
+        working = self._admitted
+        base = self._index.base
+        if len(working.recent) > len(working.base) // COMPACT_RATIO:
+            working.compact()
+            base = MappingProxyType(working.base)
+        index = KeyIndex(base, dict(working.recent), working.count)
         self._index = index
-        self._dirty = set()
-        self._dirty_limit = len(index.base) // COMPACT_RATIO - len(index.recent)
+        self._index_changed = False
         return index
 
     def _host_table(self) -> tuple[hosts.HostTable, tuple[Problem, ...]]:

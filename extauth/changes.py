@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from extauth.policy import Policy
     from extauth.resources import AuthConfig
+    from extauth.sourcehealth import SourceHealth
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -78,6 +79,9 @@ def removal_of(definition: Definition) -> Removal:
 
 
 class Source(Protocol):
+    # How the source is doing now (the status page and `extauth_source_*` read it).
+    health: SourceHealth
+
     def changes(self) -> AsyncIterator[Change]: ...
 
     def register_metrics(self, registry: CollectorRegistry) -> None:

@@ -14,7 +14,7 @@ cost one dict entry each; `first` is also what a lookup reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -26,9 +26,10 @@ class Ranked(Generic[K, V]):
 
     __slots__ = ("_rank", "first", "others")
 
-    def __init__(self, rank: Callable[[V], Any]) -> None:
+    def __init__(self, rank: Callable[[V], Any], first: MutableMapping[K, V] | None = None) -> None:
+        """`first`: the mapping to keep the ones in effect in (a plain dict if None)."""
         self._rank = rank
-        self.first: dict[K, V] = {}
+        self.first: MutableMapping[K, V] = {} if first is None else first
         # Only slots with more than one candidate: the rest, by rank.
         self.others: dict[K, list[V]] = {}
 

@@ -11,7 +11,7 @@ up to date). Vocabulary: data only, no I/O, no YAML or pydantic.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -148,6 +148,77 @@ class KeyIndex(Mapping[bytes, ApiKey]):
 
     def __len__(self) -> int:
         return self._count
+
+
+class WorkingIndex(MutableMapping[bytes, ApiKey]):
+    """The builder's index of admitted keys, in the same two layers as `KeyIndex`: the
+    `base` it last published (shared with the policies, never changed again) and its own
+    `recent` changes on top (a digest mapped to None is gone from the base).
+
+    So a million keys are held in one dict, not two: publishing hands the policy the
+    base as it is plus a copy of `recent`, and compacting merges `recent` into a new
+    base (one copy, which replaces the old base once the old policies are dropped). The
+    first publish of a fresh builder hands over `recent` itself, copying nothing.
+    """
+
+    __slots__ = ("base", "count", "recent")
+
+    def __init__(self) -> None:
+        self.base: dict[bytes, ApiKey] = {}
+        self.recent: dict[bytes, ApiKey | None] = {}
+        self.count = 0
+
+    def get(self, key_digest: bytes, default: ApiKey | None = None) -> ApiKey | None:  # type: ignore[override]
+        recent = self.recent
+        if key_digest in recent:
+            found = recent[key_digest]
+            return default if found is None else found
+        return self.base.get(key_digest, default)
+
+    def __getitem__(self, key_digest: bytes) -> ApiKey:
+        found = self.get(key_digest)
+        if found is None:
+            raise KeyError(key_digest)
+        return found
+
+    def __contains__(self, key_digest: object) -> bool:
+        return isinstance(key_digest, bytes) and self.get(key_digest) is not None
+
+    def __setitem__(self, key_digest: bytes, key: ApiKey) -> None:
+        if self.get(key_digest) is None:
+            self.count += 1
+        self.recent[key_digest] = key
+
+    def __delitem__(self, key_digest: bytes) -> None:
+        if self.get(key_digest) is None:
+            raise KeyError(key_digest)
+        self.count -= 1
+        if key_digest in self.base:
+            self.recent[key_digest] = None
+        else:
+            del self.recent[key_digest]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(KeyIndex(self.base, self.recent, self.count))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def compact(self) -> None:
+        """Merge `recent` into a new base. Without a base yet, `recent` (which then holds
+        no None) becomes the base as it is."""
+        recent = self.recent
+        if not self.base:
+            self.base = recent  # type: ignore[assignment]  # no None without a base
+        else:
+            base = self.base.copy()
+            for key_digest, found in recent.items():
+                if found is None:
+                    del base[key_digest]
+                else:
+                    base[key_digest] = found
+            self.base = base
+        self.recent = {}
 
 
 @dataclass(frozen=True)

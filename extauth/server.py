@@ -109,8 +109,7 @@ def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 def source_health(sources: list[Source]) -> list[SourceHealth]:
     """The sources' health objects (the status page and `extauth_source_*`)."""
-    found = [getattr(source, "health", None) for source in sources]
-    return [health for health in found if isinstance(health, SourceHealth)]
+    return [source.health for source in sources]
 
 
 def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:

@@ -129,7 +129,9 @@ def run_workers(settings: Settings, count: int, serve_one: Callable[[Settings], 
             log.error("worker %d (pid %d) exited (%d); stopping the others", index, pid, code)
             failed = True
             forward(signal.SIGTERM, None)
-        elif code != 0:
+        elif code not in (0, -signal.SIGTERM, -signal.SIGINT):
+            # Killed by the signal forwarded to it: a worker still starting up, before
+            # it takes over SIGTERM itself, had nothing to drain; a clean stop too.
             failed = True
     lock.close()
     return 1 if failed else 0

@@ -3,6 +3,9 @@ play out when applied incrementally."""
 
 from __future__ import annotations
 
+import gc
+import random
+
 import pytest
 
 from extauth import deciding
@@ -10,6 +13,7 @@ from extauth.apikeys import ApiKey, digest
 from extauth.building import PolicyBuilder, PolicyHolder, compile_policy
 from extauth.changes import Change, Removal
 from extauth.origins import Origin
+from extauth.policy import WorkingIndex
 from tests.builders import REFS as X_KEY_REFS
 from tests.builders import allowed, authconfig, merge, secret, snapshot
 
@@ -368,3 +372,66 @@ def test_a_next_key_that_clashes_is_refused_alone() -> None:
     assert allowed(policy, {"x-key": "key-a"}).identity == "a"  # type: ignore[union-attr]
     assert allowed(policy, {"x-key": "key-b"}).identity == "b"  # type: ignore[union-attr]
     assert any("holds the same API key" in str(p) for p in policy.problems)
+
+
+def test_the_builder_and_its_policies_hold_one_index_not_two() -> None:
+    """A million keys cost one dict: the builder's working index and the published
+    index share their base, and the first publish copies nothing."""
+    builder = PolicyBuilder()
+    builder.apply(snapshot(*(secret(f"s{i}", f"key-{i}") for i in range(64))))
+    policy = builder.build()
+    working = builder._admitted
+    (underlying,) = gc.get_referents(policy.keys.base)
+    assert underlying is working.base
+    assert len(working.base) == 64
+    assert not working.recent
+    builder.apply(Change(removed=(Removal("Secret", ("ns", "s3"), "t.yaml"),)))
+    after = builder.build()
+    assert gc.get_referents(after.keys.base)[0] is working.base  # still the one base
+    assert digest("key-3") not in after.keys
+    assert digest("key-3") in policy.keys
+
+
+def test_the_working_index_behaves_as_a_dict() -> None:
+    """Random sets, deletions and compactions: the two layers always read as one dict."""
+    rng = random.Random(17)  # noqa: S311  # a reproducible sequence, not a secret
+    working = WorkingIndex()
+    model: dict[bytes, ApiKey] = {}
+    keys = [
+        ApiKey.from_entries("ns", f"s{i}", {}, {"api-key": f"k{i}"}, Origin("t.yaml", 1, 1))
+        for i in range(40)
+    ]
+    for step in range(3000):
+        key = rng.choice(keys)
+        if rng.random() < 0.5:
+            working[key.digest] = model[key.digest] = key
+        elif key.digest in model:
+            del working[key.digest], model[key.digest]
+        else:
+            with pytest.raises(KeyError):
+                del working[key.digest]
+        if step % 97 == 0:
+            working.compact()
+        assert len(working) == len(model)
+        assert working.get(key.digest) is model.get(key.digest)
+        assert (key.digest in working) == (key.digest in model)
+    assert dict(working.items()) == model
+    assert None not in working.base.values()
+
+
+def test_keys_share_their_line_and_document_numbers() -> None:
+    """Line numbers past 256 are not cached by Python: one int object each per key
+    would be 64 bytes a key at a million keys."""
+    text = "".join(
+        f"---\napiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\n"
+        f"metadata: {{name: s{i}, namespace: ns}}\nstringData: {{api-key: key-{i}}}\n"
+        for i in range(400)
+    )
+    first = compile_policy(snapshot(text, path="a.yaml"))
+    second = compile_policy(snapshot(text, path="b.yaml"))
+    a = first.keys[digest("key-399")]
+    b = second.keys[digest("key-399")]
+    assert a.line == b.line > 256
+    assert a.document == b.document == 400
+    assert a.line is b.line
+    assert a.document is b.document

@@ -111,3 +111,19 @@ def test_a_single_process_and_a_workers_unit_refuse_each_others_port(
         assert harness.grpc_serving(first.address)
     finally:
         assert first.stop() == 0
+
+
+def test_a_unit_stopped_while_its_workers_start_exits_cleanly(tmp_path: Path) -> None:
+    """SIGTERM forwarded to a worker that has not yet taken the signal over kills it by
+    the default action; the unit was asked to stop, so that is a clean stop (exit 0),
+    not a failed worker (exit 1, which a supervisor would count as a crash)."""
+    unit = harness.Extauth(ROOT / "authconfigs", tmp_path / "unit.log", "--workers", "2")
+    try:
+        wait_until(
+            lambda: True if "started 2 workers" in unit.log() else None,
+            20,
+            "the parent to fork its workers",
+        )
+    finally:
+        code = unit.stop()
+    assert code == 0, unit.log()
