@@ -36,6 +36,7 @@ from extauth.apikeys import KUBERNETES_PREFIX, ApiKey, Owner
 from extauth.changes import Change, Definition, PlacedAuthConfig, Removal
 from extauth.deciding import rule_grant
 from extauth.definitions import ByOwner, Ranked
+from extauth.expiries import ExpiryLog
 from extauth.origins import Origin, Problem
 from extauth.policy import (
     CompiledConfig,
@@ -158,7 +159,7 @@ class PolicyBuilder:
         # Secrets in effect, and those of them that hold none of their digests.
         self._defined = 0
         self._idle: set[Owner] = set()
-        self._expiries: dict[Owner, float] = {}
+        self._expiries = ExpiryLog()
         self._compiled: dict[str, CompiledConfig] = {}
         self._hosts = hosts.HostTable()
         self._host_problems: tuple[Problem, ...] = ()
@@ -292,14 +293,14 @@ class PolicyBuilder:
         """A Secret's definition in effect changed: its digests change hands."""
         if before is not None:
             if before.expires_at is not None:
-                self._expiries.pop(before.owner, None)
+                self._expiries.remove(before.expires_at)
             self._release(before)
             if after is None:
                 self._defined -= 1
                 self._idle.discard(before.owner)
         if after is not None:
             if after.expires_at is not None:
-                self._expiries[after.owner] = after.expires_at
+                self._expiries.add(after.expires_at)
             if before is None:
                 self._defined += 1
                 working, key_digest = self._admitted, after.digest
@@ -408,7 +409,7 @@ class PolicyBuilder:
                 + tuple(self._config_warnings())
             ),
             loaded=True,
-            expiries=tuple(self._expiries.values()),
+            expiries=self._expiries.publish(),
             holders=self._defined - len(self._idle),
             hosts=self._hosts,
             host_refusals=self._host_refusals,

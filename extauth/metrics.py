@@ -34,6 +34,7 @@ from prometheus_client.core import (
 
 from extauth import __version__
 from extauth.decisions import Allow, Decision, Reason
+from extauth.expiries import Expiries
 from extauth.policy import Policy
 from extauth.sourcehealth import HealthView, SourceHealth
 
@@ -158,12 +159,12 @@ class Metrics:
     def track_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tasks.set_function(lambda: float(len(asyncio.all_tasks(loop))))
 
-    def track_expiries(self, current: Callable[[], tuple[float, ...]]) -> None:
+    def track_expiries(self, current: Callable[[], Expiries]) -> None:
         """Count expiring and expired keys at scrape time, from the current policy."""
 
         def within(low: float, high: float) -> float:
             now = time.time()
-            return float(sum(1 for t in current() if now + low < t <= now + high))
+            return float(current().count(now + low, now + high))
 
         self.expiring.set_function(lambda: within(0, EXPIRY_WARNING))
         self.expired.set_function(lambda: within(-float("inf"), 0))

@@ -18,6 +18,7 @@ from typing import Literal
 from extauth import hosts
 from extauth.apikeys import ApiKey, Owner
 from extauth.boolexpr import BoolExpr
+from extauth.expiries import Expiries
 from extauth.origins import Problem
 
 SourceKind = Literal["header", "query", "cookie"]
@@ -229,8 +230,8 @@ class Policy:
     usage_label: str | None = None
     problems: tuple[Problem, ...] = ()
     loaded: bool = False
-    # Expiry times (POSIX) of the keys that have one, for the expiring-keys metric.
-    expiries: tuple[float, ...] = ()
+    # Expiry times (POSIX) of the keys that have one, for the expiring-keys metrics.
+    expiries: Expiries = field(default_factory=Expiries)
     holders: int = 0
     # spec.hosts of the configs in effect: which config a route without config_id gets.
     hosts: hosts.HostTable = field(default_factory=hosts.HostTable)

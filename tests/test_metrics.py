@@ -14,6 +14,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from extauth.cli import SourceSettings, sources_for
+from extauth.expiries import Expiries
 from extauth.metrics import Metrics
 from extauth.server import Server, Settings
 from tests.builders import authconfig, secret
@@ -141,6 +142,6 @@ def test_expiring_and_expired_keys_are_counted() -> None:
     now = time.time()
     metrics = Metrics()
     expiries = (now + 3600, now + 6 * 86400, now + 30 * 86400, now - 10)
-    metrics.track_expiries(lambda: expiries)
+    metrics.track_expiries(lambda: Expiries.of(expiries))
     assert metrics.registry.get_sample_value("extauth_api_keys_expiring_soon") == 2
     assert metrics.registry.get_sample_value("extauth_api_keys_expired") == 1
