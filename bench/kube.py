@@ -159,6 +159,32 @@ def until(probe: Callable[[], bool], timeout: float, what: str, step: float = 0.
     return time.monotonic() - started
 
 
+def install(api: Api, namespaces: tuple[str, ...], headers: dict[str, Any] | None) -> None:
+    """The CRD, and in each namespace an AuthConfig `everyone` selecting team=bench
+    (setting `headers` from metadata, when given)."""
+    for namespace in namespaces:
+        api.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+    status, _ = api.call(
+        "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crds.build()
+    )
+    assert status == 201, status
+    auth: dict[str, Any] = {
+        "headerName": "x-api-key",
+        "k8sSecretApikeyStorage": {"labelSelector": {"team": "bench"}},
+    }
+    if headers is not None:
+        auth["headersFromMetadataEntry"] = headers
+    for namespace in namespaces:
+        path = f"/apis/{crds.GROUP}/{crds.VERSION}/namespaces/{namespace}/{crds.PLURAL}"
+        body = {
+            "apiVersion": f"{crds.GROUP}/{crds.VERSION}",
+            "kind": "AuthConfig",
+            "metadata": {"name": "everyone"},
+            "spec": {"configs": [{"apiKeyAuth": auth}]},
+        }
+        until(lambda p=path, b=body: api.call("POST", p, b)[0] == 201, 30, "the CRD", 0.2)  # type: ignore[misc]
+
+
 def revoke(api: Api, stub: external_auth_pb2_grpc.AuthorizationStub, i: int) -> float:
     key = f"bench-key-{i}"
     if not allowed(stub, key):
@@ -200,29 +226,7 @@ def run(
     results: dict[str, Any] = {"secrets": count}
     api = Api(kubelite.kubeconfig)
     try:
-        api.call("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-        status, _ = api.call(
-            "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crds.build()
-        )
-        assert status == 201, status
-        path = f"/apis/{crds.GROUP}/{crds.VERSION}/namespaces/{NAMESPACE}/{crds.PLURAL}"
-        body = {
-            "apiVersion": f"{crds.GROUP}/{crds.VERSION}",
-            "kind": "AuthConfig",
-            "metadata": {"name": "everyone"},
-            "spec": {
-                "configs": [
-                    {
-                        "apiKeyAuth": {
-                            "headerName": "x-api-key",
-                            "k8sSecretApikeyStorage": {"labelSelector": {"team": "bench"}},
-                            "headersFromMetadataEntry": {"x-org": {"name": "x-org"}},
-                        }
-                    }
-                ]
-            },
-        }
-        until(lambda: api.call("POST", path, body)[0] == 201, 30, "the CRD", step=0.2)
+        install(api, (NAMESPACE,), {"x-org": {"name": "x-org"}})
         print(f"creating {count:,} Secrets ({threads} threads) ...", flush=True)
         results["fill_seconds"] = round(fill(api, count, threads), 1)
 
@@ -308,30 +312,7 @@ def run_unselected(count: int, size: int, threads: int, work: Path) -> dict[str,
     api = Api(kubelite.kubeconfig)
     results: dict[str, Any] = {"unselected": count, "bytes_each": size}
     try:
-        for namespace in (NAMESPACE, "empty"):
-            api.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
-        status, _ = api.call(
-            "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crds.build()
-        )
-        assert status == 201, status
-        for namespace in (NAMESPACE, "empty"):
-            path = f"/apis/{crds.GROUP}/{crds.VERSION}/namespaces/{namespace}/{crds.PLURAL}"
-            body = {
-                "apiVersion": f"{crds.GROUP}/{crds.VERSION}",
-                "kind": "AuthConfig",
-                "metadata": {"name": "everyone"},
-                "spec": {
-                    "configs": [
-                        {
-                            "apiKeyAuth": {
-                                "headerName": "x-api-key",
-                                "k8sSecretApikeyStorage": {"labelSelector": {"team": "bench"}},
-                            }
-                        }
-                    ]
-                },
-            }
-            until(lambda p=path, b=body: api.call("POST", p, b)[0] == 201, 30, "the CRD", 0.2)  # type: ignore[misc]
+        install(api, (NAMESPACE, "empty"), None)
         filler = b"u" * (size * 3 // 4)
 
         def create(i: int) -> None:

@@ -20,6 +20,7 @@ import yaml
 from kubernetes import client, config
 
 from extauth import crds
+from tests import harness
 from tests.kube.kubelite import KubeLite, unavailable_reason
 
 GROUP, VERSION, PLURAL = "extauth.solo.io", "v1", "authconfigs"
@@ -56,6 +57,19 @@ class Cluster:
 
     def delete_secret(self, name: str) -> None:
         self.core.delete_namespaced_secret(name, self.namespace)
+
+    def extauth(self, log: Path, *extra: str) -> harness.Extauth:
+        """`extauth serve` reading this cluster's namespace, started (not yet ready)."""
+        return harness.Extauth(
+            None,
+            log,
+            "--kubernetes",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--namespace",
+            self.namespace,
+            *extra,
+        )
 
     def create_authconfig(self, name: str, api_key_auth: dict[str, Any]) -> None:
         self.custom.create_namespaced_custom_object(

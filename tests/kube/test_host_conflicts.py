@@ -14,7 +14,6 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from kubernetes import client
 
-from tests import harness
 from tests.harness import wait_until
 from tests.kube.conftest import GROUP, PLURAL, VERSION, Cluster, authconfig_body
 
@@ -48,15 +47,7 @@ def reason(cluster: Cluster, name: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def extauth(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = harness.Extauth(
-        None,
-        tmp_path_factory.mktemp("kube-hosts") / "extauth.log",
-        "--kubernetes",
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-        "--namespace",
-        cluster.namespace,
-    )
+    server = cluster.extauth(tmp_path_factory.mktemp("kube-hosts") / "extauth.log")
     try:
         server.wait_ready()
         yield server.address

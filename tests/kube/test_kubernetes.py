@@ -67,15 +67,7 @@ class Service:
 @pytest.fixture(scope="module")
 def service(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     cluster.create_authconfig("partners", AUTH)
-    extauth = harness.Extauth(
-        None,
-        tmp_path_factory.mktemp("kube-extauth") / "extauth.log",
-        "--kubernetes",
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-        "--namespace",
-        cluster.namespace,
-    )
+    extauth = cluster.extauth(tmp_path_factory.mktemp("kube-extauth") / "extauth.log")
     try:
         extauth.wait_ready()
         yield Service(extauth, cluster)

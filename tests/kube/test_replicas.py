@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from extauth.sources.statuses import status_for
-from tests import harness
 from tests.harness import wait_until
 from tests.kube.conftest import GROUP, PLURAL, VERSION, Cluster
 
@@ -68,18 +67,7 @@ def test_two_replicas_never_flap_status(namespace: Cluster, tmp_path: Path) -> N
     stop = threading.Event()
     recorder = threading.Thread(target=_record, args=(namespace, "shared", stop, seen))
     recorder.start()
-    replicas = [
-        harness.Extauth(
-            None,
-            tmp_path / f"extauth-{i}.log",
-            "--kubernetes",
-            "--kubeconfig",
-            str(namespace.kubeconfig),
-            "--namespace",
-            namespace.namespace,
-        )
-        for i in range(2)
-    ]
+    replicas = [namespace.extauth(tmp_path / f"extauth-{i}.log") for i in range(2)]
     try:
         for replica in replicas:
             replica.wait_ready()
