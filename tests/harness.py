@@ -231,6 +231,12 @@ class Extauth:
         return self.proc.returncode
 
 
+def kube_extauth(kubeconfig: Path | str, log_path: Path, *extra: str) -> Extauth:
+    """`extauth serve --kubernetes` against the API server `kubeconfig` names (more flags
+    in `extra`): the one way the Kubernetes tests start the service."""
+    return Extauth(None, log_path, "--kubernetes", "--kubeconfig", str(kubeconfig), *extra)
+
+
 def envoy_binary() -> str:
     beside = Path(sys.executable).parent / "envoy"
     found = str(beside) if beside.exists() else shutil.which("envoy")

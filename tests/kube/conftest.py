@@ -60,12 +60,9 @@ class Cluster:
 
     def extauth(self, log: Path, *extra: str) -> harness.Extauth:
         """`extauth serve` reading this cluster's namespace, started (not yet ready)."""
-        return harness.Extauth(
-            None,
+        return harness.kube_extauth(
+            self.kubeconfig,
             log,
-            "--kubernetes",
-            "--kubeconfig",
-            str(self.kubeconfig),
             "--namespace",
             self.namespace,
             *extra,

@@ -70,12 +70,9 @@ def proxied(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) ->
     proxy = FaultProxy(cluster.kubelite.api_port)
     kubeconfig = proxy.kubeconfig(cluster.kubeconfig, tmp_path / "kubeconfig")
     http = harness.free_port()
-    extauth = harness.Extauth(
-        None,
+    extauth = harness.kube_extauth(
+        kubeconfig,
         tmp_path / "extauth.log",
-        "--kubernetes",
-        "--kubeconfig",
-        str(kubeconfig),
         "--namespace",
         namespace,
         "--http-address",

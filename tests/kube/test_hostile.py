@@ -38,12 +38,9 @@ def _namespace(cluster: Cluster, prefix: str) -> Cluster:
 
 def _serve(cluster: Cluster, log: Path, *extra: str) -> tuple[harness.Extauth, int]:
     http = harness.free_port()
-    extauth = harness.Extauth(
-        None,
+    extauth = harness.kube_extauth(
+        cluster.kubeconfig,
         log,
-        "--kubernetes",
-        "--kubeconfig",
-        str(cluster.kubeconfig),
         "--http-address",
         f"127.0.0.1:{http}",
         *extra,

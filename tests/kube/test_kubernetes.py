@@ -273,12 +273,9 @@ def test_relist_after_410_gone(tmp_path: Path) -> None:
         cluster = Cluster(kubelite.kubeconfig, api, namespace, kubelite)
         cluster.create_authconfig("partners", AUTH)
         cluster.create_secret("early", "k-early", {"tier": "partner"})
-        extauth = harness.Extauth(
-            None,
+        extauth = harness.kube_extauth(
+            kubelite.kubeconfig,
             tmp_path / "extauth.log",
-            "--kubernetes",
-            "--kubeconfig",
-            str(kubelite.kubeconfig),
             "--kube-watch-timeout",
             "2",
         )
@@ -325,12 +322,9 @@ def test_scenario_through_envoy(cluster: Cluster, tmp_path: Path) -> None:
                     "extauth.solo.io", "v1", namespace, "authconfigs", document
                 )
     with harness.echo_upstream() as upstream:
-        extauth = harness.Extauth(
-            None,
+        extauth = harness.kube_extauth(
+            cluster.kubeconfig,
             tmp_path / "extauth.log",
-            "--kubernetes",
-            "--kubeconfig",
-            str(cluster.kubeconfig),
             "--default-config",
             f"{namespace}.apikey-auth",
         )
@@ -372,12 +366,9 @@ def test_not_ready_until_the_first_sync(tmp_path: Path) -> None:
         "contexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n"
     )
     http_port = harness.free_port()
-    extauth = harness.Extauth(
-        None,
+    extauth = harness.kube_extauth(
+        kubeconfig,
         tmp_path / "extauth.log",
-        "--kubernetes",
-        "--kubeconfig",
-        str(kubeconfig),
         "--http-address",
         f"127.0.0.1:{http_port}",
     )

@@ -91,12 +91,9 @@ def test_an_outdated_crd_is_reported(tmp_path: Path) -> None:
         assert "requireHashedKeys" not in yaml.safe_dump(stored)  # the harm: pruned, silently
 
         http_port = harness.free_port()
-        extauth = harness.Extauth(
-            None,
+        extauth = harness.kube_extauth(
+            kubelite.kubeconfig,
             tmp_path / "extauth.log",
-            "--kubernetes",
-            "--kubeconfig",
-            str(kubelite.kubeconfig),
             "--http-address",
             f"127.0.0.1:{http_port}",
         )
