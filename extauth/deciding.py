@@ -271,13 +271,14 @@ def _assemble_allow(
 
 def admits(rule: KeyRule, key: ApiKey) -> bool:
     """Whether `rule` admits `key`: by reference, or by a label selector in its namespace."""
-    if rule.require_hashed and not key.hashed:
+    group = key.group  # what the key shares with others: read once, not by property
+    if rule.require_hashed and not group.hashed:
         return False
-    if key.owner in rule.refs:
+    if (group.namespace, key.name) in rule.refs:
         return True
-    if rule.selector_namespace is not None and key.namespace != rule.selector_namespace:
+    if rule.selector_namespace is not None and group.namespace != rule.selector_namespace:
         return False
-    labels = key.labels
+    labels = group.labels
     return any(all(labels.get(k) == v for k, v in sel) for sel in rule.selectors)
 
 
@@ -287,8 +288,9 @@ def rule_grant(rule: KeyRule, key: ApiKey, usage_label: str | None) -> Grant:
     set_headers: list[tuple[str, str]] = []
     remove: list[str] = []
     missing: list[str] = []
+    metadata = key.group.metadata
     for header_rule in rule.header_rules:
-        value = key.metadata.get(header_rule.entry)
+        value = metadata.get(header_rule.entry)
         if value is not None:
             set_headers.append((header_rule.header, value))
         else:
@@ -298,7 +300,7 @@ def rule_grant(rule: KeyRule, key: ApiKey, usage_label: str | None) -> Grant:
                 missing.append(header_rule.entry)
     if rule.client_id_header:
         set_headers.append((rule.client_id_header, key.name))
-    usage = (key.metadata.get(usage_label) or "-") if usage_label else ""
+    usage = (metadata.get(usage_label) or "-") if usage_label else ""
     return Grant(key.name, tuple(set_headers), tuple(remove), tuple(missing), usage)
 
 
