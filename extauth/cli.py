@@ -245,22 +245,30 @@ _NEW_KEY = (
 # fmt: on
 
 
-# What `serve` alone takes, in the order its help lists them.
+# What `serve` takes for --kubernetes alone: a help section of its own, titled so, rather
+# than "with --kubernetes:" at the head of each line.
 # fmt: off
-_SERVE = (
+_SERVE_KUBERNETES = (
     _Option("--kube-watch-timeout", _bounded(int, 1, 3600), 300, "SECONDS",
-            "with --kubernetes: restart each watch this often (server-side timeout)"),
+            "restart each watch this often (server-side timeout)"),
     _Option("--kube-heartbeat", _bounded(float, 0.2, 60), 10.0, "SECONDS",
-            "with --kubernetes: ask the API server this often whether it answers "
+            "ask the API server this often whether it answers "
             "(a hung one is noticed within this plus 3 s)"),
     _Option("--kube-request-timeout", _bounded(float, 0.2, 120), 5.0, "SECONDS",
-            "with --kubernetes: how long a list or watch request waits for the answer to start"),
+            "how long a list or watch request waits for the answer to start"),
     _Option("--kube-max-secret-bytes", _bounded(int, 256, 4 * 1024 * 1024), 16 * 1024, "BYTES",
-            "with --kubernetes: refuse an API-key Secret whose entries and labels exceed this"),
+            "refuse an API-key Secret whose entries and labels exceed this"),
     _Option("--kube-status-rate", _bounded(float, 0.1, 10000), 50.0, "PER_SECOND",
-            "with --kubernetes: at most this many AuthConfig status writes a second"),
+            "at most this many AuthConfig status writes a second"),
     _Option("--no-status", action="store_true",
-            help="with --kubernetes: do not write AuthConfig status"),
+            help="do not write AuthConfig status"),
+)
+# fmt: on
+
+
+# What `serve` takes besides, in the order its help lists them.
+# fmt: off
+_SERVE = (
     _Option("--grpc-address", _address, "127.0.0.1:9001", "HOST:PORT",
             "where Envoy's ext_authz filter reaches the Authorization service"),
     _Option("--default-config", _config_id, None, "NS.NAME",
@@ -345,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{ENV_PREFIX}NAMESPACE a comma-separated list); the command line wins.",
     )
     _add_options(run, (*_sources("watch"), *_SERVE))
+    _add_options(run.add_argument_group("with --kubernetes"), _SERVE_KUBERNETES)
     _add_limits(run)
 
     check = command(

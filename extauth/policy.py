@@ -29,6 +29,10 @@ class KeySource:
     kind: SourceKind
     name: str
 
+    def __str__(self) -> str:
+        """As the status page and `inspect` list a rule's sources: `header x-api-key`."""
+        return f"{self.kind} {self.name}"
+
 
 @dataclass(frozen=True, slots=True)
 class HeaderRule:

@@ -308,7 +308,7 @@ def _configs(
 def _describe(config: CompiledConfig | None) -> str:
     if config is None:
         return ""
-    sources = {f"{s.kind} {s.name}" for rule in config.rules for s in rule.sources}
+    sources = {str(source) for rule in config.rules for source in rule.sources}
     return _text(", ".join(sorted(sources)))
 
 
