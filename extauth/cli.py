@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from extauth import (
     __version__,
+    envoyconf,
     inspecting,
     keys,
     loader,
@@ -285,8 +286,9 @@ _SERVE = (
     _Option("--decision-log-sample", _fraction, 1.0, "FRACTION",
             "log only this fraction of decisions (0..1)"),
     _Option("--workers", _bounded(int, 1, 64), 1, "N",
-            "processes sharing the gRPC port (SO_REUSEPORT); worker i serves "
-            "--http-address on its port + i"),
+            "processes sharing the gRPC port (SO_REUSEPORT); worker i also serves gRPC "
+            "alone on that port + 1 + i (list those in Envoy: extauth envoy-config "
+            "--workers N) and --http-address on its port + i"),
     _Option("--grpc-tls-cert", Path, None, "PEM",
             "serve the gRPC port over TLS with this certificate (chain); needs --grpc-tls-key"),
     _Option("--grpc-tls-key", Path, None, "PEM", "its private key"),
@@ -414,6 +416,27 @@ def build_parser() -> argparse.ArgumentParser:
         help='print a shell completion script (bash: eval "$(extauth completion bash)")',
     )
     completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+
+    envoy = command(
+        commands,
+        "envoy-config",
+        help="print a shipped Envoy config for `serve --workers N` (each worker an endpoint)",
+    )
+    envoy.add_argument(
+        "--like",
+        choices=list(envoyconf.FILES),
+        default="envoy/envoy.yaml",
+        metavar="FILE",
+        help="the shipped config to start from: " + ", ".join(envoyconf.FILES),
+    )
+    envoy.add_argument(
+        "--workers",
+        type=_bounded(int, 1, 64),
+        default=1,
+        metavar="N",
+        help="extauth's --workers: Envoy balances over each worker's own port (1: the "
+        "config as shipped)",
+    )
     return parser
 
 
@@ -448,6 +471,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return inspect(args)
     if args.command == "completion":
         sys.stdout.write(shtab.complete(parser, shell=args.shell))
+        return 0
+    if args.command == "envoy-config":
+        sys.stdout.write(envoyconf.variant(args.like, args.workers))
         return 0
     if args.config_dir is None and not args.kubernetes:
         print("extauth serve: give --config-dir DIR, --kubernetes, or both", file=sys.stderr)
@@ -506,6 +532,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.workers > 1:
         if args.grpc_address.endswith(":0"):
             print("extauth serve: --workers needs a fixed --grpc-address port", file=sys.stderr)
+            return 2
+        clash = workers.port_problem(args.grpc_address, args.http_address, args.workers)
+        if clash is not None:
+            print(f"extauth serve: {clash}", file=sys.stderr)
             return 2
         return workers.run_workers(settings, args.workers, serve_one)
     if args.grpc_address.endswith(":0"):
@@ -610,7 +640,11 @@ def _serve_one(settings: Settings, reading: SourceSettings) -> int:
     except RuntimeError as exc:
         if "bind" not in str(exc).lower():
             raise
-        log.error("cannot listen on %s: %s", settings.grpc_address, exc)
+        # grpc's message names the address it could not bind; a worker has two.
+        where = settings.grpc_address
+        if settings.worker_grpc_address is not None:
+            where = f"{where} or on this worker's own {settings.worker_grpc_address}"
+        log.error("cannot listen on %s: %s", where, exc)
         return 2
     except OSError as exc:  # the --http-address port
         log.error("cannot listen on %s: %s", settings.http_address, exc.strerror or exc)

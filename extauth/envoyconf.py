@@ -57,6 +57,7 @@ from extauth.decisions import Reason
 from extauth.responses import _DENIALS
 from extauth.sentheaders import GUARD_NAME, SentHeaders, sent_headers
 from extauth.sources.listing import walk
+from extauth.workers import worker_grpc_port
 
 # The guard's 431 says what extauth's own would.
 TOO_MANY_MESSAGE = _DENIALS[Reason.TOO_MANY_HEADERS][2]
@@ -159,10 +160,19 @@ class Target:
     # also passed to extauth, which denies a key source outside it) and a Lua filter
     # guards the header count. None: every header is sent, and extauth counts them.
     authconfigs: str | None = None
+    # `extauth serve --workers N` behind each extauth address: Envoy lists each worker's
+    # own port (workers.worker_grpc_port) instead of the shared one, and balances and
+    # health-checks the workers itself; the kernel spreads only connections, and Envoy
+    # holds few (BENCHMARKS.md, "Workers"). 1: the shared port, as it is.
+    workers: int = 1
 
     @property
     def extauth_endpoints(self) -> tuple[Endpoint, ...]:
-        return self.extauth if isinstance(self.extauth, tuple) else (self.extauth,)
+        given = self.extauth if isinstance(self.extauth, tuple) else (self.extauth,)
+        if self.workers == 1:
+            return given
+        every = range(self.workers)
+        return tuple(Endpoint(e.host, worker_grpc_port(e.port, i)) for e in given for i in every)
 
     def upstream_endpoint(self) -> tuple[Endpoint, bool]:
         parts = urlsplit(self.upstream)
@@ -244,6 +254,9 @@ FILES: dict[str, tuple[Target, ProviderKey]] = {
         "passthrough",
     ),
     "envoy/envoy-tracing.yaml": (LOCAL_TRACING, "file"),
+    # For `extauth serve --workers 2`: each worker an endpoint (`extauth envoy-config
+    # --workers N` prints any of these files for N workers).
+    "envoy/envoy-workers.yaml": (dataclasses.replace(LOCAL, workers=2), "file"),
     "envoy/compose/envoy.yaml": (COMPOSE, "file"),
     "deploy/kubernetes/envoy-config/envoy.yaml": (KUBERNETES, "file"),
 }
@@ -312,8 +325,10 @@ def _extauth_cluster(target: Target) -> dict[str, Any]:
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             # Recycled connections and a stream cap per connection: with
-            # `extauth serve --workers N`, the kernel spreads connections (not
-            # requests) over the workers, so Envoy must keep opening new ones.
+            # `extauth serve --workers N` on its shared port, the kernel spreads
+            # connections (not requests) over the workers, so Envoy must keep
+            # opening new ones (a config for N workers lists each worker's own port
+            # instead, and Envoy balances: `Target.workers`).
             common_http_protocol_options={"max_requests_per_connection": 1000},
             explicit_http_config={
                 "http2_protocol_options": {
@@ -921,6 +936,11 @@ def render(config: dict[str, Any], target: Target, provider_key: ProviderKey) ->
     )
     if target.routing != "config_id":
         header += _ROUTING_NOTES[target.routing]
+    if target.workers > 1:
+        header += (
+            f"# For `extauth serve --workers {target.workers}`: each worker's own port is an\n"
+            "# endpoint (the --grpc-address port + 1 + i), balanced and health-checked by Envoy.\n"
+        )
     if target.tracing is not None:
         header += (
             f"# Traces: Envoy's spans go to an OTLP/gRPC collector on "
@@ -940,6 +960,13 @@ def render(config: dict[str, Any], target: Target, provider_key: ProviderKey) ->
 def config_text(target: Target, provider_key: ProviderKey = "file") -> str:
     """The config as written to a file: generated-by header, then YAML."""
     return render(build(target, provider_key), target, provider_key)
+
+
+def variant(like: str, workers: int) -> str:
+    """A committed file's config for `extauth serve --workers N` behind each of its extauth
+    addresses (`extauth envoy-config`)."""
+    target, mode = FILES[like]
+    return config_text(dataclasses.replace(target, workers=workers), mode)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -972,9 +999,11 @@ def local(
     upstream_ca: str = SYSTEM_CA,
     grpc_tls: GrpcTls | None = None,
     authconfigs: str | None = None,
+    workers: int = 1,
 ) -> Target:
     """A loopback target on the given ports (the demo, the soak, the benchmarks, tests);
-    `authconfigs`: as in Target (the demo's are authconfigs/, so it filters)."""
+    `authconfigs`: as in Target (the demo's are authconfigs/, so it filters); `workers`:
+    each extauth port is a unit of that many (`Target.workers`)."""
     ports = extauth if isinstance(extauth, tuple) else (extauth,)
     return Target(
         listen=Endpoint("127.0.0.1", listen),
@@ -985,6 +1014,7 @@ def local(
         upstream_ca=upstream_ca,
         grpc_tls=grpc_tls,
         authconfigs=authconfigs,
+        workers=workers,
     )
 
 

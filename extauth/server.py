@@ -79,6 +79,9 @@ class Settings:
     decision_log_sample: float = 1.0
     # --workers: every worker binds the same gRPC port (SO_REUSEPORT).
     reuse_port: bool = False
+    # --workers: this worker's own gRPC port as well (never shared), which Envoy lists
+    # as an endpoint and health-checks: Checks balanced by Envoy, not by the kernel.
+    worker_grpc_address: str | None = None
     # TLS on the gRPC port (PEM files); with grpc_client_ca, clients must present a
     # certificate that CA signed (mutual TLS).
     grpc_tls_cert: Path | None = None
@@ -377,15 +380,6 @@ class Server:
         self._update(list(initial.result()))
         log.info("initial state read and compiled in %.1f s", time.monotonic() - started)
 
-        # grpc turns SO_REUSEPORT on by default: a second extauth on the same port would
-        # silently share traffic (with a different config, perhaps). Refuse instead,
-        # unless this process is one of --workers, which share the port on purpose.
-        server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
-                ("grpc.max_receive_message_length", MAX_CHECK_BYTES),
-            ]
-        )
         decision_log = (
             DecisionLog(self.settings.decision_log_sample) if self.settings.decision_log else None
         )
@@ -394,20 +388,40 @@ class Server:
             log.info("tracing Checks (OpenTelemetry, OTLP/gRPC)")
         checks = AuthorizationService(self.holder, self.metrics, decision_log, self._tracing)
         self._checks = checks
-        server.add_generic_rpc_handlers((authorization_handler(checks),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         credentials = grpc_credentials(self.settings)
-        if credentials is None:
-            self.port = server.add_insecure_port(self.settings.grpc_address)
-        else:
-            self.port = server.add_secure_port(self.settings.grpc_address, credentials)
-        await server.start()
+
+        def listening(address: str, reuse_port: bool) -> tuple[grpc.aio.Server, int]:
+            # grpc turns SO_REUSEPORT on by default: a second extauth on the same port
+            # would silently share traffic (with a different config, perhaps). Refuse
+            # instead, unless this process is one of --workers on their shared port.
+            server = grpc.aio.server(
+                options=[
+                    ("grpc.so_reuseport", 1 if reuse_port else 0),
+                    ("grpc.max_receive_message_length", MAX_CHECK_BYTES),
+                ]
+            )
+            server.add_generic_rpc_handlers((authorization_handler(checks),))
+            # One health servicer for every port: draining turns them all NOT_SERVING.
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            if credentials is None:
+                return server, server.add_insecure_port(address)
+            return server, server.add_secure_port(address, credentials)
+
+        server, self.port = listening(self.settings.grpc_address, self.settings.reuse_port)
+        servers = [server]
+        if self.settings.worker_grpc_address is not None:
+            servers.append(listening(self.settings.worker_grpc_address, reuse_port=False)[0])
+        for each in servers:
+            await each.start()
         for service in ("", AUTHORIZATION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "serving Check on %s (port %d, %s)",
+            "serving Check on %s (port %d%s, %s)",
             self.settings.grpc_address,
             self.port,
+            ""
+            if self.settings.worker_grpc_address is None
+            else f"; this worker's own: {self.settings.worker_grpc_address}",
             "plaintext"
             if credentials is None
             else "TLS, client certificates required"
@@ -436,7 +450,7 @@ class Server:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await server.stop(self.settings.shutdown_grace)
+            await asyncio.gather(*(each.stop(self.settings.shutdown_grace) for each in servers))
             await self.status.stop()
             if self._tracing is not None:
                 await asyncio.to_thread(self._tracing.shutdown)

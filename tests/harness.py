@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -50,6 +51,27 @@ def free_port_pair(gap: int) -> int:
             except OSError:
                 continue
         return port
+
+
+def free_ports(count: int) -> int:
+    """A port p with p .. p + count - 1 all free (a `--workers` unit's gRPC ports, the
+    shared one and each worker's), below the kernel's ephemeral range: there, connect()
+    picks local ports (the even ones next to what `free_port` returns, by preference), so
+    a neighbour found free could be any connection's by the time a worker binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(10_000, low - count)  # noqa: S311 (a port, not a secret)
+        if all(_bindable(port + i) for i in range(count)):
+            return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_until(probe: Callable[[], _T | None], timeout: float, what: str) -> _T:
@@ -188,7 +210,9 @@ class Extauth:
         wrap: Sequence[str] = (),
     ) -> None:
         """`wrap`: a command to run it under (`setpriv ...`, to run as another user)."""
-        self.port = port or free_port()
+        workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
+        # With --workers N, the port after it is each worker's own too.
+        self.port = port or (free_ports(1 + workers) if workers > 1 else free_port())
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("ab")

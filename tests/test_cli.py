@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from extauth import cli, manifests
+from extauth import cli, manifests, workers
 from extauth.resources import Secret
 from extauth.sources.files import FileSource
 from tests import harness
@@ -132,6 +133,77 @@ def test_serve_rejects_bad_arguments() -> None:
     assert "--workers: must be at least 1" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("grpc", "http", "message"),
+    [
+        # Worker 0's own gRPC port (9002) is worker 1's HTTP port (9001 + 1).
+        ("9001", "9001", "overlap at 9001, 9002"),
+        ("9001", "9003", "overlap at 9003"),
+        ("9010", "9009", "overlap at 9010"),
+        ("65534", None, "needs gRPC ports 65534-65536"),
+        ("9001", "65535", "needs HTTP ports 65535-65536"),
+    ],
+)
+def test_serve_refuses_workers_whose_ports_collide(
+    grpc: str, http: str | None, message: str
+) -> None:
+    """Worker i serves gRPC alone on --grpc-address's port + 1 + i and HTTP on
+    --http-address's + i: a layout where two land on one port is refused before anything
+    starts (otherwise one worker would fail to bind after the others had loaded)."""
+    http_args = ["--http-address", f"127.0.0.1:{http}"] if http else []
+    result = run_cli(
+        "serve",
+        "--config-dir",
+        ".",
+        "--workers",
+        "2",
+        "--grpc-address",
+        f"127.0.0.1:{grpc}",
+        *http_args,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_workers_restart_back_off_then_give_up() -> None:
+    """A worker dying soon after each start is started again at once, then after a
+    growing pause; the fifth death in a row stops the unit. One that served a while
+    before it died starts the count afresh, and each worker counts alone."""
+    restarts = workers.Restarts()
+    quick = workers.QUICK_DEATH / 2
+    assert [restarts.delay(0, quick) for _ in range(4)] == [0.0, 1.0, 2.0, 4.0]
+    assert restarts.delay(1, quick) == 0.0
+    assert restarts.delay(0, quick) is None
+    assert restarts.delay(0, workers.QUICK_DEATH + 1) == 0.0
+    assert restarts.delay(0, quick) == 0.0
+    assert max(restarts.delay(2, quick) or 0.0 for _ in range(4)) <= workers.MAX_BACKOFF
+
+
+def test_envoy_config_lists_each_worker_as_an_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    def endpoints(*args: str) -> list[tuple[str, int]]:
+        assert cli.main(["envoy-config", *args]) == 0
+        config = yaml.safe_load(capsys.readouterr().out)
+        (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "extauth"]
+        found = [
+            endpoint["endpoint"]["address"]["socket_address"]
+            for group in cluster["load_assignment"]["endpoints"]
+            for endpoint in group["lb_endpoints"]
+        ]
+        assert cluster["health_checks"][0]["grpc_health_check"]
+        return [(a["address"], a["port_value"]) for a in found]
+
+    assert endpoints() == [("127.0.0.1", 9001)]
+    assert endpoints("--workers", "3") == [("127.0.0.1", p) for p in (9002, 9003, 9004)]
+    host = "extauth.extauth-system.svc.cluster.local"
+    assert endpoints("--like", "deploy/kubernetes/envoy-config/envoy.yaml", "--workers", "2") == [
+        (host, 9002),
+        (host, 9003),
+    ]
+    # As shipped with one worker: the committed file, byte for byte.
+    assert cli.main(["envoy-config", "--like", "envoy/compose/envoy.yaml"]) == 0
+    assert capsys.readouterr().out == (ROOT / "envoy/compose/envoy.yaml").read_text()
+
+
 def test_serve_missing_config_dir_exits_with_message(tmp_path: Path) -> None:
     result = run_cli(
         "serve", "--config-dir", str(tmp_path / "nope"), "--grpc-address", "127.0.0.1:0"
@@ -237,7 +309,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
-    http = harness.free_port_pair(1)  # worker i serves HTTP on port + i
+    http = harness.free_ports(2)  # worker i serves HTTP on port + i
     server = harness.Extauth(
         ROOT / "authconfigs",
         tmp_path / "workers.log",
@@ -267,20 +339,31 @@ def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
 
 
-def test_a_dead_worker_stops_the_others(tmp_path: Path) -> None:
+def test_a_dead_worker_is_started_again_alone(tmp_path: Path) -> None:
+    """Each worker is an endpoint of its own in Envoy: one dying takes that endpoint out
+    (health checks) while the others serve; the parent starts it again on its ports."""
     server = harness.Extauth(ROOT / "authconfigs", tmp_path / "workers.log", "--workers", "2")
     try:
         server.wait_ready()
         first, second = _children(server.proc.pid)
         os.kill(first, signal.SIGKILL)
-        assert server.proc.wait(20) == 1
+        again = harness.wait_until(
+            lambda: next((p for p in _children(server.proc.pid) if p not in (first, second)), None),
+            20,
+            "the dead worker to be started again",
+        )
+        own = [f"127.0.0.1:{workers.worker_grpc_port(server.port, i)}" for i in (0, 1)]
+        harness.wait_until(
+            lambda: True if all(harness.grpc_serving(a) for a in own) else None,
+            20,
+            "both workers' own ports to serve",
+        )
+        assert sorted(_children(server.proc.pid)) == sorted([second, again])
+        assert server.proc.poll() is None
     finally:
-        server.stop()
-    assert "stopping the others" in server.log()
-    assert (
-        not Path(f"/proc/{second}").exists()
-        or "Z" in Path(f"/proc/{second}/stat").read_text().split()[2]
-    )
+        assert server.stop() == 0
+    assert "exited (-9) after" in server.log()
+    assert f"started it again as pid {again}" in server.log()
 
 
 @pytest.mark.parametrize(
