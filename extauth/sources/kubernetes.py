@@ -33,7 +33,7 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
-from extauth import crds, loader, manifests
+from extauth import crds, loader, manifests, memory
 from extauth.apikeys import KUBERNETES_PREFIX, ApiKey, Owner, shared
 from extauth.changes import Change, Definition, PlacedAuthConfig, Removal, removal_of
 from extauth.origins import Origin
@@ -732,6 +732,10 @@ class KubernetesSource:
                 for event in watcher.events():
                     try:
                         translator.take(event)
+                        if isinstance(event, Listed) and event.relist:
+                            # The relist's pages are freed now; a relist publishes only
+                            # differences (no `memory.settle`), so give them back here.
+                            memory.trim()
                     except Exception as exc:
                         # Never expected; if it happens, one object is lost, not the
                         # stream. The type only: a message could quote the object.
