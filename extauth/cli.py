@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import shtab
+import yaml
 from pydantic import ValidationError
 
 from extauth import (
@@ -27,6 +28,7 @@ from extauth import (
     logformat,
     manifests,
     resources,
+    sentheaders,
     tracing,
     workers,
 )
@@ -374,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="text: `file:line: message` lines; json: one object for tools",
     )
+    check.add_argument(
+        "--envoy-config",
+        type=Path,
+        metavar="FILE",
+        help="also check this Envoy config against the AuthConfigs: every header they read "
+        "a key from must pass its ext_authz filters' allowed_headers",
+    )
     _add_limits(check)
 
     keys_cmd = command(commands, "keys", help="API key helpers")
@@ -455,7 +464,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
     if args.command == "validate":
-        return validate(args.paths, _limits(args), args.output)
+        return validate(args.paths, _limits(args), args.output, args.envoy_config)
     if args.command == "keys":
         return new_key(args)
     if args.command == "inspect":
@@ -715,7 +724,12 @@ def _merged(changes: Sequence[Change]) -> Change:
 STDIN = Path("-")
 
 
-def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS, output: str = "text") -> int:
+def validate(
+    paths: Sequence[Path],
+    limits: Limits = DEFAULT_LIMITS,
+    output: str = "text",
+    envoy_config: Path | None = None,
+) -> int:
     """Every problem as `file:line: message`, sorted by file and line; cross-file problems
     (duplicates, key conflicts, references to missing Secrets) are found by compiling a
     policy. Files are read by the loader `serve` uses, with the same limits: same
@@ -746,6 +760,8 @@ def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS, output: str
     policy = compile_policy(Change(tuple(found)))
     problems.extend(policy.problems)
     problems.extend(_unadmitted(policy))
+    if envoy_config is not None:
+        problems.extend(_envoy_problems(envoy_config, policy, limits))
     problems.sort(key=lambda p: (p.path, p.line))  # stable: a line's problems keep their order
     errors = sum(not p.warning for p in problems)
     if output == "json":
@@ -782,6 +798,23 @@ def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS, output: str
         + (f", {len(problems)} warning(s)" if problems else "")
     )
     return 0
+
+
+def _envoy_problems(path: Path, policy: Policy, limits: Limits) -> list[Problem]:
+    """The Envoy config's mismatches with the AuthConfigs (sentheaders.envoy_problems),
+    each reported at the config file."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(limits.max_file_bytes + 1)
+    except OSError as exc:
+        return [Problem(str(path), 0, f"cannot read the Envoy config: {exc.strerror}")]
+    if len(data) > limits.max_file_bytes:
+        return [Problem(str(path), 0, "Envoy config too large (see --max-file-bytes)")]
+    try:
+        envoy = yaml.safe_load(data)
+    except (yaml.YAMLError, RecursionError, UnicodeDecodeError) as exc:
+        return [Problem(str(path), 0, f"not a YAML Envoy config ({type(exc).__name__})")]
+    return [Problem(str(path), 0, p) for p in sentheaders.envoy_problems(envoy, policy)]
 
 
 def _load_stdin(limits: Limits) -> loader.FileLoad:
