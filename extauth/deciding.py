@@ -102,7 +102,7 @@ def decide(
         looked_up = [(key, find(policy, digest(key)) if key is not None else None)]
     else:
         looked_up = [_lookup(policy, rule, headers, path) for rule in config.rules]
-    return _check_keys(policy, config, looked_up, headers, now, listed is not None)
+    return _check_keys(policy, config, looked_up, headers, now, context_extensions)
 
 
 def config_id_of(
@@ -141,11 +141,17 @@ def cache_key(
     return None if key is None else (config_id, digest(key))
 
 
-def fits(allow: Allow, headers: Mapping[str, str], filtered: bool = False) -> bool:
+def fits(
+    allow: Allow, headers: Mapping[str, str], context_extensions: Mapping[str, str] = {}
+) -> bool:
     """Whether the request, with what `allow` injects, stays within Envoy's header limit.
-    `filtered`: the route sends only some headers (ALLOWED_HEADERS), so they are not the
-    request's count; Envoy's guard before ext_authz counted them already."""
-    return filtered or len(headers) + len(allow.set_headers) <= MAX_REQUEST_HEADERS
+    On a route that sends only some headers (ALLOWED_HEADERS) they are not the request's
+    count, and Envoy's guard before ext_authz counted them already: looked up only when
+    the count fails, so that the common Check pays nothing for it."""
+    return (
+        len(headers) + len(allow.set_headers) <= MAX_REQUEST_HEADERS
+        or ALLOWED_HEADERS in context_extensions
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -217,7 +223,7 @@ def _check_keys(
     looked_up: list[tuple[str | None, ApiKey | None]],
     headers: Mapping[str, str],
     now: float | None,
-    filtered: bool = False,
+    context_extensions: Mapping[str, str],
 ) -> Decision:
     """The decision from each rule's lookup."""
     outcomes = [
@@ -246,7 +252,7 @@ def _check_keys(
         if isinstance(outcome, Grant) and found is not None and found.expires_at is not None
     ]
     allow = _assemble_allow(config, outcomes, headers, min(expiries, default=None))
-    if not fits(allow, headers, filtered):
+    if not fits(allow, headers, context_extensions):
         return Deny(Reason.TOO_MANY_HEADERS, config.config_id)
     return allow
 

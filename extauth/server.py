@@ -175,9 +175,7 @@ class AuthorizationService:
             key = deciding.cache_key(policy, route, headers, http.host, by_host)
             hit = cache.get(key) if key is not None else None
             decision: Decision
-            if hit is not None and deciding.fits(
-                hit[0], headers, deciding.ALLOWED_HEADERS in route
-            ):
+            if hit is not None and deciding.fits(hit[0], headers, route):
                 decision, encoded = hit
             else:
                 decision = deciding.decide(
