@@ -27,7 +27,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m extauth.demo $(DEMO_ARGS)
 
-test: $(STAMP)
+# The wire module's type stubs, for mypy: made from the .proto, not committed.
+WIRE_STUBS := extauth/wire/ext_authz_pb2.pyi
+$(WIRE_STUBS): protos/extauth/wire/ext_authz.proto $(STAMP)
+	$(BIN)/python -m extauth.wire.generate --stubs
+
+test: $(STAMP) $(WIRE_STUBS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -42,7 +47,8 @@ serve: $(STAMP)
 validate: $(STAMP)
 	$(BIN)/extauth validate authconfigs
 
-# Regenerate the committed protobuf modules; tests/test_wire.py fails when they are stale.
+# Regenerate the committed protobuf module (and the stubs); tests/test_wire.py fails when
+# the module is stale.
 protos: $(STAMP)
 	$(BIN)/python -m extauth.wire.generate
 

@@ -17,7 +17,7 @@ import sys
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NamedTuple, NewType
+from typing import Final, NewType
 
 from extauth.origins import Origin
 
@@ -92,38 +92,127 @@ def shared_items(items: tuple[tuple[str, str], ...]) -> Shared:
     return Shared(found)
 
 
-class ApiKey(NamedTuple):
-    """One key holder (a Secret): its key digests and what is known about it.
+class KeyGroup:
+    """What the keys of one group have in common: namespace, labels, metadata, whether
+    they were stored hashed, and whether their origin path ends with their name.
 
-    `digests` holds the key and, during a rotation, the next key (`api-key-next`); both
+    A million keys typically carry a handful of distinct label sets and metadata (team,
+    org) in a few namespaces: holding those fields once per group rather than once per
+    key is 40 bytes a key. Made by `key_group` only, which shares equal groups, and
+    never changed once made.
+
+    `named`: each key's `source` is its origin path less its name (a Kubernetes Secret's
+    `kubernetes:Secret/ns/name` is `kubernetes:Secret/ns/` + name), so the keys of a
+    namespace share one source string instead of a path string each.
+    """
+
+    __slots__ = ("__weakref__", "hashed", "labels", "metadata", "named", "namespace")
+
+    def __init__(
+        self, namespace: str, labels: Shared, metadata: Shared, hashed: bool, named: bool
+    ) -> None:
+        self.namespace: Final = namespace
+        self.labels: Final = labels
+        self.metadata: Final = metadata
+        self.hashed: Final = hashed
+        self.named: Final = named
+
+    def __repr__(self) -> str:
+        return f"KeyGroup({self.namespace}, hashed={self.hashed}, named={self.named})"
+
+
+# Groups by (namespace, labels, metadata, hashed, named), the mappings by identity (they
+# are shared, and a group holds its own, so an id in a live entry is theirs), held
+# weakly like the mappings: a group lives exactly as long as a key uses it.
+_GroupKey = tuple[str, int, int, bool, bool]
+_groups: weakref.WeakValueDictionary[_GroupKey, KeyGroup] = weakref.WeakValueDictionary()
+# And bounded: groups come from what tenants write (a million distinct label sets make a
+# million groups), so past this many live groups a new one is made without an entry
+# (~250 bytes each). Sharing then degrades to a group per key (80 bytes, what a key's
+# fields cost before groups), never to a table that grows with the keys; groups made
+# apart are equal in every field, which is all that anything compares.
+GROUP_LIMIT = 4096
+
+
+def key_group(
+    namespace: str, labels: Shared, metadata: Shared, hashed: bool, named: bool
+) -> KeyGroup:
+    """The group of keys with these fields, shared while there is room (`GROUP_LIMIT`)."""
+    cache_key = (namespace, id(labels), id(metadata), hashed, named)
+    found = _groups.get(cache_key)
+    if found is None:
+        found = KeyGroup(sys.intern(namespace), labels, metadata, hashed, named)
+        if len(_groups) < GROUP_LIMIT:
+            _groups[cache_key] = found
+    return found
+
+
+class ApiKey:
+    """One key holder (a Secret): its key digest, its name, and its group (what it
+    shares with other keys: namespace, labels, metadata, `hashed`), and where it was read.
+
+    `digests` holds the key and, during a rotation (`api-key-next`), the next key; both
     identify the same holder. `hashed` is true when the Secret stored only hashes
     (`api-key-hash`), so a leaked Secret does not leak a usable key.
 
     Compared by identity: a redefinition is a new object, and policies and caches can
-    tell "the same definition" from "an equal one" in O(1). A named tuple rather than a
-    frozen dataclass for the cost of making a million of them (0.4 us each, not 2.4 us);
-    immutable all the same.
+    tell "the same definition" from "an equal one" in O(1). Never changed once made
+    (mypy: Final). Lean because there are a million of them: six slots, 80 bytes (a
+    named tuple of every field was 136); a key in rotation or with an expiry is a
+    `_KeyWithExtras`, two slots more, and every other key reads those two as None from
+    the class. The Check path reads `group` once and its fields from it (`deciding`);
+    the properties below are for everything else.
     """
 
-    namespace: str
-    name: str
-    labels: Mapping[str, str]
-    digest: bytes
-    # During a rotation (`api-key-next`); None otherwise. Two fields rather than a tuple
-    # of digests, and the origin's parts rather than an Origin: at a million keys, every
-    # object per key is tens of megabytes.
-    next_digest: bytes | None
-    metadata: Mapping[str, str]
-    path: str
-    line: int
-    document: int
-    # No defaults: a field added here must be given by `api_key`, which mypy then checks.
-    hashed: bool
-    expires_at: float | None
+    __slots__ = ("digest", "document", "group", "line", "name", "source")
+
+    # During a rotation (`api-key-next`), and from `expires-at`: None here, set on
+    # `_KeyWithExtras` (slots of the subclass, which take precedence over these).
+    next_digest: bytes | None = None
+    expires_at: float | None = None
+
+    def __init__(
+        self,
+        group: KeyGroup,
+        name: str,
+        key_digest: bytes,
+        source: str,
+        line: int,
+        document: int,
+    ) -> None:
+        self.group: Final = group
+        self.name: Final = name
+        self.digest: Final = key_digest
+        # The origin path, less the name when the group is `named` (see `path`).
+        self.source: Final = source
+        # Line and document of the file (`line` 0 for a Kubernetes object, whose
+        # `document` is its rank: see `building.rank`).
+        self.line: Final = line
+        self.document: Final = document
+
+    @property
+    def namespace(self) -> str:
+        return self.group.namespace
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.group.labels
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return self.group.metadata
+
+    @property
+    def hashed(self) -> bool:
+        return self.group.hashed
+
+    @property
+    def path(self) -> str:
+        return self.source + self.name if self.group.named else self.source
 
     @property
     def owner(self) -> Owner:
-        return (self.namespace, self.name)
+        return (self.group.namespace, self.name)
 
     @property
     def digests(self) -> tuple[bytes, ...]:
@@ -134,6 +223,23 @@ class ApiKey(NamedTuple):
     @property
     def origin(self) -> Origin:
         return Origin(self.path, self.line, self.document)
+
+    @property
+    def fields(self) -> tuple[object, ...]:
+        """Every field, in the order `api_key` takes them (tests compare keys by it)."""
+        return (
+            self.namespace,
+            self.name,
+            self.labels,
+            self.digest,
+            self.next_digest,
+            self.metadata,
+            self.path,
+            self.line,
+            self.document,
+            self.hashed,
+            self.expires_at,
+        )
 
     @classmethod
     def from_entries(
@@ -186,17 +292,28 @@ class ApiKey(NamedTuple):
         # The digest is not secret, but nothing about a key needs to be in a log.
         return f"ApiKey({self.namespace}/{self.name} from {self.origin})"
 
-    def __eq__(self, other: object) -> bool:
-        return self is other
 
-    def __ne__(self, other: object) -> bool:
-        return self is not other
+class _KeyWithExtras(ApiKey):
+    """A key in rotation or with an expiry: the two fields most keys do without."""
+
+    __slots__ = ("expires_at", "next_digest")
+
+    def __init__(
+        self,
+        group: KeyGroup,
+        name: str,
+        key_digest: bytes,
+        source: str,
+        line: int,
+        document: int,
+        next_digest: bytes | None,
+        expires_at: float | None,
+    ) -> None:
+        super().__init__(group, name, key_digest, source, line, document)
+        self.next_digest = next_digest
+        self.expires_at = expires_at
 
 
-# By identity, in C: a tuple's own hash would hash every field (and fail on the mappings).
-ApiKey.__hash__ = object.__hash__  # type: ignore[method-assign]
-
-_new_tuple = tuple.__new__
 # One int object per line and document number below this, shared by every key that has
 # it: a key's line and document numbers are ints of 32 bytes each once past 256 (which
 # Python caches), 64 bytes per key at a million keys; the table costs ~2.5 MB once.
@@ -219,28 +336,21 @@ def api_key(
 ) -> ApiKey:
     """The one place an ApiKey is made, whichever path read it (the general loader, the
     fast path, the bulk reader's rows, a Kubernetes object), so that a new field is a
-    change here that mypy carries to every caller.
-
-    At run time the tuple is made directly: the named tuple's own __new__ is a Python
-    function, and this runs a million times for a million keys. mypy checks the same
-    tuple against ApiKey's fields, in order and type, through the TYPE_CHECKING branch.
+    change here that mypy carries to every caller. What keys share goes to their group
+    (`key_group`); the rest is the key's own.
     """
-    fields = (
-        sys.intern(namespace),
-        name,
-        labels,
-        key_digest,
-        next_digest,
-        metadata,
-        path,
-        _SMALL_INTS[line] if 0 <= line < _SMALL_LIMIT else line,
-        _SMALL_INTS[document] if 0 <= document < _SMALL_LIMIT else document,
-        hashed,
-        expires_at,
-    )
-    if TYPE_CHECKING:
-        return ApiKey(*fields)
-    return _new_tuple(ApiKey, fields)
+    suffix = "/" + name
+    named = path.endswith(suffix)
+    if named:  # a Kubernetes object's path: one source string per namespace
+        path = sys.intern(path[: -len(name)])
+    group = key_group(namespace, labels, metadata, hashed, named)
+    if 0 <= line < _SMALL_LIMIT:
+        line = _SMALL_INTS[line]
+    if 0 <= document < _SMALL_LIMIT:
+        document = _SMALL_INTS[document]
+    if next_digest is None and expires_at is None:
+        return ApiKey(group, name, key_digest, path, line, document)
+    return _KeyWithExtras(group, name, key_digest, path, line, document, next_digest, expires_at)
 
 
 # RFC 3339 section 5.6, date-time: full-date "T" full-time, with `T` and `Z` in either

@@ -447,13 +447,9 @@ class PolicyBuilder:
         problems = []
         for conflict in conflicts:
             refused, holder = placed[conflict.refused], placed[conflict.holder]
+            named = "/".join(holder.owner) + f" ({holder.origin})"
             problems.append(
-                _problem(
-                    refused.origin,
-                    f"AuthConfig {'/'.join(refused.owner)}: host {conflict.pattern!r} is "
-                    f"already claimed by AuthConfig {'/'.join(holder.owner)} "
-                    f"({holder.origin}), which comes first; refused for this AuthConfig",
-                )
+                _problem(refused.origin, conflict.explain("/".join(refused.owner), named))
             )
         return table, tuple(problems)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import shtab
+import yaml
 from pydantic import ValidationError
 
 from extauth import (
@@ -26,6 +27,7 @@ from extauth import (
     logformat,
     manifests,
     resources,
+    sentheaders,
     tracing,
     workers,
 )
@@ -244,22 +246,30 @@ _NEW_KEY = (
 # fmt: on
 
 
-# What `serve` alone takes, in the order its help lists them.
+# What `serve` takes for --kubernetes alone: a help section of its own, titled so, rather
+# than "with --kubernetes:" at the head of each line.
 # fmt: off
-_SERVE = (
+_SERVE_KUBERNETES = (
     _Option("--kube-watch-timeout", _bounded(int, 1, 3600), 300, "SECONDS",
-            "with --kubernetes: restart each watch this often (server-side timeout)"),
+            "restart each watch this often (server-side timeout)"),
     _Option("--kube-heartbeat", _bounded(float, 0.2, 60), 10.0, "SECONDS",
-            "with --kubernetes: ask the API server this often whether it answers "
+            "ask the API server this often whether it answers "
             "(a hung one is noticed within this plus 3 s)"),
     _Option("--kube-request-timeout", _bounded(float, 0.2, 120), 5.0, "SECONDS",
-            "with --kubernetes: how long a list or watch request waits for the answer to start"),
+            "how long a list or watch request waits for the answer to start"),
     _Option("--kube-max-secret-bytes", _bounded(int, 256, 4 * 1024 * 1024), 16 * 1024, "BYTES",
-            "with --kubernetes: refuse an API-key Secret whose entries and labels exceed this"),
+            "refuse an API-key Secret whose entries and labels exceed this"),
     _Option("--kube-status-rate", _bounded(float, 0.1, 10000), 50.0, "PER_SECOND",
-            "with --kubernetes: at most this many AuthConfig status writes a second"),
+            "at most this many AuthConfig status writes a second"),
     _Option("--no-status", action="store_true",
-            help="with --kubernetes: do not write AuthConfig status"),
+            help="do not write AuthConfig status"),
+)
+# fmt: on
+
+
+# What `serve` takes besides, in the order its help lists them.
+# fmt: off
+_SERVE = (
     _Option("--grpc-address", _address, "127.0.0.1:9001", "HOST:PORT",
             "where Envoy's ext_authz filter reaches the Authorization service"),
     _Option("--default-config", _config_id, None, "NS.NAME",
@@ -343,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{ENV_PREFIX}NAMESPACE a comma-separated list); the command line wins.",
     )
     _add_options(run, (*_sources("watch"), *_SERVE))
+    _add_options(run.add_argument_group("with --kubernetes"), _SERVE_KUBERNETES)
     _add_limits(run)
 
     check = command(
@@ -362,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         default="text",
         help="text: `file:line: message` lines; json: one object for tools",
+    )
+    check.add_argument(
+        "--envoy-config",
+        type=Path,
+        metavar="FILE",
+        help="also check this Envoy config against the AuthConfigs: every header they read "
+        "a key from must pass its ext_authz filters' allowed_headers",
     )
     _add_limits(check)
 
@@ -423,7 +441,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
     if args.command == "validate":
-        return validate(args.paths, _limits(args), args.output)
+        return validate(args.paths, _limits(args), args.output, args.envoy_config)
     if args.command == "keys":
         return new_key(args)
     if args.command == "inspect":
@@ -672,7 +690,12 @@ def _merged(changes: Sequence[Change]) -> Change:
 STDIN = Path("-")
 
 
-def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS, output: str = "text") -> int:
+def validate(
+    paths: Sequence[Path],
+    limits: Limits = DEFAULT_LIMITS,
+    output: str = "text",
+    envoy_config: Path | None = None,
+) -> int:
     """Every problem as `file:line: message`, sorted by file and line; cross-file problems
     (duplicates, key conflicts, references to missing Secrets) are found by compiling a
     policy. Files are read by the loader `serve` uses, with the same limits: same
@@ -703,6 +726,8 @@ def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS, output: str
     policy = compile_policy(Change(tuple(found)))
     problems.extend(policy.problems)
     problems.extend(_unadmitted(policy))
+    if envoy_config is not None:
+        problems.extend(_envoy_problems(envoy_config, policy, limits))
     problems.sort(key=lambda p: (p.path, p.line))  # stable: a line's problems keep their order
     errors = sum(not p.warning for p in problems)
     if output == "json":
@@ -739,6 +764,23 @@ def validate(paths: Sequence[Path], limits: Limits = DEFAULT_LIMITS, output: str
         + (f", {len(problems)} warning(s)" if problems else "")
     )
     return 0
+
+
+def _envoy_problems(path: Path, policy: Policy, limits: Limits) -> list[Problem]:
+    """The Envoy config's mismatches with the AuthConfigs (sentheaders.envoy_problems),
+    each reported at the config file."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(limits.max_file_bytes + 1)
+    except OSError as exc:
+        return [Problem(str(path), 0, f"cannot read the Envoy config: {exc.strerror}")]
+    if len(data) > limits.max_file_bytes:
+        return [Problem(str(path), 0, "Envoy config too large (see --max-file-bytes)")]
+    try:
+        envoy = yaml.safe_load(data)
+    except (yaml.YAMLError, RecursionError, UnicodeDecodeError) as exc:
+        return [Problem(str(path), 0, f"not a YAML Envoy config ({type(exc).__name__})")]
+    return [Problem(str(path), 0, p) for p in sentheaders.envoy_problems(envoy, policy)]
 
 
 def _load_stdin(limits: Limits) -> loader.FileLoad:

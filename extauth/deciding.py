@@ -51,6 +51,13 @@ MAX_REQUEST_HEADERS = 100
 MAX_QUERY_PARAMETERS = 100
 # NAMESPACE.NAME: 63 + 1 + 253 characters at most.
 MAX_CONFIG_ID = 317
+# The context extension in which a generated Envoy config names the headers its ext_authz
+# filter sends (`allowed_headers`; comma-separated, `x-b3-*` for a prefix). Present, it
+# says two things: the header map is filtered, so counting it against the limit means
+# nothing (the config's own guard, a Lua filter before ext_authz, counts every header
+# instead and answers 431 itself); and a key source outside the list would read a header
+# Envoy never sends, which is a config mismatch, not a client's missing key.
+ALLOWED_HEADERS = "allowed_headers"
 
 
 # How a host is looked up in the policy's table: `HostTable.lookup` itself, or the
@@ -89,6 +96,11 @@ def decide(
         # Cut: no real config id is longer (a namespace and a name), and the id travels
         # on into deny metadata and logs.
         return Deny(Reason.UNKNOWN_CONFIG, config_id[:MAX_CONFIG_ID])
+    listed = context_extensions.get(ALLOWED_HEADERS)
+    if listed is not None:
+        not_sent = unsent(config, listed)
+        if not_sent is not None:
+            return Deny(Reason.KEY_SOURCE_NOT_SENT, config.config_id, not_sent)
     if config.key_header is None and "?" in path:
         names = [s.name for rule in config.rules for s in rule.sources if s.kind == "query"]
         if names:
@@ -102,7 +114,7 @@ def decide(
         looked_up = [(key is not None, find(policy, digest(key)) if key is not None else None)]
     else:
         looked_up = [_lookup(policy, rule, headers, path) for rule in config.rules]
-    return _check_keys(policy, config, looked_up, headers, now)
+    return _check_keys(policy, config, looked_up, headers, now, listed is not None)
 
 
 def config_id_of(
@@ -141,9 +153,29 @@ def cache_key(
     return None if key is None else (config_id, digest(key))
 
 
-def fits(allow: Allow, headers: Mapping[str, str]) -> bool:
-    """Whether the request, with what `allow` injects, stays within Envoy's header limit."""
-    return len(headers) + len(allow.set_headers) <= MAX_REQUEST_HEADERS
+def fits(allow: Allow, headers: Mapping[str, str], filtered: bool = False) -> bool:
+    """Whether the request, with what `allow` injects, stays within Envoy's header limit.
+    `filtered`: the route sends only some headers (ALLOWED_HEADERS), so they are not the
+    request's count; Envoy's guard before ext_authz counted them already."""
+    return filtered or len(headers) + len(allow.set_headers) <= MAX_REQUEST_HEADERS
+
+
+@functools.lru_cache(maxsize=64)
+def _sent(listed: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    """An ALLOWED_HEADERS value as exact names and prefixes (lower case, as Envoy sends
+    names). Cached: a route's value is the same string Check after Check."""
+    names = [name.strip().lower() for name in listed.split(",")]
+    exact = frozenset(n for n in names if n and not n.endswith("*"))
+    return exact, tuple(n[:-1] for n in names if n.endswith("*"))
+
+
+def unsent(config: CompiledConfig, listed: str) -> str | None:
+    """The first header `config` reads a key from that a route sending `listed` drops."""
+    exact, prefixes = _sent(listed)
+    for name in config.read_headers:
+        if name not in exact and not name.startswith(prefixes):
+            return name
+    return None
 
 
 # A rule's outcome: a Grant (passed with a key), None (passed anonymously: Optional mode,
@@ -198,6 +230,7 @@ def _check_keys(
     looked_up: list[tuple[bool, ApiKey | None]],
     headers: Mapping[str, str],
     now: float | None,
+    filtered: bool = False,
 ) -> Decision:
     """The decision from each rule's lookup."""
     outcomes = [
@@ -226,7 +259,7 @@ def _check_keys(
         if isinstance(outcome, Grant) and found is not None and found.expires_at is not None
     ]
     allow = _assemble_allow(config, outcomes, headers, min(expiries, default=None))
-    if not fits(allow, headers):
+    if not fits(allow, headers, filtered):
         return Deny(Reason.TOO_MANY_HEADERS, config.config_id)
     return allow
 
@@ -284,13 +317,14 @@ def _assemble_allow(
 
 def admits(rule: KeyRule, key: ApiKey) -> bool:
     """Whether `rule` admits `key`: by reference, or by a label selector in its namespace."""
-    if rule.require_hashed and not key.hashed:
+    group = key.group  # what the key shares with others: read once, not by property
+    if rule.require_hashed and not group.hashed:
         return False
-    if key.owner in rule.refs:
+    if (group.namespace, key.name) in rule.refs:
         return True
-    if rule.selector_namespace is not None and key.namespace != rule.selector_namespace:
+    if rule.selector_namespace is not None and group.namespace != rule.selector_namespace:
         return False
-    labels = key.labels
+    labels = group.labels
     return any(all(labels.get(k) == v for k, v in sel) for sel in rule.selectors)
 
 
@@ -300,8 +334,9 @@ def rule_grant(rule: KeyRule, key: ApiKey, usage_label: str | None) -> Grant:
     set_headers: list[tuple[str, str]] = []
     remove: list[str] = []
     missing: list[str] = []
+    metadata = key.group.metadata
     for header_rule in rule.header_rules:
-        value = key.metadata.get(header_rule.entry)
+        value = metadata.get(header_rule.entry)
         if value is not None:
             set_headers.append((header_rule.header, value))
         else:
@@ -311,7 +346,7 @@ def rule_grant(rule: KeyRule, key: ApiKey, usage_label: str | None) -> Grant:
                 missing.append(header_rule.entry)
     if rule.client_id_header:
         set_headers.append((rule.client_id_header, key.name))
-    usage = (key.metadata.get(usage_label) or "-") if usage_label else ""
+    usage = (metadata.get(usage_label) or "-") if usage_label else ""
     return Grant(key.name, tuple(set_headers), tuple(remove), tuple(missing), usage)
 
 

@@ -26,6 +26,10 @@ class Reason(StrEnum):
     TOO_MANY_HEADERS = "too_many_headers"
     # More query parameters than MAX_QUERY_PARAMETERS, on a config that reads the query.
     TOO_MANY_PARAMETERS = "too_many_query_parameters"
+    # The route's ext_authz filter does not send a header the AuthConfig reads a key from
+    # (its allowed_headers, passed in the context extension `allowed_headers`): a config
+    # mismatch, not a client's missing key (deciding.unsent).
+    KEY_SOURCE_NOT_SENT = "key_source_not_sent"
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,9 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +49,17 @@ import yaml
 # Envoy's limit on request headers, written into every config: ext_authz fails a request
 # with 500 when the headers extauth injects would push it past it, so extauth checks the
 # same number before it allows (and counts) anything.
-from extauth.deciding import MAX_REQUEST_HEADERS
+from extauth import loader
+from extauth.building import compile_policy
+from extauth.changes import Change, Definition
+from extauth.deciding import ALLOWED_HEADERS, MAX_REQUEST_HEADERS
+from extauth.decisions import Reason
+from extauth.responses import _DENIALS
+from extauth.sentheaders import GUARD_NAME, SentHeaders, sent_headers
+from extauth.sources.listing import walk
+
+# The guard's 431 says what extauth's own would.
+TOO_MANY_MESSAGE = _DENIALS[Reason.TOO_MANY_HEADERS][2]
 
 ProviderKey = Literal["file", "env", "inline", "passthrough"]
 PROVIDER_KEYS: tuple[ProviderKey, ...] = ("file", "env", "inline", "passthrough")
@@ -142,6 +154,11 @@ class Target:
     # passes its ext_authz span to extauth (traceparent in the Check's gRPC metadata), so
     # `extauth serve --otel` exporting to the same collector joins the trace.
     tracing: Endpoint | None = None
+    # The directory (under the repository) of the AuthConfigs this Envoy serves: its
+    # ext_authz filter then sends only the headers they read (`allowed_headers`, the list
+    # also passed to extauth, which denies a key source outside it) and a Lua filter
+    # guards the header count. None: every header is sent, and extauth counts them.
+    authconfigs: str | None = None
 
     @property
     def extauth_endpoints(self) -> tuple[Endpoint, ...]:
@@ -160,6 +177,7 @@ LOCAL = Target(
     extauth=Endpoint("127.0.0.1", 9001),
     upstream="http://127.0.0.1:8000",
     secrets_dir="envoy/secrets",
+    authconfigs="authconfigs",
 )
 # Inside a container the admin stays on loopback; the ops listener takes the port that
 # Prometheus (compose) and the readiness probe (Kubernetes) already use.
@@ -170,6 +188,7 @@ COMPOSE = Target(
     upstream="http://upstream:8000",
     secrets_dir="/etc/envoy/secrets",
     ops=Endpoint("0.0.0.0", 9901),  # noqa: S104 (/ready and /stats/prometheus only)
+    authconfigs="authconfigs",  # compose.yaml mounts them
 )
 
 KUBERNETES = Target(
@@ -194,7 +213,11 @@ LOCAL_MTLS = dataclasses.replace(
 )
 
 # Istio's shape: AuthConfigs chosen by host, several virtual hosts, no per-route settings.
-ISTIO = dataclasses.replace(LOCAL, routing="istio")
+# The gateway shapes send every header: their control planes let a recipe name the headers
+# (Istio's includeRequestHeadersInCheck, Envoy Gateway's headersToExtAuth) but not add the
+# header-count guard, without which a request near the limit would fail with 500.
+UNFILTERED = dataclasses.replace(LOCAL, authconfigs=None)
+ISTIO = dataclasses.replace(UNFILTERED, routing="istio")
 # Traces to a collector on the OTLP/gRPC port (an OpenTelemetry Collector, Jaeger, Tempo).
 OTLP_PORT = 4317
 LOCAL_TRACING = dataclasses.replace(LOCAL, tracing=Endpoint("127.0.0.1", OTLP_PORT))
@@ -209,15 +232,15 @@ FILES: dict[str, tuple[Target, ProviderKey]] = {
     "envoy/envoy-istio.yaml": (ISTIO, "file"),
     # What the gateways of deploy/gateways/ send extauth (tests/e2e/test_gateways.py).
     "tests/e2e/gateways/envoy-gateway.yaml": (
-        dataclasses.replace(LOCAL, routing="envoy-gateway"),
+        dataclasses.replace(UNFILTERED, routing="envoy-gateway"),
         "passthrough",
     ),
     "tests/e2e/gateways/kgateway.yaml": (
-        dataclasses.replace(LOCAL, routing="kgateway"),
+        dataclasses.replace(UNFILTERED, routing="kgateway"),
         "passthrough",
     ),
     "tests/e2e/gateways/agentgateway.yaml": (
-        dataclasses.replace(LOCAL, routing="agentgateway"),
+        dataclasses.replace(UNFILTERED, routing="agentgateway"),
         "passthrough",
     ),
     "envoy/envoy-tracing.yaml": (LOCAL_TRACING, "file"),
@@ -646,7 +669,94 @@ def build(target: Target, provider_key: ProviderKey) -> dict[str, Any]:
             "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
         }
     )
-    return _config(target, virtual_hosts, filters)
+    config = _config(target, virtual_hosts, filters)
+    if target.authconfigs is not None:
+        filter_headers(config, authconfig_headers(ROOT / target.authconfigs))
+    return config
+
+
+def authconfig_headers(directory: Path) -> SentHeaders:
+    """What the AuthConfigs in `directory` (read as `extauth serve --config-dir` reads it)
+    need Envoy to send. Raises ValueError when one of them is broken: a config generated
+    from a broken AuthConfig would filter out what its fixed version reads."""
+    definitions: list[Definition] = []
+    for file in walk(directory).files:
+        loaded = loader.load_file(file)
+        errors = [p for p in loaded.problems if not p.warning]
+        if errors:
+            raise ValueError(f"{file}: {errors[0]}")
+        definitions.extend(loaded.definitions)
+    return sent_headers(compile_policy(Change(tuple(definitions))).configs.values())
+
+
+def _header_count_guard(sent: SentHeaders) -> dict[str, Any]:
+    """A Lua filter before ext_authz that answers 431 (with extauth's own body) when a
+    request has more headers than `sent.limit`: extauth sees a filtered header map and
+    cannot count them. It counts what Envoy counts: every entry, pseudo-headers and the
+    ones Envoy added (x-forwarded-for, x-request-id) included."""
+    body = json.dumps({"error": Reason.TOO_MANY_HEADERS.value, "message": TOO_MANY_MESSAGE})
+    code = (
+        "-- Generated by extauth/envoyconf.py: room for the headers extauth injects.\n"
+        f"local limit = {sent.limit}\n"
+        "function envoy_on_request(handle)\n"
+        "  local count = 0\n"
+        "  for _, _ in pairs(handle:headers()) do count = count + 1 end\n"
+        "  if count > limit then\n"
+        "    handle:respond({[':status'] = '431', ['content-type'] = 'application/json',\n"
+        f"      ['x-ext-auth-reason'] = '{Reason.TOO_MANY_HEADERS.value}'}}, '{body}')\n"
+        "  end\n"
+        "end\n"
+    )
+    return _extension(
+        GUARD_NAME,
+        "envoy.extensions.filters.http.lua.v3.Lua",
+        default_source_code={"inline_string": code},
+    )
+
+
+def _ext_authz_settings(node: Any) -> Iterator[dict[str, Any]]:
+    """Every ext_authz filter config and per-route ExtAuthzPerRoute in a config."""
+    if isinstance(node, dict):
+        typed = node.get("@type", "")
+        if typed.endswith(("ext_authz.v3.ExtAuthz", "ext_authz.v3.ExtAuthzPerRoute")):
+            yield node
+        for value in node.values():
+            yield from _ext_authz_settings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _ext_authz_settings(value)
+
+
+def filter_headers(config: dict[str, Any], sent: SentHeaders | None) -> None:
+    """Make `config` send only `sent` to extauth (None: every header, as without this):
+    the filters' allowed_headers, the list in each route's context extensions, and the
+    header-count guard before the first ext_authz filter."""
+    for settings in _ext_authz_settings(config):
+        if settings["@type"].endswith("ExtAuthzPerRoute"):
+            extensions = settings.get("check_settings", {}).get("context_extensions")
+            if extensions is not None:
+                extensions.pop(ALLOWED_HEADERS, None)
+                if sent is not None:
+                    extensions[ALLOWED_HEADERS] = sent.listed()
+        elif sent is None:
+            settings.pop("allowed_headers", None)
+        else:
+            settings["allowed_headers"] = {
+                "patterns": [{"exact": n} for n in sent.names]
+                + [{"prefix": p} for p in sent.prefixes]
+            }
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network in chain["filters"]:
+                filters = network["typed_config"].get("http_filters")
+                if filters is None:
+                    continue
+                filters[:] = [f for f in filters if f["name"] != GUARD_NAME]
+                first = next(
+                    (i for i, f in enumerate(filters) if f["name"].startswith(EXT_AUTHZ)), None
+                )
+                if sent is not None and first is not None:
+                    filters.insert(first, _header_count_guard(sent))
 
 
 def _ext_authz(name: str, *, disabled: bool = False) -> dict[str, Any]:
@@ -861,8 +971,10 @@ def local(
     secrets_dir: str,
     upstream_ca: str = SYSTEM_CA,
     grpc_tls: GrpcTls | None = None,
+    authconfigs: str | None = None,
 ) -> Target:
-    """A loopback target on the given ports (the demo, the soak, the benchmarks, tests)."""
+    """A loopback target on the given ports (the demo, the soak, the benchmarks, tests);
+    `authconfigs`: as in Target (the demo's are authconfigs/, so it filters)."""
     ports = extauth if isinstance(extauth, tuple) else (extauth,)
     return Target(
         listen=Endpoint("127.0.0.1", listen),
@@ -872,6 +984,7 @@ def local(
         secrets_dir=secrets_dir,
         upstream_ca=upstream_ca,
         grpc_tls=grpc_tls,
+        authconfigs=authconfigs,
     )
 
 

@@ -172,6 +172,14 @@ class Conflict:
     refused: str
     holder: str
 
+    def explain(self, refused: str, holder: str) -> str:
+        """The refusal as the refused AuthConfig's status and the logs word it, given how
+        the two are named there (this module knows config ids, not owners or origins)."""
+        return (
+            f"AuthConfig {refused}: host {self.pattern!r} is already claimed by AuthConfig "
+            f"{holder}, which comes first; refused for this AuthConfig"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class HostTable:

@@ -130,7 +130,7 @@ def _identity(config: CompiledConfig, key: ApiKey) -> Identity:
 def _selection(rule: KeyRule) -> Selection:
     return Selection(
         rule.name,
-        tuple(f"{s.kind} {s.name}" for s in rule.sources),
+        tuple(str(source) for source in rule.sources),
         tuple(sorted("/".join(owner) for owner in rule.refs)),
         tuple(dict(selector) for selector in rule.selectors),
         "Optional" if rule.optional else "Strict",

@@ -29,6 +29,10 @@ class KeySource:
     kind: SourceKind
     name: str
 
+    def __str__(self) -> str:
+        """As the status page and `inspect` list a rule's sources: `header x-api-key`."""
+        return f"{self.kind} {self.name}"
+
 
 @dataclass(frozen=True, slots=True)
 class HeaderRule:
@@ -95,6 +99,9 @@ class CompiledConfig:
     # For a simple config whose one key source is a header: that header, which is all a
     # request needs to find its cached response. None otherwise.
     key_header: str | None = field(init=False, compare=False)
+    # The request headers its key sources read (`cookie` for a cookie source; a query
+    # source reads the path, always sent): what Envoy must send it (envoy allowed_headers).
+    read_headers: tuple[str, ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         simple = len(self.rules) == 1 and self.expr is None and not self.rules[0].strip_cookies
@@ -102,6 +109,13 @@ class CompiledConfig:
         header = sources[0].name if len(sources) == 1 and sources[0].kind == "header" else None
         object.__setattr__(self, "simple", simple)
         object.__setattr__(self, "key_header", header)
+        read = (
+            s.name if s.kind == "header" else "cookie"
+            for rule in self.rules
+            for s in rule.sources
+            if s.kind != "query"
+        )
+        object.__setattr__(self, "read_headers", tuple(dict.fromkeys(read)))
 
 
 class KeyIndex(Mapping[bytes, ApiKey]):

@@ -69,6 +69,11 @@ _DENIALS: dict[Reason, tuple[pb.StatusCode, int, str]] = {
         GRPC_RESOURCE_EXHAUSTED,
         "too many request headers",
     ),
+    Reason.KEY_SOURCE_NOT_SENT: (
+        pb.InternalServerError,
+        GRPC_INTERNAL,
+        "the gateway does not pass on the header this route's API key is read from",
+    ),
     Reason.NOT_READY: (pb.ServiceUnavailable, GRPC_UNAVAILABLE, "authorization is starting"),
     Reason.INTERNAL: (pb.InternalServerError, GRPC_INTERNAL, "authorization failed"),
 }

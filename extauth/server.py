@@ -144,6 +144,9 @@ class AuthorizationService:
         self._warned: set[str | None] = set()
         self._warned_enough = False
         self._cache = responses.AllowCache(None)
+        # (config id, header) pairs a route's ext_authz filter did not send: problems
+        # for /readyz and the status page until the policy or the Envoy config changes.
+        self._unsent: dict[tuple[str, str], Policy] = {}
 
     async def check(
         self,
@@ -169,7 +172,9 @@ class AuthorizationService:
             key = deciding.cache_key(policy, route, headers, http.host, by_host)
             hit = cache.get(key) if key is not None else None
             decision: Decision
-            if hit is not None and deciding.fits(hit[0], headers):
+            if hit is not None and deciding.fits(
+                hit[0], headers, deciding.ALLOWED_HEADERS in route
+            ):
                 decision, encoded = hit
             else:
                 decision = deciding.decide(
@@ -188,6 +193,8 @@ class AuthorizationService:
             Reason.UNKNOWN_CONFIG,
         ):
             self._warn_config(policy, decision)
+        elif isinstance(decision, Deny) and decision.reason is Reason.KEY_SOURCE_NOT_SENT:
+            self._not_sent(policy, decision)
         seconds = time.perf_counter() - start
         self._metrics.record(decision, seconds)
         if self._decision_log is not None:
@@ -205,6 +212,26 @@ class AuthorizationService:
         if self._tracing is not None:
             self._tracing.record(context.invocation_metadata(), {}, failed, seconds)
         return responses.encode(failed)
+
+    def _not_sent(self, policy: Policy, decision: Deny) -> None:
+        """Say once which AuthConfig reads a header Envoy does not send: each such request
+        is denied, and the fix is in the Envoy config (or the AuthConfig), not the client."""
+        found = (decision.config_id or "", decision.hint)
+        if self._unsent.get(found) is policy:
+            return
+        if len(self._unsent) >= WARN_LIMIT:
+            # Entries of older policies first: a config since fixed drops out.
+            stale = [k for k, p in self._unsent.items() if p is not policy]
+            if not stale:
+                return
+            del self._unsent[stale[0]]
+        self._unsent[found] = policy
+        log.warning("check: %s; denying", unsent_problem(*found))
+
+    def unsent_problems(self) -> list[str]:
+        """The unsent key headers seen under the current policy."""
+        current = self._holder.current
+        return [unsent_problem(*found) for found, p in self._unsent.items() if p is current]
 
     def _warn_config(self, policy: Policy, decision: Deny) -> None:
         """Log a route's config problem once per policy version, not once per request."""
@@ -231,6 +258,14 @@ class AuthorizationService:
             log.warning(
                 "check: AuthConfig '%s' is not loaded; denying", shown(decision.config_id or "")
             )
+
+
+def unsent_problem(config_id: str, header: str) -> str:
+    return (
+        f"AuthConfig {config_id} reads its API key from the header {header!r}, which the "
+        f"route's Envoy ext_authz filter does not send (allowed_headers): add it there "
+        f"(make envoy-configs, or extauth validate --envoy-config to compare)"
+    )
 
 
 def parse_check(data: bytes) -> pb.CheckRequest | None:
@@ -271,8 +306,12 @@ class Server:
             source.register_metrics(self.metrics.registry)
         self.metrics.track_sources(source_health(self.sources))
         self.usage = statuspage.UsageHistory(lambda: self.metrics.usage_counts)
+        self._checks: AuthorizationService | None = None
         page = statuspage.StatusPage(
-            lambda: self.holder.current, source_health(self.sources), self.usage
+            lambda: self.holder.current,
+            source_health(self.sources),
+            self.usage,
+            self._serving_problems,
         )
         self.status = StatusServer(
             self.metrics.registry,
@@ -291,7 +330,13 @@ class Server:
 
     def problems(self) -> list[str]:
         """What /readyz says beside its verdict (a Kubernetes API server not answering)."""
-        return [problem for source in self.sources for problem in source.problems()]
+        return [
+            *(problem for source in self.sources for problem in source.problems()),
+            *self._serving_problems(),
+        ]
+
+    def _serving_problems(self) -> list[str]:
+        return [] if self._checks is None else self._checks.unsent_problems()
 
     def _published(self, policy: Policy) -> None:
         """Tell the sources that report on their objects (AuthConfig status) what the
@@ -348,6 +393,7 @@ class Server:
             self._tracing = tracing.start()
             log.info("tracing Checks (OpenTelemetry, OTLP/gRPC)")
         checks = AuthorizationService(self.holder, self.metrics, decision_log, self._tracing)
+        self._checks = checks
         server.add_generic_rpc_handlers((authorization_handler(checks),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         credentials = grpc_credentials(self.settings)

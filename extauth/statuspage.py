@@ -161,10 +161,14 @@ class StatusPage:
         policy: Callable[[], Policy],
         sources: Sequence[SourceHealth],
         usage: UsageHistory,
+        serving: Callable[[], list[str]] = list,
     ) -> None:
+        """`serving`: problems found while answering Checks (an Envoy config that does not
+        send a header an AuthConfig reads), listed with the policy's own."""
         self._policy = policy
         self._sources = sources
         self.usage = usage
+        self._serving = serving
         self._admitted: _Admitted | None = None
 
     def _admissions(self, policy: Policy) -> dict[str, list[ApiKey]]:
@@ -187,7 +191,7 @@ class StatusPage:
             _rejected(views),
             _expiring(policy),
             _usage(self.usage, policy.usage_label),
-            _problems(policy),
+            _problems(policy, self._serving()),
             "</main></body></html>\n",
         ]
         return "".join(parts).encode("utf-8")
@@ -308,7 +312,7 @@ def _configs(
 def _describe(config: CompiledConfig | None) -> str:
     if config is None:
         return ""
-    sources = {f"{s.kind} {s.name}" for rule in config.rules for s in rule.sources}
+    sources = {str(source) for rule in config.rules for source in rule.sources}
     return _text(", ".join(sorted(sources)))
 
 
@@ -445,9 +449,9 @@ def _chart(times: list[float], series: dict[str, list[int]], step: float) -> str
     )
 
 
-def _problems(policy: Policy) -> str:
+def _problems(policy: Policy, serving: list[str]) -> str:
     problems: Iterable[object] = policy.problems
-    listed = [str(p) for p in problems]
+    listed = serving + [str(p) for p in problems]
     if not listed:
         return '<h2>Policy problems</h2><p id="problems">None.</p>\n'
     rows = "".join(f"<li>{_text(p, 400)}</li>" for p in listed[:LIST_LIMIT])

@@ -23,7 +23,7 @@ def snapshot(*documents: str, path: str = "t.yaml") -> Change:
 
 def key_fields(key: ApiKey) -> tuple[object, ...]:
     """Every field of the key, mappings as dicts: a field added to ApiKey is compared too."""
-    return tuple(dict(v) if isinstance(v, Mapping) else v for v in key)
+    return tuple(dict(v) if isinstance(v, Mapping) else v for v in key.fields)
 
 
 def merge(*changes: Change) -> Change:

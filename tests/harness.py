@@ -293,10 +293,16 @@ def envoy_config(
     work: Path,
     source: Path = ROOT / "envoy" / "envoy.yaml",
     provider_key: str = "Bearer sk-test",
+    authconfigs: Path | None = None,
 ) -> tuple[dict[str, Any], int]:
     """A committed Envoy config as shipped, on free ports, its provider-key file in `work`.
-    Returns the config and the port it listens on."""
+    Its ext_authz filter sends only what the AuthConfigs in `authconfigs` read (as `make
+    envoy-configs` makes it for authconfigs/), or every header when None: most tests
+    bring AuthConfigs of their own. Returns the config and the port it listens on."""
     config = load_envoy_config(source)
+    envoyconf.filter_headers(
+        config, None if authconfigs is None else envoyconf.authconfig_headers(authconfigs)
+    )
     listen = free_port()
     retarget(
         config, listen=listen, admin=free_port(), ports={"extauth": extauth, "upstream": upstream}

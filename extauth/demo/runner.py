@@ -128,6 +128,7 @@ def build_children(args: argparse.Namespace, run: Path) -> list[Child]:
         upstream=upstream_url,
         secrets_dir=str(run / "secrets"),
         upstream_ca=str(args.upstream_ca),
+        authconfigs="authconfigs",
     )
     (run / "envoy.yaml").write_text(envoyconf.config_text(target, "file"))
     secrets = run / "secrets"

@@ -1,8 +1,10 @@
-"""Regenerate the committed protobuf modules from protos/ (`make protos`).
+"""Regenerate the protobuf module from protos/ (`make protos`), and its type stubs.
 
-The generated code is committed rather than built at install time so that installing
-extauth needs no compiler; tests/test_wire.py recompiles the .proto and fails if the
-committed descriptor differs, so the two cannot drift apart unnoticed.
+The module is committed rather than built at install time so that installing extauth needs
+no compiler; tests/test_wire.py recompiles the .proto and fails if the committed descriptor
+differs, so the two cannot drift apart unnoticed. The stubs (`--stubs`) serve mypy alone,
+which runs only where grpcio-tools is installed too, so `make test` makes them from the
+.proto instead: a generated file kept out of git cannot go stale in it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ def protoc_args(*outputs: str) -> list[str]:
     return ["protoc", f"-I{PROTO_DIR}", f"-I{well_known}", *outputs, *PROTO_FILES]
 
 
-def main() -> int:
-    code = protoc.main(protoc_args(f"--python_out={ROOT}", f"--pyi_out={ROOT}"))
+def main(argv: list[str] | None = None) -> int:
+    stubs_only = (sys.argv[1:] if argv is None else argv) == ["--stubs"]
+    outputs = [f"--pyi_out={ROOT}"] if stubs_only else [f"--python_out={ROOT}", f"--pyi_out={ROOT}"]
+    code = protoc.main(protoc_args(*outputs))
     if code != 0:
         print("protoc failed", file=sys.stderr)
     return int(code)

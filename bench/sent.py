@@ -1,0 +1,232 @@
+"""What `allowed_headers` buys: the CheckRequest's size, and Check throughput through Envoy.
+
+Two Envoys made by extauth/envoyconf.py for authconfigs/, one sending every header (as
+without `allowed_headers`), one filtered as the committed envoy/envoy.yaml is (the list,
+the context extension, the Lua header-count guard). Routes answer 200 themselves, so only
+the ext_authz path is measured.
+
+1. Size: one request (the headers of BENCHMARKS.md's earlier measurement) through each
+   Envoy to a gRPC server that records the raw Check bytes.
+2. Throughput: `extauth serve` on authconfigs/ behind both Envoys, `hey` closed loop
+   against one then the other, alternating for --rounds; medians of req/s, p50, p99.
+
+Usage: python bench/sent.py [--rounds 5] [--seconds 8] [--extauth-root DIR]
+(--extauth-root: run extauth from another checkout, a `git worktree` of the commit before,
+with this one's interpreter.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.loadtools import ensure_tool, hey  # noqa: E402
+from extauth import envoyconf  # noqa: E402
+from extauth.wire import ext_authz_pb2 as pb  # noqa: E402
+from tests import harness  # noqa: E402
+
+KEY = "team1-key"
+ALLOW = bytes([0x0A, 0x00, 0x1A, 0x00])
+HEADERS = {
+    "user-agent": "curl/8.5.0",
+    "accept": "*/*",
+    "content-type": "application/json",
+    "x-request-id": "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f",
+    "cookie": "session=abc123; theme=dark",
+    "x-secret-other": "not-for-extauth",
+}
+
+
+def envoy_config(work: Path, extauth_port: int, filtered: bool) -> tuple[dict[str, Any], int]:
+    listen, admin = harness.free_port(), harness.free_port()
+    target = envoyconf.local(
+        listen=listen,
+        admin=admin,
+        extauth=extauth_port,
+        upstream="http://127.0.0.1:1",
+        secrets_dir=str(work / "secrets"),
+    )
+    config = envoyconf.build(target, "passthrough")
+    envoyconf.filter_headers(
+        config, envoyconf.authconfig_headers(ROOT / "authconfigs") if filtered else None
+    )
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    hcm["access_log"] = []
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        del route["route"]
+        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
+    return config, listen
+
+
+@contextmanager
+def envoys(work: Path, extauth_port: int) -> Iterator[dict[str, int]]:
+    """Both Envoys, running side by side: {"unfiltered": port, "filtered": port}."""
+    started: list[harness.Envoy] = []
+    ports: dict[str, int] = {}
+    try:
+        for name in ("unfiltered", "filtered"):
+            directory = work / name
+            directory.mkdir(parents=True, exist_ok=True)
+            config, listen = envoy_config(directory, extauth_port, name == "filtered")
+            envoy = harness.Envoy(config, directory)
+            started.append(envoy)
+            envoy.wait_ready()
+            ports[name] = listen
+        yield ports
+    finally:
+        for envoy in started:
+            envoy.stop()
+
+
+def measure_size(work: Path) -> dict[str, tuple[int, int]]:
+    """(CheckRequest bytes, headers in the map) for each Envoy."""
+    seen: list[bytes] = []
+
+    def check(request: bytes, context: grpc.ServicerContext) -> bytes:
+        seen.append(request)
+        return ALLOW
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "envoy.service.auth.v3.Authorization",
+                {"Check": grpc.unary_unary_rpc_method_handler(check)},
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    sizes: dict[str, tuple[int, int]] = {}
+    try:
+        with envoys(work / "size", port) as ports:
+            for name, listen in ports.items():
+                seen.clear()
+                response = harness.request(
+                    listen, "/openai", headers={**HEADERS, "vanity-auth": "k" * 44}
+                )
+                assert response.status == 200, response.status
+                (raw,) = seen
+                parsed = pb.CheckRequest.FromString(raw)
+                sizes[name] = (len(raw), len(parsed.attributes.request.http.headers))
+    finally:
+        server.stop(0)
+    return sizes
+
+
+def measure_throughput(
+    work: Path, rounds: int, seconds: float, extauth_root: Path | None
+) -> dict[str, dict[str, list[float]]]:
+    tool = ensure_tool("hey", "hey")
+    metrics = harness.free_port()
+    env = None
+    if extauth_root is not None:
+        env = {**os.environ, "PYTHONPATH": str(extauth_root)}
+    port = harness.free_port()
+    log = (work / "extauth.log").open("ab")
+    extauth = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "extauth.cli",
+            "serve",
+            "--config-dir",
+            str(ROOT / "authconfigs"),
+            "--grpc-address",
+            f"127.0.0.1:{port}",
+            "--http-address",
+            f"127.0.0.1:{metrics}",
+            "--usage-label",
+            "x-org",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=str(extauth_root or ROOT),
+    )
+    results: dict[str, dict[str, list[float]]] = {}
+    try:
+        harness.wait_until(
+            lambda: True if harness.grpc_serving(f"127.0.0.1:{port}") else None, 30, "extauth"
+        )
+        with envoys(work / "load", port) as ports:
+            headers = {**HEADERS, "vanity-auth": KEY}
+            for listen in ports.values():  # warm-up
+                hey(
+                    tool,
+                    f"http://127.0.0.1:{listen}/openai",
+                    seconds=1,
+                    concurrency=20,
+                    headers=headers,
+                )
+            for _ in range(rounds):
+                for name, listen in ports.items():
+                    result = hey(
+                        tool,
+                        f"http://127.0.0.1:{listen}/openai",
+                        seconds=seconds,
+                        concurrency=20,
+                        headers=headers,
+                    )
+                    row = results.setdefault(name, {"rps": [], "p50": [], "p99": [], "other": []})
+                    # A Check past its 0.5 s on a busy machine is a 503: counted, not fatal.
+                    row["other"].append(
+                        sum(n for code, n in result.statuses.items() if code != 200)
+                    )
+                    row["rps"].append(result.requests_per_second)
+                    row["p50"].append(result.latency_ms["50"])
+                    row["p99"].append(result.latency_ms["99"])
+    finally:
+        extauth.terminate()
+        extauth.wait(15)
+        log.close()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--extauth-root", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-sent-") as tmp:
+        work = Path(tmp)
+        for name, (size, count) in measure_size(work).items():
+            print(f"CheckRequest {name}: {size} bytes, {count} headers in the map")
+        results = measure_throughput(work, args.rounds, args.seconds, args.extauth_root)
+    ratios = [
+        f / u for f, u in zip(results["filtered"]["rps"], results["unfiltered"]["rps"], strict=True)
+    ]
+    for name, row in results.items():
+        print(
+            f"{name}: req/s median {statistics.median(row['rps']):.0f} "
+            f"(min {min(row['rps']):.0f}, max {max(row['rps']):.0f}); "
+            f"p50 {statistics.median(row['p50']):.2f} ms, "
+            f"p99 {statistics.median(row['p99']):.2f} ms; "
+            f"answers other than 200: {sum(row['other']):.0f}"
+        )
+    print(
+        f"filtered / unfiltered req/s, pair by pair: median {statistics.median(ratios):.3f} "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
