@@ -84,8 +84,10 @@ def decide(
         # other `keyed` (not this policy's) is ignored and the request resolved afresh.
         keyed_config = policy.configs.get(keyed[0])
         if policy.loaded and keyed_config is not None and keyed_config.key_header is not None:
-            found = find(policy, keyed[1])
-            return _check_keys(policy, keyed_config, [(True, found)], headers, now)
+            listed = context_extensions.get(ALLOWED_HEADERS)
+            if listed is None or unsent(keyed_config, listed) is None:
+                found = find(policy, keyed[1])
+                return _check_keys(policy, keyed_config, [(True, found)], headers, now)
     config_id = config_id_of(policy, context_extensions, host, by_host)
     if not policy.loaded:
         return Deny(Reason.NOT_READY, config_id)

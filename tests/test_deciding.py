@@ -223,6 +223,8 @@ def test_missing_and_invalid_keys(policy: Policy) -> None:
         ({"config_id": "ns.strict"}, {"x-key": "key-b"}),  # required metadata missing
         ({"config_id": "ns.strict"}, {"x-key": "key-a"}),
         (ROUTE, {"x-key": "key-a"} | {f"h{i}": "v" for i in range(99)}),  # too many headers
+        (ROUTE | {deciding.ALLOWED_HEADERS: "x-key,x-request-id"}, {"x-key": "key-a"}),
+        (ROUTE | {deciding.ALLOWED_HEADERS: "x-other"}, {"x-key": "key-a"}),  # key not listed
     ],
 )
 def test_decide_with_the_cache_key_decides_as_without_it(
@@ -234,6 +236,8 @@ def test_decide_with_the_cache_key_decides_as_without_it(
     assert keyed is not None
     decision = decide(policy, route, headers, "/", keyed=keyed)
     assert decision == decide(policy, route, headers, "/")
+    if isinstance(decision, Deny) and decision.reason is Reason.KEY_SOURCE_NOT_SENT:
+        return  # the general path decides that one, keyed or not
     calls = _python_calls(lambda: decide(policy, route, headers, "/", keyed=keyed))
     assert _python_calls(lambda: decide(policy, route, headers, "/")) > calls
 
