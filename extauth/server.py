@@ -179,7 +179,7 @@ class AuthorizationService:
                 decision, encoded = hit
             else:
                 decision = deciding.decide(
-                    policy, route, headers, http.path, host=http.host, by_host=by_host
+                    policy, route, headers, http.path, host=http.host, by_host=by_host, keyed=key
                 )
                 encoded = responses.encode(decision)
                 if key is not None and isinstance(decision, Allow):
