@@ -87,7 +87,9 @@ def decide(
             listed = context_extensions.get(ALLOWED_HEADERS)
             if listed is None or unsent(keyed_config, listed) is None:
                 found = find(policy, keyed[1])
-                return _check_keys(policy, keyed_config, [(True, found)], headers, now)
+                return _check_keys(
+                    policy, keyed_config, [(True, found)], headers, now, context_extensions
+                )
     config_id = config_id_of(policy, context_extensions, host, by_host)
     if not policy.loaded:
         return Deny(Reason.NOT_READY, config_id)
