@@ -13,7 +13,10 @@
 3. Keys: load time and RSS of extauth with --keys (default 1,000,000, in Secrets of
    the `extauth keys new` layout, 1,000 per file), Check throughput there against 10
    keys, and how long revoking one key takes to show in Check.
-4. Workers: Check throughput with `--workers 2` against one process.
+4. Workers: Check throughput with `--workers 2` against one process, straight (h2load,
+   8 connections on the shared port) and through Envoy (2 threads, `hey` closed loop)
+   with each worker an endpoint (`extauth envoy-config --workers 2`), in alternating
+   pairs (--rounds); the ratios are medians of the pairs'. `--workers-only` runs it alone.
 5. Hosts: 1,000 AuthConfigs each claiming a host and a wildcard (`spec.hosts`); Check
    throughput when the AuthConfig comes from the request's host (exact, and through a
    wildcard) against the same Check naming it with config_id, in alternating runs on
@@ -165,7 +168,7 @@ def noop_server() -> Iterator[int]:
 
 @contextmanager
 def extauth_server(config_dir: Path, work: Path, *extra: str) -> Iterator[harness.Extauth]:
-    http = harness.free_port()
+    http = harness.free_ports(2)  # with --workers 2, worker 1 serves HTTP on port + 1
     server = harness.Extauth(
         config_dir,
         work / f"extauth-{http}.log",
@@ -250,8 +253,11 @@ def measure_latency(
     }
 
 
-def envoy_config(mode: str, work: Path, extauth_port: int, keys: int) -> tuple[dict[str, Any], int]:
-    """Envoy answering routes itself, guarded by: native api_key_auth, or ext_authz."""
+def envoy_config(
+    mode: str, work: Path, extauth_port: int, keys: int, workers: int = 1
+) -> tuple[dict[str, Any], int]:
+    """Envoy answering routes itself, guarded by: native api_key_auth, or ext_authz (to
+    each of `workers`' own ports when more than one)."""
     listen, admin = harness.free_port(), harness.free_port()
     target = envoyconf.local(
         listen=listen,
@@ -259,6 +265,7 @@ def envoy_config(mode: str, work: Path, extauth_port: int, keys: int) -> tuple[d
         extauth=extauth_port,
         upstream="http://127.0.0.1:1",  # unused: Envoy answers routes itself
         secrets_dir=str(work / "secrets"),
+        workers=workers,
     )
     config = envoyconf.build(target, "passthrough")
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
@@ -299,6 +306,7 @@ def main() -> int:
     parser.add_argument("--latency-rounds", type=int, default=3, help="rounds of the 3 variants")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "bench.json")
     parser.add_argument("--hosts-only", action="store_true", help="run section 5 alone")
+    parser.add_argument("--workers-only", action="store_true", help="run section 4 alone")
     args = parser.parse_args()
     h2 = ensure_tool("h2load", "nghttp2-client")
     hey_tool = ensure_tool("hey", "hey")
@@ -330,6 +338,15 @@ def main() -> int:
     frame.write_bytes(grpc_frame(message))
     results["check_request_bytes"] = len(message)
     print(f"CheckRequest: {len(message)} bytes; 10,000 keys, 100 AuthConfigs", flush=True)
+
+    if args.workers_only:
+        results["workers"] = measure_workers(h2, hey_tool, config_dir, work, frame, args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+        for row in workers_rows(results):
+            print("  ".join(row))
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
 
     # 1. throughput against the floor, interleaved to share the machine's state
     with noop_server() as noop, extauth_server(config_dir, work) as extauth:
@@ -385,18 +402,7 @@ def main() -> int:
             for p in ("p50", "p99")
         }
 
-    # 4. workers: one process per core, sharing the port (h2load opens 8 connections)
-    with extauth_server(config_dir, work, "--workers", "2") as two:
-        time.sleep(1)  # both workers up
-        two_rps = h2load(h2, two.port, frame, args.requests, 8, 32)
-    with extauth_server(config_dir, work) as one:
-        one_rps = h2load(h2, one.port, frame, args.requests, 8, 32)
-    results["workers"] = {
-        "one_rps": one_rps,
-        "two_rps": two_rps,
-        "ratio": round(two_rps / one_rps, 3),
-    }
-    print(f"workers: 1 -> {one_rps:.0f}/s, 2 -> {two_rps:.0f}/s", flush=True)
+    results["workers"] = measure_workers(h2, hey_tool, config_dir, work, frame, args)
 
     results["hosts"] = measure_hosts(h2, work, args.requests, args.rounds)
 
@@ -446,6 +452,116 @@ def main() -> int:
     print_table(results)
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def measure_workers(
+    h2: str, hey_tool: str, config_dir: Path, work: Path, frame: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """4. `--workers 2` against one process, both running throughout, in alternating
+    pairs: straight over gRPC (h2load's 8 connections to the shared port, as spread by the
+    kernel), and through Envoy, whose config lists each worker's own port (Envoy balances
+    them round-robin; its per-endpoint stats show the spread)."""
+    headers = {"vanity-auth": key_of(0)}
+    with (
+        extauth_server(config_dir, work) as one,
+        extauth_server(config_dir, work, "--workers", "2") as two,
+    ):
+        for worker in range(2):  # both workers' own ports serving, not just the first's
+            harness.wait_until(
+                lambda w=worker: (
+                    True  # type: ignore[misc]
+                    if harness.grpc_serving(f"127.0.0.1:{two.port + 1 + w}")
+                    else None
+                ),
+                900,
+                f"worker {worker}",
+            )
+        direct: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(args.rounds):
+            for count, server in ((1, one), (2, two)):
+                direct[count].append(h2load(h2, server.port, frame, args.requests, 8, 32))
+        print(f"workers, h2load straight: {direct}", flush=True)
+        envoys: dict[int, tuple[harness.Envoy, int]] = {}
+        try:
+            for count, server in ((1, one), (2, two)):
+                where = work / f"envoy-workers-{count}"
+                where.mkdir(exist_ok=True)
+                config, listen = envoy_config("extauth", where, server.port, 10_000, count)
+                envoys[count] = (harness.Envoy(config, where, concurrency=2), listen)
+            for envoy, listen in envoys.values():
+                envoy.wait_ready()
+                measure_latency(hey_tool, listen, 2, args.rate, headers)  # warm-up
+            via: dict[int, list[float]] = {1: [], 2: []}
+            timeouts = {1: 0, 2: 0}
+            for _ in range(args.rounds):
+                for count, (_, listen) in envoys.items():
+                    result = hey(
+                        hey_tool,
+                        f"http://127.0.0.1:{listen}/openai",
+                        seconds=args.seconds,
+                        concurrency=32,
+                        headers=headers,
+                    )
+                    # Saturated on a shared machine, a Check can pass Envoy's 0.5 s
+                    # and fail closed (503): counted apart, the rate is of 200s.
+                    if not set(result.statuses) <= {200, 503}:
+                        raise RuntimeError(f"hey saw {result.statuses} ({result.errors})")
+                    done = sum(result.statuses.values()) or 1
+                    via[count].append(result.requests_per_second * result.statuses[200] / done)
+                    timeouts[count] += result.statuses.get(503, 0)
+            spread = _endpoint_checks(envoys[2][0].admin_port)
+        finally:
+            for envoy, _ in envoys.values():
+                envoy.stop()
+    print(
+        f"workers, through Envoy: {via} (503s: {timeouts}); Checks per endpoint: {spread}",
+        flush=True,
+    )
+
+    def pairs(runs: dict[int, list[float]]) -> list[float]:
+        return sorted(round(b / a, 3) for a, b in zip(runs[1], runs[2], strict=True))
+
+    return {
+        "one_rps": statistics.median(direct[1]),
+        "two_rps": statistics.median(direct[2]),
+        "ratio": statistics.median(pairs(direct)),
+        "pair_ratios": pairs(direct),
+        "envoy_one_rps": statistics.median(via[1]),
+        "envoy_two_rps": statistics.median(via[2]),
+        "envoy_ratio": statistics.median(pairs(via)),
+        "envoy_pair_ratios": pairs(via),
+        "envoy_checks_per_endpoint": spread,
+        "envoy_503s": timeouts,
+    }
+
+
+def _endpoint_checks(admin: int) -> dict[str, int]:
+    """Checks each endpoint of Envoy's extauth cluster served (admin /clusters)."""
+    found: dict[str, int] = {}
+    for line in harness.request(admin, "/clusters").body.decode().splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == "extauth" and parts[2] == "rq_total":
+            found[parts[1]] = int(parts[3])
+    return found
+
+
+def workers_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    w = r["workers"]
+    return [
+        (
+            "Check throughput, --workers 1 / 2 (h2load, 8 connections, shared port)",
+            f"{w['one_rps']:.0f} / {w['two_rps']:.0f} req/s",
+            f"ratio {w['ratio']:.2f} (pairs {w['pair_ratios']}; {r['cores']} cores, "
+            "h2load on the same machine)",
+        ),
+        (
+            "through Envoy (2 threads, hey -c 32), each worker an endpoint",
+            f"{w['envoy_one_rps']:.0f} / {w['envoy_two_rps']:.0f} req/s",
+            f"ratio {w['envoy_ratio']:.2f} (pairs {w['envoy_pair_ratios']}); Checks per "
+            f"endpoint {w['envoy_checks_per_endpoint']}; 503s (Check timeouts) "
+            f"{w['envoy_503s']}",
+        ),
+    ]
 
 
 def measure_hosts(h2: str, work: Path, requests: int, rounds: int) -> dict[str, Any]:
@@ -531,11 +647,7 @@ def print_table(r: dict[str, Any]) -> None:
             f"ratio {s['ratio']:.2f} (target >= 0.95)",
         ),
         (f"revoking one key among {s['keys']:,}", f"{s['revoke_one_seconds']} s", "target <= 1 s"),
-        (
-            "Check throughput, --workers 1 / 2 (8 connections)",
-            f"{r['workers']['one_rps']:.0f} / {r['workers']['two_rps']:.0f} req/s",
-            f"ratio {r['workers']['ratio']:.2f} ({r['cores']} cores, h2load on the same machine)",
-        ),
+        *workers_rows(r),
         (
             "Check throughput, AuthConfig by host / config_id",
             f"exact {r['hosts']['exact']['ratio']}, wildcard {r['hosts']['wildcard']['ratio']}",
