@@ -17,6 +17,7 @@ import re
 import sys
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, NewType
 
@@ -93,6 +94,9 @@ def shared_items(items: tuple[tuple[str, str], ...]) -> Shared:
     return Shared(found)
 
 
+# eq=False: a group is one object that keys share, compared by identity (`key_group`
+# finds the equal one); a weak reference slot, as the table of groups holds them weakly.
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True, repr=False)
 class KeyGroup:
     """What the keys of one group have in common: namespace, labels, metadata, whether
     they were stored hashed, and whether their origin path ends with their name.
@@ -107,16 +111,11 @@ class KeyGroup:
     namespace share one source string instead of a path string each.
     """
 
-    __slots__ = ("__weakref__", "hashed", "labels", "metadata", "named", "namespace")
-
-    def __init__(
-        self, namespace: str, labels: Shared, metadata: Shared, hashed: bool, named: bool
-    ) -> None:
-        self.namespace: Final = namespace
-        self.labels: Final = labels
-        self.metadata: Final = metadata
-        self.hashed: Final = hashed
-        self.named: Final = named
+    namespace: str
+    labels: Shared
+    metadata: Shared
+    hashed: bool
+    named: bool
 
     def __repr__(self) -> str:
         return f"KeyGroup({self.namespace}, hashed={self.hashed}, named={self.named})"
@@ -304,24 +303,10 @@ class ApiKey:
 
 
 class _KeyWithExtras(ApiKey):
-    """A key in rotation or with an expiry: the two fields most keys do without."""
+    """A key in rotation or with an expiry: the two fields most keys do without (set by
+    `api_key` once made, as `ApiKey.__init__` leaves them)."""
 
     __slots__ = ("expires_at", "next_digest")
-
-    def __init__(
-        self,
-        group: KeyGroup,
-        name: str,
-        key_digest: bytes,
-        source: str,
-        line: int,
-        document: int,
-        next_digest: bytes | None,
-        expires_at: float | None,
-    ) -> None:
-        super().__init__(group, name, key_digest, source, line, document)
-        self.next_digest = next_digest
-        self.expires_at = expires_at
 
 
 # One int object per line and document number below this, shared by every key that has
@@ -364,7 +349,10 @@ def api_key(
         document = _SMALL_INTS[document]
     if next_digest is None and expires_at is None:
         return ApiKey(group, name, key_digest, path, line, document)
-    return _KeyWithExtras(group, name, key_digest, path, line, document, next_digest, expires_at)
+    key = _KeyWithExtras(group, name, key_digest, path, line, document)
+    key.next_digest = next_digest
+    key.expires_at = expires_at
+    return key
 
 
 # RFC 3339 section 5.6, date-time: full-date "T" full-time, with `T` and `Z` in either
