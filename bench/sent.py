@@ -18,11 +18,13 @@ with this one's interpreter.)
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import timeit
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.loadtools import ensure_tool, hey  # noqa: E402
+from bench.run import grpc_frame, h2load  # noqa: E402
 from extauth import envoyconf  # noqa: E402
 from extauth.wire import ext_authz_pb2 as pb  # noqa: E402
 from tests import harness  # noqa: E402
@@ -94,8 +97,8 @@ def envoys(work: Path, extauth_port: int) -> Iterator[dict[str, int]]:
             envoy.stop()
 
 
-def measure_size(work: Path) -> dict[str, tuple[int, int]]:
-    """(CheckRequest bytes, headers in the map) for each Envoy."""
+def measure_size(work: Path, key: str) -> dict[str, tuple[bytes, int]]:
+    """(the CheckRequest as sent, headers in its map) for each Envoy."""
     seen: list[bytes] = []
 
     def check(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -113,26 +116,34 @@ def measure_size(work: Path) -> dict[str, tuple[int, int]]:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    sizes: dict[str, tuple[int, int]] = {}
+    sizes: dict[str, tuple[bytes, int]] = {}
     try:
         with envoys(work / "size", port) as ports:
             for name, listen in ports.items():
                 seen.clear()
                 response = harness.request(
-                    listen, "/openai", headers={**HEADERS, "vanity-auth": "k" * 44}
+                    listen, "/openai", headers={**HEADERS, "vanity-auth": key}
                 )
                 assert response.status == 200, response.status
                 (raw,) = seen
                 parsed = pb.CheckRequest.FromString(raw)
-                sizes[name] = (len(raw), len(parsed.attributes.request.http.headers))
+                sizes[name] = (raw, len(parsed.attributes.request.http.headers))
     finally:
         server.stop(0)
     return sizes
 
 
 def measure_throughput(
-    work: Path, rounds: int, seconds: float, extauth_root: Path | None
-) -> dict[str, dict[str, list[float]]]:
+    work: Path,
+    rounds: int,
+    seconds: float,
+    extauth_root: Path | None,
+    frames: dict[str, bytes],
+    requests: int,
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[float]]]:
+    """Through Envoy (hey, closed loop), then extauth alone (h2load, each Envoy's own
+    CheckRequest replayed): the first says what a client sees, the second what extauth
+    saves per Check without the noise of Envoy and hey on the same cores."""
     tool = ensure_tool("hey", "hey")
     metrics = harness.free_port()
     env = None
@@ -161,6 +172,12 @@ def measure_throughput(
         cwd=str(extauth_root or ROOT),
     )
     results: dict[str, dict[str, list[float]]] = {}
+    direct: dict[str, list[float]] = {}
+    h2 = ensure_tool("h2load", "nghttp2-client")
+    paths = {}
+    for name, raw in frames.items():
+        paths[name] = work / f"{name}.frame"
+        paths[name].write_bytes(grpc_frame(raw))
     try:
         harness.wait_until(
             lambda: True if harness.grpc_serving(f"127.0.0.1:{port}") else None, 30, "extauth"
@@ -192,11 +209,49 @@ def measure_throughput(
                     row["rps"].append(result.requests_per_second)
                     row["p50"].append(result.latency_ms["50"])
                     row["p99"].append(result.latency_ms["99"])
+        for _ in range(rounds):
+            for name, path in paths.items():
+                direct.setdefault(name, []).append(h2load(h2, port, path, requests, 4, 16))
     finally:
         extauth.terminate()
         extauth.wait(15)
         log.close()
-    return results
+    return results, direct
+
+
+def in_process(frames: dict[str, bytes], rounds: int) -> dict[str, list[float]]:
+    """Microseconds a Check takes inside extauth (parse, decide, the cached allow's
+    bytes, metrics) for each Envoy's CheckRequest: the same service and policy, frames
+    alternating, the best of 20,000 calls a round (a busy machine only adds to each)."""
+    from extauth import loader
+    from extauth.building import PolicyHolder
+    from extauth.changes import Change
+    from extauth.server import AuthorizationService
+    from extauth.sources.listing import walk
+
+    definitions = [
+        d for f in walk(ROOT / "authconfigs").files for d in loader.load_file(f).definitions
+    ]
+    holder = PolicyHolder()
+    holder.update([Change(tuple(definitions))])
+    service = AuthorizationService(holder)
+
+    def one(raw: bytes) -> bytes:
+        coroutine = service.check(pb.CheckRequest.FromString(raw), None)  # type: ignore[arg-type]
+        try:
+            coroutine.send(None)
+        except StopIteration as done:
+            return bytes(done.value)
+        raise RuntimeError("check awaited")
+
+    for raw in frames.values():
+        assert pb.CheckResponse.FromString(one(raw)).status.code == 0
+    out: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, raw in frames.items():
+            best = min(timeit.repeat(functools.partial(one, raw), number=2000, repeat=10))
+            out.setdefault(name, []).append(best / 2000 * 1e6)
+    return out
 
 
 def main() -> int:
@@ -204,12 +259,28 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--extauth-root", type=Path, default=None)
+    parser.add_argument("--in-process-only", action="store_true")
+    parser.add_argument("--save-frames", type=Path, default=None, help="DIR: keep the requests")
+    parser.add_argument("--requests", type=int, default=20_000, help="h2load requests a run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sent-") as tmp:
         work = Path(tmp)
-        for name, (size, count) in measure_size(work).items():
-            print(f"CheckRequest {name}: {size} bytes, {count} headers in the map")
-        results = measure_throughput(work, args.rounds, args.seconds, args.extauth_root)
+        for name, (raw, count) in measure_size(work, "k" * 44).items():
+            print(f"CheckRequest {name}: {len(raw)} bytes, {count} headers in the map")
+        frames = {name: raw for name, (raw, _) in measure_size(work / "key", KEY).items()}
+        if args.save_frames is not None:
+            for name, raw in frames.items():
+                (args.save_frames / f"{name}.bin").write_bytes(raw)
+        for name, micros in in_process(frames, args.rounds).items():
+            print(
+                f"in process, {name} CheckRequest: {statistics.median(micros):.2f} us a Check "
+                f"(min {min(micros):.2f}, max {max(micros):.2f})"
+            )
+        if args.in_process_only:
+            return 0
+        results, direct = measure_throughput(
+            work, args.rounds, args.seconds, args.extauth_root, frames, args.requests
+        )
     ratios = [
         f / u for f, u in zip(results["filtered"]["rps"], results["unfiltered"]["rps"], strict=True)
     ]
@@ -221,6 +292,16 @@ def main() -> int:
             f"p99 {statistics.median(row['p99']):.2f} ms; "
             f"answers other than 200: {sum(row['other']):.0f}"
         )
+    for name, rates in direct.items():
+        print(
+            f"extauth alone, {name} CheckRequest ({len(frames[name])} bytes): Checks/s median "
+            f"{statistics.median(rates):.0f} (min {min(rates):.0f}, max {max(rates):.0f})"
+        )
+    pairs = [f / u for f, u in zip(direct["filtered"], direct["unfiltered"], strict=True)]
+    print(
+        f"extauth alone, filtered / unfiltered, pair by pair: median "
+        f"{statistics.median(pairs):.3f} (min {min(pairs):.3f}, max {max(pairs):.3f})"
+    )
     print(
         f"filtered / unfiltered req/s, pair by pair: median {statistics.median(ratios):.3f} "
         f"(min {min(ratios):.3f}, max {max(ratios):.3f})"

@@ -1,15 +1,18 @@
 """Which `extauth serve --workers 2` worker answers Envoy's Checks (not part of `make test`).
 
-The workers share one port (SO_REUSEPORT): the kernel places each *connection* on a
-worker by a hash of its addresses, and every Check on that connection goes to that
-worker. Envoy keeps one HTTP/2 connection per worker thread and extauth endpoint (more
-only past `max_concurrent_streams` in flight) and replaces it after
-`max_requests_per_connection`. This sends `--requests` requests through the committed
-Envoy config (envoy/envoy.yaml) at `--concurrency` 1 and 2, one at a time, and prints
-Envoy's per-endpoint stats for the extauth cluster (admin `/clusters`: connections and
-requests) beside the decisions each worker counted (its own /metrics, port + i).
+Two ways for Envoy to reach the workers, each run at Envoy `--concurrency` 1 and 2:
+- "shared": the committed envoy/envoy.yaml, one endpoint, the port the workers share
+  (SO_REUSEPORT): the kernel places each *connection* on a worker by a hash of its
+  addresses, and every Check on it goes there. Envoy keeps one HTTP/2 connection per
+  worker thread and endpoint (more only past `max_concurrent_streams` in flight) and
+  replaces it after `max_requests_per_connection`.
+- "per-worker": the config `extauth envoy-config --workers 2` makes: each worker's own
+  port an endpoint, balanced round-robin and health-checked by Envoy.
+It sends `--requests` requests one at a time and prints Envoy's per-endpoint stats for
+the extauth cluster (admin `/clusters`: connections and requests per endpoint) beside
+the decisions each worker counted (its own /metrics, port + i).
 
-    .venv/bin/python bench/spread.py [--requests 3000] [--runs 2]
+    .venv/bin/python bench/spread.py [--requests 3000] [--runs 2] [--modes shared,per-worker]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from extauth import envoyconf  # noqa: E402
 from tests import harness  # noqa: E402
 
 
@@ -41,19 +45,20 @@ def decisions(port: int) -> int:
     )
 
 
-def endpoint_stats(admin: int) -> dict[str, int]:
-    """The extauth cluster's per-endpoint counters that say how Checks travelled."""
+def endpoint_stats(admin: int) -> dict[str, dict[str, int]]:
+    """The extauth cluster's per-endpoint counters that say how Checks travelled:
+    endpoint -> connections and requests (health checks not among them)."""
     text = harness.request(admin, "/clusters").body.decode()
-    found: dict[str, int] = {}
+    found: dict[str, dict[str, int]] = {}
     for line in text.splitlines():
         parts = line.split("::")
         if len(parts) == 4 and parts[0] == "extauth" and parts[2] in ("cx_total", "rq_total"):
-            found[parts[2]] = found.get(parts[2], 0) + int(parts[3])
+            found.setdefault(parts[1], {})[parts[2]] = int(parts[3])
     return found
 
 
-def run(concurrency: int, requests: int, work: Path, upstream: int) -> str:
-    http = harness.free_port_pair(1)
+def run(mode: str, concurrency: int, requests: int, work: Path, upstream: int) -> str:
+    http = harness.free_ports(2)
     server = harness.Extauth(
         ROOT / "authconfigs",
         work / f"extauth-{http}.log",
@@ -69,7 +74,20 @@ def run(concurrency: int, requests: int, work: Path, upstream: int) -> str:
             30,
             "both workers",
         )
-        config, listen = harness.envoy_config(extauth=server.port, upstream=upstream, work=work)
+        if mode == "shared":
+            config, listen = harness.envoy_config(extauth=server.port, upstream=upstream, work=work)
+        else:
+            listen = harness.free_port()
+            target = envoyconf.local(
+                listen=listen,
+                admin=harness.free_port(),
+                extauth=server.port,
+                upstream=f"http://127.0.0.1:{upstream}",
+                secrets_dir=str(work / "secrets"),
+                workers=2,
+            )
+            harness.write_provider_key(work / "secrets", "Bearer sk-test")
+            config = envoyconf.build(target, "file")
         config_path = work / f"envoy-{concurrency}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         with (work / f"envoy-{concurrency}.log").open("wb") as log:
@@ -90,6 +108,9 @@ def run(concurrency: int, requests: int, work: Path, upstream: int) -> str:
             admin = config["admin"]["address"]["socket_address"]["port_value"]
             try:
                 harness.wait_until(lambda: _ready(admin), 30, "envoy")
+                harness.wait_until(
+                    lambda: _healthy(admin, 1 if mode == "shared" else 2), 30, "health checks"
+                )
                 before = [decisions(http), decisions(http + 1)]
                 for _ in range(requests):
                     # A key no Secret holds: a 401, decided by extauth all the same.
@@ -101,10 +122,13 @@ def run(concurrency: int, requests: int, work: Path, upstream: int) -> str:
                 envoy.wait(10)
     finally:
         server.stop()
+    endpoints = "; ".join(
+        f"{address}: {counts.get('cx_total', 0)} connections, {counts.get('rq_total', 0)} Checks"
+        for address, counts in sorted(stats.items())
+    )
     return (
-        f"envoy --concurrency {concurrency}: {requests} requests; Envoy's extauth endpoint: "
-        f"{stats.get('cx_total', 0)} connections, {stats.get('rq_total', 0)} requests "
-        f"(health checks not among them); decisions by worker 0 / 1: {after[0]} / {after[1]}"
+        f"{mode}, envoy --concurrency {concurrency}: {requests} requests; Envoy's extauth "
+        f"endpoints: {endpoints}; decisions by worker 0 / 1: {after[0]} / {after[1]}"
     )
 
 
@@ -113,6 +137,12 @@ def _serving(port: int) -> bool:
         return harness.request(port, "/readyz").status == 200
     except OSError:
         return False
+
+
+def _healthy(admin: int, count: int) -> bool | None:
+    body = harness.request(admin, "/stats?filter=^cluster.extauth.health_check.healthy$")
+    text = body.body.decode()
+    return True if ":" in text and int(text.split(":")[1]) == count else None
 
 
 def _ready(admin: int) -> bool | None:
@@ -126,13 +156,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--modes", default="shared,per-worker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, harness.echo_upstream() as upstream:
-        for concurrency in (1, 2):
-            for _ in range(args.runs):
-                started = time.monotonic()
-                line = run(concurrency, args.requests, Path(tmp), upstream)
-                print(f"{line} ({time.monotonic() - started:.0f} s)", flush=True)
+        for mode in args.modes.split(","):
+            for concurrency in (1, 2):
+                for _ in range(args.runs):
+                    started = time.monotonic()
+                    line = run(mode, concurrency, args.requests, Path(tmp), upstream)
+                    print(f"{line} ({time.monotonic() - started:.0f} s)", flush=True)
     return 0
 
 

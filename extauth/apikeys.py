@@ -11,11 +11,13 @@ definitions, and removing one leaves the other.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import sys
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, NewType
 
@@ -92,6 +94,9 @@ def shared_items(items: tuple[tuple[str, str], ...]) -> Shared:
     return Shared(found)
 
 
+# eq=False: a group is one object that keys share, compared by identity (`key_group`
+# finds the equal one); a weak reference slot, as the table of groups holds them weakly.
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True, repr=False)
 class KeyGroup:
     """What the keys of one group have in common: namespace, labels, metadata, whether
     they were stored hashed, and whether their origin path ends with their name.
@@ -106,16 +111,11 @@ class KeyGroup:
     namespace share one source string instead of a path string each.
     """
 
-    __slots__ = ("__weakref__", "hashed", "labels", "metadata", "named", "namespace")
-
-    def __init__(
-        self, namespace: str, labels: Shared, metadata: Shared, hashed: bool, named: bool
-    ) -> None:
-        self.namespace: Final = namespace
-        self.labels: Final = labels
-        self.metadata: Final = metadata
-        self.hashed: Final = hashed
-        self.named: Final = named
+    namespace: str
+    labels: Shared
+    metadata: Shared
+    hashed: bool
+    named: bool
 
     def __repr__(self) -> str:
         return f"KeyGroup({self.namespace}, hashed={self.hashed}, named={self.named})"
@@ -123,12 +123,14 @@ class KeyGroup:
 
 # Groups by (namespace, labels, metadata, hashed, named), the mappings by identity (they
 # are shared, and a group holds its own, so an id in a live entry is theirs), held
-# weakly like the mappings: a group lives exactly as long as a key uses it.
+# weakly like the mappings: a group lives exactly as long as a key uses it. A plain dict
+# of weak references rather than a WeakValueDictionary, whose get() is a Python call:
+# this runs once per key made.
 _GroupKey = tuple[str, int, int, bool, bool]
-_groups: weakref.WeakValueDictionary[_GroupKey, KeyGroup] = weakref.WeakValueDictionary()
+_groups: dict[_GroupKey, weakref.ref[KeyGroup]] = {}
 # And bounded: groups come from what tenants write (a million distinct label sets make a
 # million groups), so past this many live groups a new one is made without an entry
-# (~250 bytes each). Sharing then degrades to a group per key (80 bytes, what a key's
+# (~200 bytes each). Sharing then degrades to a group per key (80 bytes, what a key's
 # fields cost before groups), never to a table that grows with the keys; groups made
 # apart are equal in every field, which is all that anything compares.
 GROUP_LIMIT = 4096
@@ -139,12 +141,19 @@ def key_group(
 ) -> KeyGroup:
     """The group of keys with these fields, shared while there is room (`GROUP_LIMIT`)."""
     cache_key = (namespace, id(labels), id(metadata), hashed, named)
-    found = _groups.get(cache_key)
+    ref = _groups.get(cache_key)
+    found = ref() if ref is not None else None
     if found is None:
         found = KeyGroup(sys.intern(namespace), labels, metadata, hashed, named)
         if len(_groups) < GROUP_LIMIT:
-            _groups[cache_key] = found
+            _groups[cache_key] = weakref.ref(found, functools.partial(_forget, cache_key))
     return found
+
+
+def _forget(cache_key: _GroupKey, ref: weakref.ref[KeyGroup]) -> None:
+    """A group's last key is gone: its entry goes (unless a new group took it over)."""
+    if _groups.get(cache_key) is ref:
+        _groups.pop(cache_key, None)  # never raises, whatever another thread did meanwhile
 
 
 class ApiKey:
@@ -294,24 +303,10 @@ class ApiKey:
 
 
 class _KeyWithExtras(ApiKey):
-    """A key in rotation or with an expiry: the two fields most keys do without."""
+    """A key in rotation or with an expiry: the two fields most keys do without (set by
+    `api_key` once made, as `ApiKey.__init__` leaves them)."""
 
     __slots__ = ("expires_at", "next_digest")
-
-    def __init__(
-        self,
-        group: KeyGroup,
-        name: str,
-        key_digest: bytes,
-        source: str,
-        line: int,
-        document: int,
-        next_digest: bytes | None,
-        expires_at: float | None,
-    ) -> None:
-        super().__init__(group, name, key_digest, source, line, document)
-        self.next_digest = next_digest
-        self.expires_at = expires_at
 
 
 # One int object per line and document number below this, shared by every key that has
@@ -339,18 +334,25 @@ def api_key(
     change here that mypy carries to every caller. What keys share goes to their group
     (`key_group`); the rest is the key's own.
     """
-    suffix = "/" + name
-    named = path.endswith(suffix)
-    if named:  # a Kubernetes object's path: one source string per namespace
+    # A path ending with "/" + name (a Kubernetes object's): one string per namespace.
+    named = path.endswith(name) and path[-len(name) - 1 : -len(name)] == "/"
+    if named:
         path = sys.intern(path[: -len(name)])
-    group = key_group(namespace, labels, metadata, hashed, named)
+    # `key_group`, inlined: this runs once per key made.
+    ref = _groups.get((namespace, id(labels), id(metadata), hashed, named))
+    group = ref() if ref is not None else None
+    if group is None:
+        group = key_group(namespace, labels, metadata, hashed, named)
     if 0 <= line < _SMALL_LIMIT:
         line = _SMALL_INTS[line]
     if 0 <= document < _SMALL_LIMIT:
         document = _SMALL_INTS[document]
     if next_digest is None and expires_at is None:
         return ApiKey(group, name, key_digest, path, line, document)
-    return _KeyWithExtras(group, name, key_digest, path, line, document, next_digest, expires_at)
+    key = _KeyWithExtras(group, name, key_digest, path, line, document)
+    key.next_digest = next_digest
+    key.expires_at = expires_at
+    return key
 
 
 # RFC 3339 section 5.6, date-time: full-date "T" full-time, with `T` and `Z` in either

@@ -199,7 +199,7 @@ class PolicyBuilder:
 
     def _upsert(self, definition: Definition) -> None:
         if isinstance(definition, ApiKey):
-            namespace, name = definition.namespace, definition.name
+            namespace, name = definition.group.namespace, definition.name  # no property call
             self._define(self._secrets, namespace, name, definition, self._secret_effect)
         else:
             namespace, name = definition.owner

@@ -817,7 +817,12 @@ def _envoy_problems(path: Path, policy: Policy, limits: Limits) -> list[Problem]
     if len(data) > limits.max_file_bytes:
         return [Problem(str(path), 0, "Envoy config too large (see --max-file-bytes)")]
     try:
-        envoy = yaml.safe_load(data)
+        text = data.decode("utf-8")
+        # Depth, node and document counts first, from libyaml's events (no recursion).
+        refused = manifests._prescan(text, str(path), limits)
+        if refused is not None:
+            return [refused]
+        envoy = yaml.load(text, Loader=manifests._Loader)  # noqa: S506 (a safe loader)
     except (yaml.YAMLError, RecursionError, UnicodeDecodeError) as exc:
         return [Problem(str(path), 0, f"not a YAML Envoy config ({type(exc).__name__})")]
     return [Problem(str(path), 0, p) for p in sentheaders.envoy_problems(envoy, policy)]

@@ -73,7 +73,23 @@ def decide(
     now: float | None = None,
     host: str = "",
     by_host: ByHost = HostTable.lookup,
+    keyed: tuple[str, bytes] | None = None,
 ) -> Decision:
+    """`keyed`: what `cache_key` answered for this very request and policy, when it was
+    not None. The server computes it first to look for a finished answer; on a miss
+    (every deny, every first allow) passing it here saves resolving the config and
+    hashing the key a second time. The decision is the same either way."""
+    if keyed is not None:
+        # A cache key names a config with one key header, and a key was sent in it; any
+        # other `keyed` (not this policy's) is ignored and the request resolved afresh.
+        keyed_config = policy.configs.get(keyed[0])
+        if policy.loaded and keyed_config is not None and keyed_config.key_header is not None:
+            listed = context_extensions.get(ALLOWED_HEADERS)
+            if listed is None or unsent(keyed_config, listed) is None:
+                found = find(policy, keyed[1])
+                return _check_keys(
+                    policy, keyed_config, [(True, found)], headers, now, context_extensions
+                )
     config_id = config_id_of(policy, context_extensions, host, by_host)
     if not policy.loaded:
         return Deny(Reason.NOT_READY, config_id)
@@ -99,10 +115,10 @@ def decide(
     if config.key_header is not None:
         # One header: the same lookup as `_lookup`, without its general source loop.
         key = from_header(headers.get(config.key_header))
-        looked_up = [(key, find(policy, digest(key)) if key is not None else None)]
+        looked_up = [(key is not None, find(policy, digest(key)) if key is not None else None)]
     else:
         looked_up = [_lookup(policy, rule, headers, path) for rule in config.rules]
-    return _check_keys(policy, config, looked_up, headers, now, listed is not None)
+    return _check_keys(policy, config, looked_up, headers, now, context_extensions)
 
 
 def config_id_of(
@@ -141,11 +157,17 @@ def cache_key(
     return None if key is None else (config_id, digest(key))
 
 
-def fits(allow: Allow, headers: Mapping[str, str], filtered: bool = False) -> bool:
+def fits(
+    allow: Allow, headers: Mapping[str, str], context_extensions: Mapping[str, str] = {}
+) -> bool:
     """Whether the request, with what `allow` injects, stays within Envoy's header limit.
-    `filtered`: the route sends only some headers (ALLOWED_HEADERS), so they are not the
-    request's count; Envoy's guard before ext_authz counted them already."""
-    return filtered or len(headers) + len(allow.set_headers) <= MAX_REQUEST_HEADERS
+    On a route that sends only some headers (ALLOWED_HEADERS) they are not the request's
+    count, and Envoy's guard before ext_authz counted them already: looked up only when
+    the count fails, so that the common Check pays nothing for it."""
+    return (
+        len(headers) + len(allow.set_headers) <= MAX_REQUEST_HEADERS
+        or ALLOWED_HEADERS in context_extensions
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -176,10 +198,11 @@ _SPECIFIC = (Reason.INVALID, Reason.EXPIRED, Reason.MISSING_METADATA)
 
 def _lookup(
     policy: Policy, rule: KeyRule, headers: Mapping[str, str], path: str
-) -> tuple[str | None, ApiKey | None]:
-    """The credential a rule finds in the request, and the key it names (if loaded)."""
+) -> tuple[bool, ApiKey | None]:
+    """Whether a rule finds a credential in the request, and the key it names (if
+    loaded). The credential itself goes no further than its digest."""
     key = extract(rule.sources, headers, path)
-    return key, (find(policy, digest(key)) if key is not None else None)
+    return key is not None, (find(policy, digest(key)) if key is not None else None)
 
 
 def find(policy: Policy, key_digest: bytes) -> ApiKey | None:
@@ -197,9 +220,9 @@ def _expired(found: ApiKey, now: float | None) -> bool:
 
 
 def _outcome(
-    policy: Policy, rule: KeyRule, key: str | None, found: ApiKey | None, now: float | None
+    policy: Policy, rule: KeyRule, sent: bool, found: ApiKey | None, now: float | None
 ) -> _Outcome:
-    if key is None:
+    if not sent:
         return None if rule.optional else Deny(Reason.MISSING, "", rule.hint)
     if found is None or not admits(rule, found):
         return Deny(Reason.INVALID, "", rule.hint)
@@ -214,15 +237,15 @@ def _outcome(
 def _check_keys(
     policy: Policy,
     config: CompiledConfig,
-    looked_up: list[tuple[str | None, ApiKey | None]],
+    looked_up: list[tuple[bool, ApiKey | None]],
     headers: Mapping[str, str],
     now: float | None,
-    filtered: bool = False,
+    context_extensions: Mapping[str, str],
 ) -> Decision:
     """The decision from each rule's lookup."""
     outcomes = [
-        _outcome(policy, rule, key, found, now)
-        for rule, (key, found) in zip(config.rules, looked_up, strict=True)
+        _outcome(policy, rule, sent, found, now)
+        for rule, (sent, found) in zip(config.rules, looked_up, strict=True)
     ]
     if config.expr is None:
         passed = not any(isinstance(o, Deny) for o in outcomes)
@@ -246,7 +269,7 @@ def _check_keys(
         if isinstance(outcome, Grant) and found is not None and found.expires_at is not None
     ]
     allow = _assemble_allow(config, outcomes, headers, min(expiries, default=None))
-    if not fits(allow, headers, filtered):
+    if not fits(allow, headers, context_extensions):
         return Deny(Reason.TOO_MANY_HEADERS, config.config_id)
     return allow
 

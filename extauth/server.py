@@ -175,13 +175,11 @@ class AuthorizationService:
             key = deciding.cache_key(policy, route, headers, http.host, by_host)
             hit = cache.get(key) if key is not None else None
             decision: Decision
-            if hit is not None and deciding.fits(
-                hit[0], headers, deciding.ALLOWED_HEADERS in route
-            ):
+            if hit is not None and deciding.fits(hit[0], headers, route):
                 decision, encoded = hit
             else:
                 decision = deciding.decide(
-                    policy, route, headers, http.path, host=http.host, by_host=by_host
+                    policy, route, headers, http.path, host=http.host, by_host=by_host, keyed=key
                 )
                 encoded = responses.encode(decision)
                 if key is not None and isinstance(decision, Allow):

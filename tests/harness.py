@@ -338,7 +338,11 @@ def envoy_config(
 
 class Envoy:
     def __init__(
-        self, config: dict[str, Any], workdir: Path, env: Mapping[str, str] | None = None
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        env: Mapping[str, str] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
         self.config_path = workdir / "envoy.yaml"
@@ -352,7 +356,7 @@ class Envoy:
                 str(self.config_path),
                 "--use-dynamic-base-id",
                 "--concurrency",
-                "1",
+                str(concurrency),
                 "--log-level",
                 "warning",
                 # Access log lines reach the file within a moment (default: 10 s).

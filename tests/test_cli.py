@@ -145,24 +145,16 @@ def test_serve_rejects_bad_arguments() -> None:
     ],
 )
 def test_serve_refuses_workers_whose_ports_collide(
-    grpc: str, http: str | None, message: str
+    grpc: str, http: str | None, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Worker i serves gRPC alone on --grpc-address's port + 1 + i and HTTP on
     --http-address's + i: a layout where two land on one port is refused before anything
-    starts (otherwise one worker would fail to bind after the others had loaded)."""
+    starts (otherwise one worker would fail to bind after the others had loaded). In
+    process: the refusal comes before any fork or port."""
     http_args = ["--http-address", f"127.0.0.1:{http}"] if http else []
-    result = run_cli(
-        "serve",
-        "--config-dir",
-        ".",
-        "--workers",
-        "2",
-        "--grpc-address",
-        f"127.0.0.1:{grpc}",
-        *http_args,
-    )
-    assert result.returncode == 2
-    assert message in result.stderr
+    serve = ["serve", "--config-dir", ".", "--workers", "2", "--grpc-address"]
+    assert cli.main([*serve, f"127.0.0.1:{grpc}", *http_args], environ={}) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_workers_restart_back_off_then_give_up() -> None:

@@ -212,6 +212,47 @@ def test_missing_and_invalid_keys(policy: Policy) -> None:
     assert decide(policy, ROUTE, {"x-key": "nope"}, "/").reason == Reason.INVALID  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    ("route", "headers"),
+    [
+        (ROUTE, {"x-key": "key-a"}),
+        (ROUTE, {"x-key": "Bearer key-a", "x-org": "spoof"}),
+        (ROUTE, {"x-key": "key-b"}),
+        (ROUTE, {"x-key": "nope"}),
+        ({}, {"x-key": "key-a"}),  # the default config
+        ({"config_id": "ns.strict"}, {"x-key": "key-b"}),  # required metadata missing
+        ({"config_id": "ns.strict"}, {"x-key": "key-a"}),
+        (ROUTE, {"x-key": "key-a"} | {f"h{i}": "v" for i in range(99)}),  # too many headers
+        (ROUTE | {deciding.ALLOWED_HEADERS: "x-key,x-request-id"}, {"x-key": "key-a"}),
+        (ROUTE | {deciding.ALLOWED_HEADERS: "x-other"}, {"x-key": "key-a"}),  # key not listed
+    ],
+)
+def test_decide_with_the_cache_key_decides_as_without_it(
+    policy: Policy, route: dict[str, str], headers: dict[str, str]
+) -> None:
+    # The server computes the cache key first (config id and the key's digest); on a miss
+    # it hands it to decide, which then neither resolves the config nor hashes again.
+    keyed = deciding.cache_key(policy, route, headers, "")
+    assert keyed is not None
+    decision = decide(policy, route, headers, "/", keyed=keyed)
+    assert decision == decide(policy, route, headers, "/")
+    if isinstance(decision, Deny) and decision.reason is Reason.KEY_SOURCE_NOT_SENT:
+        return  # the general path decides that one, keyed or not
+    calls = _python_calls(lambda: decide(policy, route, headers, "/", keyed=keyed))
+    assert _python_calls(lambda: decide(policy, route, headers, "/")) > calls
+
+
+def test_a_cache_key_of_another_policy_is_not_trusted(policy: Policy) -> None:
+    # decide ignores a `keyed` that names no config of its policy, or a config that is
+    # not keyed by one header, or arrives before the policy is loaded: resolved afresh.
+    headers = {"x-key": "key-a"}
+    fresh = decide(policy, ROUTE, headers, "/")
+    for other in (("ns.gone", b"\0" * 32), ("ns.cookies", b"\0" * 32)):
+        assert decide(policy, ROUTE, headers, "/", keyed=other) == fresh
+    keyed = deciding.cache_key(policy, ROUTE, headers, "")
+    assert decide(Policy(), ROUTE, headers, "/", keyed=keyed) == Deny(Reason.NOT_READY, "ns.cfg")
+
+
 def test_allow_sets_metadata_and_strips_key(policy: Policy) -> None:
     decision = decide(policy, ROUTE, {"x-key": "key-a", "x-org": "spoof"}, "/")
     assert decision == Allow(

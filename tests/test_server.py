@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 
 import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2
 
-from extauth import deciding, memory
+from extauth import apikeys, deciding, memory
+from extauth.building import PolicyHolder
 from extauth.cli import SourceSettings, sources_for
 from extauth.decisions import Decision
 from extauth.server import WARN_LIMIT, AuthorizationService, Server, Settings
 from extauth.wire import ext_authz_pb2 as pb
-from tests.builders import authconfig, secret
+from tests.builders import authconfig, secret, snapshot
 
 CONFIG = authconfig(
     "cfg",
@@ -241,3 +244,34 @@ def test_unknown_config_ids_are_logged_a_bounded_number_of_times(
     assert sum("is not loaded" in w for w in warnings) == WARN_LIMIT - 1
     assert sum("not logging more" in w for w in warnings) == 1
     assert sum("no config_id" in w for w in warnings) == 1
+
+
+def test_a_check_hashes_the_key_once_whether_it_is_allowed_or_denied() -> None:
+    # The cache key (config id, digest) is computed before the cache is asked; on a miss
+    # decide is handed it rather than hashing again. Counted with a profiler, not timed.
+    holder = PolicyHolder()
+    holder.update([snapshot(secret("a", "key-a", org="red"), CONFIG)])
+    service = AuthorizationService(holder)
+
+    def hashes(key: str) -> tuple[int, pb.CheckResponse]:
+        request = pb.CheckRequest.FromString(
+            check_request({"x-key": key}).SerializeToString()  # type: ignore[attr-defined]
+        )
+        counted = 0
+
+        def count(frame: FrameType, event: str, arg: object) -> None:
+            nonlocal counted
+            if event == "call" and frame.f_code is apikeys.digest.__code__:
+                counted += 1
+
+        sys.setprofile(count)
+        try:
+            raw = asyncio.run(service.check(request, None))  # type: ignore[arg-type]
+        finally:
+            sys.setprofile(None)
+        return counted, pb.CheckResponse.FromString(raw)
+
+    for key, status in (("nope", 16), ("key-a", 0), ("key-a", 0), ("nope", 16)):
+        counted, reply = hashes(key)
+        assert reply.status.code == status
+        assert counted == 1

@@ -71,9 +71,20 @@ class Stack:
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
             sock.sendall(head.encode("latin-1") + b"\r\n\r\n")
             data = b""
-            while chunk := sock.recv(65536):
+            while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
                 data += chunk
-        return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+            lines, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in lines.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            while len(body) < length and (chunk := sock.recv(65536)):
+                body += chunk
+        return int(lines.split(b" ", 2)[1]), body
 
     def served(self) -> int:
         count = len(self.upstream.received)
@@ -172,6 +183,8 @@ def test_a_key_source_added_later_is_denied_as_not_sent_and_named(stack: Stack) 
     assert "tests.inject" in said
     assert "'x-late-key'" in said
     assert LATE_KEY not in said
+    metrics = request(stack.metrics_port, "/metrics").body.decode()
+    assert 'extauth_decisions_total{config="tests.inject",result="key_source_not_sent"}' in metrics
     page = request(stack.metrics_port, "/").body.decode()
     assert "x-late-key" in page
     assert LATE_KEY not in page
