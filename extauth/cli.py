@@ -38,6 +38,7 @@ from extauth.manifests import DEFAULT_LIMITS, MAX_DEPTH_CEILING, Limits
 from extauth.origins import Problem
 from extauth.policy import Policy
 from extauth.server import Settings, grpc_credentials, serve
+from extauth.sources import StartupError
 from extauth.sources.files import ConfigDirError, FileSource
 from extauth.sources.listing import ListingError, walk
 
@@ -223,6 +224,8 @@ def _sources(verb: str) -> tuple[_Option, ...]:
                 f"with --kubernetes: {verb} only this namespace (repeatable; default: all)",
                 action="append"),
         _Option("--kubeconfig", None, None, "PATH", "with --kubernetes: kubeconfig file"),
+        _Option("--kube-context", None, None, "NAME",
+                "with --kubernetes: this kubeconfig context (default: its current-context)"),
     )
     # fmt: on
 
@@ -559,6 +562,7 @@ class SourceSettings:
     kubernetes: bool = False
     namespaces: tuple[str, ...] = ()
     kubeconfig: str | None = None
+    kube_context: str | None = None
     write_status: bool = True
     kube_watch_timeout: int = 300
     kube_heartbeat: float = 10.0
@@ -579,6 +583,7 @@ def _reading(args: argparse.Namespace, **settings: Any) -> SourceSettings:
         kubernetes=args.kubernetes,
         namespaces=tuple(args.namespace or ()),
         kubeconfig=args.kubeconfig,
+        kube_context=args.kube_context,
         limits=_limits(args),
         **settings,
     )
@@ -591,13 +596,14 @@ def sources_for(settings: SourceSettings) -> list[Source]:
     if settings.config_dir is not None:
         sources.append(FileSource(settings.config_dir, limits=settings.limits))
     if settings.kubernetes:
-        # Imported here: the kubernetes client is only loaded when it is used.
+        # Imported here: the Kubernetes source (and urllib3) only loaded when used.
         from extauth.sources.kubernetes import KubernetesSource
 
         sources.append(
             KubernetesSource(
                 list(settings.namespaces) or None,
                 kubeconfig=settings.kubeconfig,
+                kube_context=settings.kube_context,
                 write_status=settings.write_status,
                 watch_timeout=settings.kube_watch_timeout,
                 heartbeat=settings.kube_heartbeat,
@@ -636,7 +642,7 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 def _serve_one(settings: Settings, reading: SourceSettings) -> int:
     try:
         _run(serve(settings, sources_for(reading)))
-    except ConfigDirError as exc:
+    except (ConfigDirError, StartupError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     except RuntimeError as exc:
@@ -694,7 +700,7 @@ def inspect(args: argparse.Namespace) -> int:
     )
     try:
         changes = asyncio.run(_initial_state(sources_for(settings)))
-    except ConfigDirError as exc:
+    except (ConfigDirError, StartupError) as exc:
         print(f"extauth inspect: {exc}", file=sys.stderr)
         return 2
     result = inspecting.report(compile_policy(_merged(changes)))

@@ -23,16 +23,13 @@ not answer, kicks the watches, and wakes them when it answers again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
-from kubernetes import client, config
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
@@ -43,7 +40,8 @@ from extauth.origins import Origin
 from extauth.policy import Policy
 from extauth.resources import AuthConfig, Secret
 from extauth.sourcehealth import SourceHealth, State
-from extauth.sources import bounds, liveness, statuses
+from extauth.sources import apiserver, bounds, liveness, statuses
+from extauth.sources.apiserver import ApiServer, path_of
 from extauth.sources.records import (
     ConfigRecord,
     Identity,
@@ -76,19 +74,6 @@ from extauth.sources.watching import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
-    configuration = client.Configuration()
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    # Our watch loops retry with backoff and say so once per attempt; urllib3's own
-    # retries underneath would only multiply the log lines.
-    configuration.retries = 0
-    return client.ApiClient(configuration)
 
 
 def _origin(kind: Kind, owner: Owner, rank: int = 0) -> Origin:
@@ -466,17 +451,16 @@ def kubernetes_rank(item: RawObject) -> int:
     return (max(seconds, 0) << 128) | number
 
 
-def check_crd(api: client.ApiClient) -> list[str] | None:
+def check_crd(api: ApiServer) -> list[str] | None:
     """The model fields the installed AuthConfig CRD would prune; None if it cannot be read.
 
     An outdated CRD drops new settings (`requireHashedKeys`, `booleanExpr`) silently when a
     client skips validation: extauth would then enforce less than the AuthConfig says.
     """
     try:
-        response: Any = client.ApiextensionsV1Api(api).read_custom_resource_definition(
-            crds.NAME, _preload_content=False, _request_timeout=10
+        found = api.get_json(
+            path_of("apiextensions.k8s.io", "v1", "customresourcedefinitions", None, crds.NAME)
         )
-        found = json.loads(response.data)
         versions = found.get("spec", {}).get("versions", [])
         (served,) = [v for v in versions if v.get("name") == VERSION] or [None]
         if served is None:
@@ -520,13 +504,13 @@ class KubernetesSource:
         status_rate: float = statuses.DEFAULT_RATE,
         status_timeout: float = statuses.DEFAULT_TIMEOUT,
         every_secret: bool = False,
+        kube_context: str | None = None,
     ) -> None:
         """`every_secret`: keep every Secret whole, selected or not (when AuthConfigs
         from another source, a --config-dir, may select them: this source cannot see
         those)."""
         listed = list(namespaces or ())
         self.namespaces: list[str | None] = list(listed) if listed else [None]
-        self._kubeconfig = kubeconfig
         self._write_status = write_status
         self._watch_timeout = watch_timeout
         self._page_size = page_size
@@ -543,7 +527,8 @@ class KubernetesSource:
         self.heartbeat = liveness.Heartbeat(
             self._probe, interval=heartbeat, on_lost=self._lost, on_back=self._back
         )
-        self._api: client.ApiClient | None = None
+        # Read now: a kubeconfig that cannot be used is a startup error, said plainly.
+        self._api: ApiServer = apiserver.connect(kubeconfig, kube_context)
         # Model fields the installed CRD prunes; None until read (or if it cannot be).
         self.pruned: list[str] | None = None
         self._rejected: Counter | None = None
@@ -644,18 +629,8 @@ class KubernetesSource:
 
     def _probe(self, deadline: float) -> None:
         """A list of one AuthConfig, read from etcd: the API server and its storage answer."""
-        assert self._api is not None
-        custom = client.CustomObjectsApi(self._api)
-        options: dict[str, Any] = {
-            "limit": 1,
-            "_preload_content": False,
-            "_request_timeout": (deadline, deadline),
-        }
-        namespace = self.namespaces[0]
-        if namespace:
-            custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **options)
-        else:
-            custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
+        path = path_of(GROUP, VERSION, PLURAL, self.namespaces[0])
+        self._api.request("GET", path, query={"limit": 1}, timeout=(deadline, deadline))
 
     def _lost(self) -> None:
         self.health.error("unanswered")
@@ -688,10 +663,10 @@ class KubernetesSource:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, Change, bool]] = asyncio.Queue()
         stop = threading.Event()
-        api = self._api = load_api_client(self._kubeconfig)
+        api = self._api
         if self._write_status:
             self.status = StatusWriter(
-                client.CustomObjectsApi(api),
+                api,
                 rate=self._status_rate,
                 timeout=self._status_timeout,
                 count=self._count_status,

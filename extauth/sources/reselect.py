@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, cast
-
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from typing import TYPE_CHECKING, cast
 
 from extauth.apikeys import Owner
 from extauth.resources import APIKEY_SECRET_TYPE
 from extauth.sources import bounds
+from extauth.sources.apiserver import ApiError, ApiServer, path_of
 from extauth.sources.watching import API_VERSIONS, RawObject, Watcher, describe
 
 if TYPE_CHECKING:
@@ -48,13 +46,13 @@ class Reselector:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiServer,
         secrets: list[tuple[Watcher, Translator]],
         stop: threading.Event,
         *,
         request_timeout: float,
     ) -> None:
-        self._core = client.CoreV1Api(api)
+        self._api = api
         self._secrets = secrets
         self._stop = stop
         self._request_timeout = request_timeout
@@ -110,14 +108,13 @@ class Reselector:
     def _read(self, owner: Owner) -> RawObject | None:
         """The Secret now; None if it is gone or not an API-key Secret."""
         try:
-            response: Any = self._core.read_namespaced_secret(
-                owner[1],
-                owner[0],
-                _preload_content=False,
-                _request_timeout=(self._request_timeout, 30),
+            response = self._api.request(
+                "GET",
+                path_of("", "v1", "secrets", owner[0], owner[1]),
+                timeout=(self._request_timeout, 30),
             )
             item = cast(RawObject, bounds.loads(response.data))
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 return None  # deleted: the watch says so too
             log.warning("kubernetes: reading Secret %s: %s", "/".join(owner), describe(exc))

@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
+from extauth.sources.apiserver import ApiError, ApiServer, path_of
 from extauth.sources.watching import GROUP, PLURAL, VERSION, describe
 
 log = logging.getLogger(__name__)
@@ -121,13 +119,13 @@ class StatusWriter:
 
     def __init__(
         self,
-        custom: client.CustomObjectsApi,
+        api: ApiServer,
         *,
         rate: float = DEFAULT_RATE,
         timeout: float = DEFAULT_TIMEOUT,
         count: Callable[[str], None] = lambda result: None,
     ) -> None:
-        self._custom = custom
+        self._api = api
         self._interval = 1.0 / rate if rate > 0 else 0.0
         self._timeout = timeout
         self._count = count  # a write's result: written, conflict, gone, failed
@@ -235,20 +233,20 @@ class StatusWriter:
 
     def _write(self, owner: Owner, work: _Work) -> None:
         try:
-            self._custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                owner[0],
-                PLURAL,
-                owner[1],
+            self._api.request(
+                "PATCH",
+                path_of(GROUP, VERSION, PLURAL, owner[0], owner[1]) + "/status",
                 # The resourceVersion makes the write conditional: if the object changed
                 # since (a newer spec, another replica's status), 409, and the event for
                 # that change decides again.
-                {"metadata": {"resourceVersion": work.resource_version}, "status": work.status},
-                _content_type="application/merge-patch+json",
-                _request_timeout=self._timeout,
+                body={
+                    "metadata": {"resourceVersion": work.resource_version},
+                    "status": work.status,
+                },
+                content_type="application/merge-patch+json",
+                timeout=self._timeout,
             )
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 409:
                 self._count("conflict")
                 log.debug("kubernetes: status of AuthConfig %s: changed meanwhile", owner)

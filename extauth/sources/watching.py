@@ -1,6 +1,7 @@
 """Listing and watching one kind of object in a Kubernetes API server, as typed events.
 
-The official client is synchronous, so a `Watcher` runs in a thread and yields events:
+The API calls (`apiserver.ApiServer`) are synchronous, so a `Watcher` runs in a thread
+and yields events:
 `Upserted` for every object of a list and every ADDED/MODIFIED, `Deleted` for every
 DELETED, and `Listed` after every complete list (the first and every relist after a 410
 Gone). `Listed` means "the objects this list upserted are all there is": whoever consumes
@@ -42,14 +43,12 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 from urllib3 import exceptions as urllib3_errors
 
 from extauth.resources import APIKEY_SECRET_TYPE
 from extauth.sourcehealth import SourceHealth
 from extauth.sources import bounds
+from extauth.sources.apiserver import ApiError, ApiServer, lines, path_of
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +192,7 @@ class Watcher:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiServer,
         kind: Kind,
         namespace: str | None,
         stop: threading.Event,
@@ -209,8 +208,7 @@ class Watcher:
         # Why this watch is not current now (None: listed, and watching or about to).
         self.failure: str | None = "not listed yet"
         self.namespace = namespace
-        self._core = client.CoreV1Api(api)
-        self._custom = client.CustomObjectsApi(api)
+        self._api = api
         self._stop = stop
         self._watch_timeout = watch_timeout
         self._page_size = page_size
@@ -305,18 +303,31 @@ class Watcher:
         self._wake.set()
         self.kick()
 
-    def _call(self, **kwargs: Any) -> Any:
-        options = {"_preload_content": False, **kwargs}
+    def _call(
+        self,
+        *,
+        timeout: float | tuple[float, float],
+        watch: bool = False,
+        limit: int | None = None,
+        token: str | None = None,
+        resource_version: str | None = None,
+    ) -> Any:
+        """A list page (read whole, `.data`) or a watch (streamed: the caller reads and
+        releases it)."""
+        query: dict[str, str | int | bool | None] = {"limit": limit, "continue": token}
         if self.kind == "Secret":
-            options["field_selector"] = f"type={APIKEY_SECRET_TYPE}"
-            if self.namespace:
-                return self._core.list_namespaced_secret(self.namespace, **options)
-            return self._core.list_secret_for_all_namespaces(**options)
-        if self.namespace:
-            return self._custom.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, **options
+            path = path_of("", "v1", "secrets", self.namespace)
+            query["fieldSelector"] = f"type={APIKEY_SECRET_TYPE}"
+        else:
+            path = path_of(GROUP, VERSION, PLURAL, self.namespace)
+        if watch:
+            query.update(
+                watch=True,
+                resourceVersion=resource_version,
+                allowWatchBookmarks=True,
+                timeoutSeconds=self._watch_timeout,
             )
-        return self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
+        return self._api.request("GET", path, query=query, timeout=timeout, stream=watch)
 
     def _list(self) -> Generator[Event, None, str]:
         """Page by page; returns the list's resourceVersion (to watch from)."""
@@ -330,14 +341,14 @@ class Watcher:
         while True:
             # Unpaged (after two expired continue tokens), the whole list is one answer.
             read_timeout = _LIST_READ_TIMEOUT if paged else 10 * _LIST_READ_TIMEOUT
-            kwargs: dict[str, Any] = {"_request_timeout": (self._request_timeout, read_timeout)}
+            kwargs: dict[str, Any] = {"timeout": (self._request_timeout, read_timeout)}
             if paged:
                 kwargs["limit"] = limit
             if token:
-                kwargs["_continue"] = token
+                kwargs["token"] = token
             try:
                 data = self._call(**kwargs).data
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status == 410 and token:
                     raise ListExpired from None
                 raise
@@ -370,11 +381,9 @@ class Watcher:
         response = self._call(
             watch=True,
             resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_timeout,
             # The head of the answer comes at once from a live server; then events, or
             # silence, for up to the watch's own timeout.
-            _request_timeout=(self._request_timeout, self._request_timeout),
+            timeout=(self._request_timeout, self._request_timeout),
         )
         self._response = response
         self.failure = None
@@ -423,23 +432,22 @@ def next_page_size(limit: int, weight: int, most: int) -> int:
 
 
 def _lines(response: Any) -> Iterator[str]:
-    for line in iter_resp_lines(response):
-        if line:
-            yield line if isinstance(line, str) else line.decode("utf-8")
+    for line in lines(response):
+        yield line.decode("utf-8")
 
 
 def describe(exc: Exception) -> str:
     """An exception for a log line: an API error's status, never its body (which can
     quote the object, and so a Secret's data)."""
-    if isinstance(exc, ApiException):
-        return f"HTTP {exc.status} {exc.reason}"
+    if isinstance(exc, ApiError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
 def reason_of(exc: BaseException) -> str:
     """A failure as a metric label: a few fixed words (and the HTTP status), never text
     from the exception, so the label set stays small."""
-    if isinstance(exc, ApiException):
+    if isinstance(exc, ApiError):
         status = exc.status
         return f"http_{status}" if isinstance(status, int) and 100 <= status < 600 else "http"
     if isinstance(exc, urllib3_errors.MaxRetryError) and exc.reason is not None:

@@ -183,6 +183,8 @@ def test_a_key_source_added_later_is_denied_as_not_sent_and_named(stack: Stack) 
     assert "tests.inject" in said
     assert "'x-late-key'" in said
     assert LATE_KEY not in said
+    metrics = request(stack.metrics_port, "/metrics").body.decode()
+    assert 'extauth_decisions_total{config="tests.inject",result="key_source_not_sent"}' in metrics
     page = request(stack.metrics_port, "/").body.decode()
     assert "x-late-key" in page
     assert LATE_KEY not in page

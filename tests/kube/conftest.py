@@ -20,10 +20,13 @@ import yaml
 from kubernetes import client, config
 
 from extauth import crds
+from extauth.sources import apiserver
+from extauth.sources.apiserver import ApiServer
 from tests import harness
 from tests.kube.kubelite import KubeLite, unavailable_reason
 
 GROUP, VERSION, PLURAL = "extauth.solo.io", "v1", "authconfigs"
+_SERVERS: dict[Path, ApiServer] = {}
 
 
 @dataclass
@@ -32,6 +35,15 @@ class Cluster:
     api: client.ApiClient
     namespace: str
     kubelite: KubeLite | None
+
+    @property
+    def server(self) -> ApiServer:
+        """extauth's own client for this cluster (the official one is the tests'): one per
+        kubeconfig for the session, closed with the cluster."""
+        found = _SERVERS.get(self.kubeconfig)
+        if found is None:
+            found = _SERVERS[self.kubeconfig] = apiserver.connect(str(self.kubeconfig))
+        return found
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -159,6 +171,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         if external:
             client.CoreV1Api(api).delete_namespace(namespace)
         api.close()
+        for server in _SERVERS.values():
+            server.close()
+        _SERVERS.clear()
         if kubelite is not None:
             kubelite.stop()
 

@@ -4,6 +4,7 @@ initial state waits for every watcher's complete list, whatever arrives in betwe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -20,7 +21,7 @@ from kubernetes import client
 from extauth.apikeys import ApiKey
 from extauth.changes import Change, PlacedAuthConfig
 from extauth.server import Server, Settings
-from extauth.sources import watching
+from extauth.sources import apiserver, watching
 from extauth.sources.kubernetes import KubernetesSource, Translator
 from tests.kube.conftest import GROUP, PLURAL, VERSION, Cluster, authconfig_body, connect
 from tests.kube.kubelite import KubeLite, unavailable_reason
@@ -103,6 +104,7 @@ def test_untyped_items_on_later_pages_are_all_loaded(tmp_path: Path) -> None:
     kubelite = KubeLite(tmp_path / "kl")
     kubelite.start()
     api = connect(kubelite.kubeconfig)
+    stack = contextlib.ExitStack()
     try:
         core = client.CoreV1Api(api)
         core.create_namespace({"metadata": {"name": "paged"}})
@@ -120,8 +122,9 @@ def test_untyped_items_on_later_pages_are_all_loaded(tmp_path: Path) -> None:
         second = raw_page(raw_page(None)["metadata"]["continue"])
         assert [item.get("kind") for item in second["items"]] == [None] * PAGE  # the trap
 
+        ours = stack.enter_context(apiserver.connect(str(kubelite.kubeconfig)))
         watcher = watching.Watcher(
-            api, "Secret", "paged", threading.Event(), watch_timeout=1, page_size=PAGE
+            ours, "Secret", "paged", threading.Event(), watch_timeout=1, page_size=PAGE
         )
         emitted: list[tuple[Change, bool]] = []
         translator = Translator("Secret", lambda c, listed: emitted.append((c, listed)), None)
@@ -134,6 +137,7 @@ def test_untyped_items_on_later_pages_are_all_loaded(tmp_path: Path) -> None:
         ]
         assert all(r.definition is not None for r in translator.known.values())
     finally:
+        stack.close()
         api.close()
         kubelite.stop()
 
@@ -230,7 +234,7 @@ def test_relist_removes_what_vanished_and_keeps_what_stayed(namespace: Cluster) 
         GROUP, VERSION, namespace.namespace, PLURAL, body
     )
     stop = threading.Event()
-    api = client.ApiClient(namespace.api.configuration)
+    api = namespace.server
     watcher = watching.Watcher(api, "Secret", namespace.namespace, stop, watch_timeout=1)
     emitted: list[tuple[Change, bool]] = []
     translator = Translator("Secret", lambda c, listed: emitted.append((c, listed)), None)
@@ -261,6 +265,7 @@ def test_a_list_that_outlives_its_snapshot_is_listed_again(
     kubelite = KubeLite(tmp_path / "kl", ("--watch-cache=false", "--etcd-compaction-interval=1s"))
     kubelite.start()
     api = connect(kubelite.kubeconfig)
+    stack = contextlib.ExitStack()
     try:
         core = client.CoreV1Api(api)
         core.create_namespace({"metadata": {"name": "slow"}})
@@ -291,7 +296,8 @@ def test_a_list_that_outlives_its_snapshot_is_listed_again(
 
         monkeypatch.setattr(watching.Watcher, "_call", slow_first_page)
         stop = threading.Event()
-        watcher = watching.Watcher(api, "Secret", "slow", stop, watch_timeout=1, page_size=3)
+        ours = stack.enter_context(apiserver.connect(str(kubelite.kubeconfig)))
+        watcher = watching.Watcher(ours, "Secret", "slow", stop, watch_timeout=1, page_size=3)
         emitted: list[tuple[Change, bool]] = []
         translator = Translator("Secret", lambda c, listed: emitted.append((c, listed)), None)
         events = watcher.events()
@@ -308,5 +314,6 @@ def test_a_list_that_outlives_its_snapshot_is_listed_again(
         assert complete
         assert sorted(d.owner[1] for d in initial.upserted) == [f"k{i}" for i in range(7)]
     finally:
+        stack.close()
         api.close()
         kubelite.stop()

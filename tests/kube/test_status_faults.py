@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from extauth.changes import Change, PlacedAuthConfig
+from extauth.sources import apiserver
 from extauth.sources.kubernetes import Translator
 from extauth.sources.statuses import StatusWriter
 from extauth.sources.watching import Watcher
 from tests.harness import wait_until
-from tests.kube.conftest import GROUP, PLURAL, VERSION, Cluster, connect
+from tests.kube.conftest import GROUP, PLURAL, VERSION, Cluster
 from tests.kube.faultproxy import FaultProxy
 
 pytestmark = [
@@ -58,16 +58,13 @@ def pipeline(cluster: Cluster, tmp_path: Path) -> Iterator[Pipeline]:
     cluster.core.create_namespace({"metadata": {"name": namespace}})
     ours = Cluster(cluster.kubeconfig, cluster.api, namespace, cluster.kubelite)
     proxy = FaultProxy(cluster.kubelite.api_port)
-    proxied = connect(proxy.kubeconfig(cluster.kubeconfig, tmp_path / "kubeconfig"))
-    proxied.configuration.retries = 0
+    proxied = apiserver.connect(str(proxy.kubeconfig(cluster.kubeconfig, tmp_path / "kubeconfig")))
     results: list[str] = []
-    writer = StatusWriter(
-        client.CustomObjectsApi(proxied), rate=100, timeout=1, count=results.append
-    )
+    writer = StatusWriter(proxied, rate=100, timeout=1, count=results.append)
     found = Pipeline(ours, writer, proxy)
     found.results = results
     stop = threading.Event()
-    watcher = Watcher(cluster.api, "AuthConfig", namespace, stop, watch_timeout=30)
+    watcher = Watcher(cluster.server, "AuthConfig", namespace, stop, watch_timeout=30)
     translator = Translator("AuthConfig", lambda change, _: found.changes.append(change), writer)
 
     def pump() -> None:
@@ -191,7 +188,7 @@ def test_recreated_under_its_name_takes_its_new_spec_after_a_relist(cluster: Clu
     create({"tier": "wide"})
     changes: list[Change] = []
     translator = Translator("AuthConfig", lambda change, _: changes.append(change), None)
-    watcher = Watcher(cluster.api, "AuthConfig", namespace, threading.Event(), watch_timeout=1)
+    watcher = Watcher(cluster.server, "AuthConfig", namespace, threading.Event(), watch_timeout=1)
     for event in watcher._list():
         translator.take(event)
     ours.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "team")
