@@ -58,9 +58,11 @@ def _config_id(value: str) -> str:
 
 def _address(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
-    return value
+    # The port as a number: `:00` is port 0 and `:09001` port 9001, for every check and
+    # lock that reads the string (a unit on `:00` would otherwise bind ports 1, 2, ...).
+    return f"{host}:{int(port)}"
 
 
 def _fraction(value: str) -> float:

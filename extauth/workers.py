@@ -71,6 +71,9 @@ def port_problem(grpc_address: str, http_address: str | None, count: int) -> str
     anything starts: a worker's gRPC port landing on another worker's HTTP port would
     otherwise surface as one worker failing to bind, after the others have loaded."""
     grpc_ports = unit_ports(grpc_address, count)
+    if grpc_ports[0] == 0:
+        # The workers' own ports would be 1, 2, ...: well known ports, bound silently as root.
+        return "--workers needs a fixed --grpc-address port"
     if grpc_ports[-1] > MAX_PORT:
         return (
             f"--workers {count} needs gRPC ports {grpc_ports[0]}-{grpc_ports[-1]} "

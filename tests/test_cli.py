@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -155,6 +156,28 @@ def test_serve_refuses_workers_whose_ports_collide(
     serve = ["serve", "--config-dir", ".", "--workers", "2", "--grpc-address"]
     assert cli.main([*serve, f"127.0.0.1:{grpc}", *http_args], environ={}) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["00", "000", "0"])
+def test_serve_refuses_workers_on_port_zero_in_any_spelling(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Port 0 spelt `00` is still port 0: the workers' own ports would be 1 and 2, well
+    known ports a root process binds without a word. Refused, as `:0` is, before any fork
+    (in process)."""
+    serve = ["serve", "--config-dir", ".", "--workers", "2", "--grpc-address"]
+    assert cli.main([*serve, f"127.0.0.1:{port}"], environ={}) == 2
+    assert "--workers needs a fixed --grpc-address port" in capsys.readouterr().err
+    assert workers.port_problem(f"127.0.0.1:{port}", None, 2) is not None
+
+
+def test_addresses_are_read_with_their_port_as_a_number() -> None:
+    """One port, one spelling: `:09001` names the port `:9001` does, so the lock that keeps
+    two units off one port, and the derived worker ports, see the same number."""
+    assert cli._address("127.0.0.1:09001") == "127.0.0.1:9001"
+    assert cli._address("[::1]:00") == "[::1]:0"
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli._address("127.0.0.1:\u0669\u0660\u0660\u0661")  # Arabic-Indic 9001
 
 
 def test_workers_restart_back_off_then_give_up() -> None:
