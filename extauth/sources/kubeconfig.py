@@ -389,13 +389,7 @@ def in_cluster(environ: Mapping[str, str], root: Path = SERVICE_ACCOUNT) -> Targ
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        if path.stat().st_size > KUBECONFIG_LIMIT:
-            raise KubeConfigError(f"{what}: {path}: too large")
-        return path.read_text()
-    except OSError as exc:
-        raise KubeConfigError(
-            f"{what}: {path}: cannot be read ({exc.strerror or type(exc).__name__})"
-        ) from None
+        return _read_bytes(path, what).decode()
     except UnicodeDecodeError:
         raise KubeConfigError(f"{what}: {path}: not text") from None
 

@@ -65,6 +65,7 @@ from extauth.sources.watching import (
     Event,
     Kind,
     Listed,
+    Pacing,
     RawObject,
     Upserted,
     Watcher,
@@ -512,9 +513,7 @@ class KubernetesSource:
         listed = list(namespaces or ())
         self.namespaces: list[str | None] = list(listed) if listed else [None]
         self._write_status = write_status
-        self._watch_timeout = watch_timeout
-        self._page_size = page_size
-        self._request_timeout = request_timeout
+        self._pacing = Pacing(watch_timeout, page_size, request_timeout)
         self._max_secret_bytes = max_secret_bytes
         self._status_rate = status_rate
         self._status_timeout = status_timeout
@@ -685,9 +684,7 @@ class KubernetesSource:
                 kind,
                 namespace,
                 stop,
-                watch_timeout=self._watch_timeout,
-                page_size=self._page_size,
-                request_timeout=self._request_timeout,
+                self._pacing,
                 on_error=self.heartbeat.check_soon,
                 health=self.health,
             )
@@ -713,7 +710,9 @@ class KubernetesSource:
         ]
         configs = [t for t in self.translators if t.kind == "AuthConfig"]
         if selection is not None:
-            self.reselector = Reselector(api, secrets, stop, request_timeout=self._request_timeout)
+            self.reselector = Reselector(
+                api, secrets, stop, request_timeout=self._pacing.request_timeout
+            )
         # Before the first list, so the first status written already says it.
         self.pruned = await asyncio.to_thread(check_crd, api)
         if self.status is not None:

@@ -187,6 +187,18 @@ def typed_items(page: RawList, kind: Kind) -> list[RawObject]:
     return items
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """How a watch paces its requests, the same for every watch of a source: the
+    server-side watch timeout (seconds, a whole number as the API takes it), the most
+    items asked for in one list page, and how long a request waits for its answer to
+    start."""
+
+    watch_timeout: int
+    page_size: int = DEFAULT_PAGE_SIZE
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+
+
 class Watcher:
     """List and watch one kind in one namespace (or all), as a stream of `Event`s."""
 
@@ -196,10 +208,8 @@ class Watcher:
         kind: Kind,
         namespace: str | None,
         stop: threading.Event,
+        pacing: Pacing,
         *,
-        watch_timeout: int,
-        page_size: int = DEFAULT_PAGE_SIZE,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         on_error: Callable[[], None] = lambda: None,
         health: SourceHealth | None = None,
     ) -> None:
@@ -210,9 +220,7 @@ class Watcher:
         self.namespace = namespace
         self._api = api
         self._stop = stop
-        self._watch_timeout = watch_timeout
-        self._page_size = page_size
-        self._request_timeout = request_timeout
+        self._pacing = pacing
         self._on_error = on_error  # the heartbeat's check_soon
         self._wake = threading.Event()
         self._relist = threading.Event()  # a relist asked for (`relist()`)
@@ -325,7 +333,7 @@ class Watcher:
                 watch=True,
                 resourceVersion=resource_version,
                 allowWatchBookmarks=True,
-                timeoutSeconds=self._watch_timeout,
+                timeoutSeconds=self._pacing.watch_timeout,
             )
         return self._api.request("GET", path, query=query, timeout=timeout, stream=watch)
 
@@ -337,11 +345,11 @@ class Watcher:
         self._attempts += 1
         listing = self._attempts
         paged = self._expired < 2
-        limit = min(self._page_size, FIRST_PAGE)
+        limit = min(self._pacing.page_size, FIRST_PAGE)
         while True:
             # Unpaged (after two expired continue tokens), the whole list is one answer.
             read_timeout = _LIST_READ_TIMEOUT if paged else 10 * _LIST_READ_TIMEOUT
-            kwargs: dict[str, Any] = {"timeout": (self._request_timeout, read_timeout)}
+            kwargs: dict[str, Any] = {"timeout": (self._pacing.request_timeout, read_timeout)}
             if paged:
                 kwargs["limit"] = limit
             if token:
@@ -353,7 +361,7 @@ class Watcher:
                     raise ListExpired from None
                 raise
             if paged:
-                limit = next_page_size(limit, len(data), self._page_size)
+                limit = next_page_size(limit, len(data), self._pacing.page_size)
             page = cast(RawList, bounds.loads(data))
             del data
             items = typed_items(page, self.kind)
@@ -383,7 +391,7 @@ class Watcher:
             resource_version=resource_version,
             # The head of the answer comes at once from a live server; then events, or
             # silence, for up to the watch's own timeout.
-            timeout=(self._request_timeout, self._request_timeout),
+            timeout=(self._pacing.request_timeout, self._pacing.request_timeout),
         )
         self._response = response
         self.failure = None
@@ -394,7 +402,7 @@ class Watcher:
         connection = getattr(response, "connection", None)
         sock = getattr(connection, "sock", None)
         if sock is not None:
-            sock.settimeout(self._watch_timeout + 15)
+            sock.settimeout(self._pacing.watch_timeout + 15)
         api_version, kind = API_VERSIONS[self.kind], self.kind
         try:
             for line in _lines(response):

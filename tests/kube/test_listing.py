@@ -124,7 +124,7 @@ def test_untyped_items_on_later_pages_are_all_loaded(tmp_path: Path) -> None:
 
         ours = stack.enter_context(apiserver.connect(str(kubelite.kubeconfig)))
         watcher = watching.Watcher(
-            ours, "Secret", "paged", threading.Event(), watch_timeout=1, page_size=PAGE
+            ours, "Secret", "paged", threading.Event(), watching.Pacing(1, page_size=PAGE)
         )
         emitted: list[tuple[Change, bool]] = []
         translator = Translator("Secret", lambda c, listed: emitted.append((c, listed)), None)
@@ -235,7 +235,7 @@ def test_relist_removes_what_vanished_and_keeps_what_stayed(namespace: Cluster) 
     )
     stop = threading.Event()
     api = namespace.server
-    watcher = watching.Watcher(api, "Secret", namespace.namespace, stop, watch_timeout=1)
+    watcher = watching.Watcher(api, "Secret", namespace.namespace, stop, watching.Pacing(1))
     emitted: list[tuple[Change, bool]] = []
     translator = Translator("Secret", lambda c, listed: emitted.append((c, listed)), None)
     for event in watcher._list():
@@ -297,7 +297,7 @@ def test_a_list_that_outlives_its_snapshot_is_listed_again(
         monkeypatch.setattr(watching.Watcher, "_call", slow_first_page)
         stop = threading.Event()
         ours = stack.enter_context(apiserver.connect(str(kubelite.kubeconfig)))
-        watcher = watching.Watcher(ours, "Secret", "slow", stop, watch_timeout=1, page_size=3)
+        watcher = watching.Watcher(ours, "Secret", "slow", stop, watching.Pacing(1, page_size=3))
         emitted: list[tuple[Change, bool]] = []
         translator = Translator("Secret", lambda c, listed: emitted.append((c, listed)), None)
         events = watcher.events()

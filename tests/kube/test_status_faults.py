@@ -16,7 +16,7 @@ from extauth.changes import Change, PlacedAuthConfig
 from extauth.sources import apiserver
 from extauth.sources.kubernetes import Translator
 from extauth.sources.statuses import StatusWriter
-from extauth.sources.watching import Watcher
+from extauth.sources.watching import Pacing, Watcher
 from tests.harness import wait_until
 from tests.kube.conftest import GROUP, PLURAL, VERSION, Cluster
 from tests.kube.faultproxy import FaultProxy
@@ -64,7 +64,7 @@ def pipeline(cluster: Cluster, tmp_path: Path) -> Iterator[Pipeline]:
     found = Pipeline(ours, writer, proxy)
     found.results = results
     stop = threading.Event()
-    watcher = Watcher(cluster.server, "AuthConfig", namespace, stop, watch_timeout=30)
+    watcher = Watcher(cluster.server, "AuthConfig", namespace, stop, Pacing(30))
     translator = Translator("AuthConfig", lambda change, _: found.changes.append(change), writer)
 
     def pump() -> None:
@@ -188,7 +188,7 @@ def test_recreated_under_its_name_takes_its_new_spec_after_a_relist(cluster: Clu
     create({"tier": "wide"})
     changes: list[Change] = []
     translator = Translator("AuthConfig", lambda change, _: changes.append(change), None)
-    watcher = Watcher(cluster.server, "AuthConfig", namespace, threading.Event(), watch_timeout=1)
+    watcher = Watcher(cluster.server, "AuthConfig", namespace, threading.Event(), Pacing(1))
     for event in watcher._list():
         translator.take(event)
     ours.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "team")
