@@ -442,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="extauth's --workers: Envoy balances over each worker's own port (1: the "
         "config as shipped)",
     )
+    envoy.add_argument(
+        "--authconfigs",
+        type=Path,
+        metavar="DIR",
+        help="the AuthConfigs this Envoy serves, for the configs that send extauth only the "
+        "headers they read (allowed_headers; default: the repository's authconfigs/)",
+    )
     return parser
 
 
@@ -478,7 +485,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         sys.stdout.write(shtab.complete(parser, shell=args.shell))
         return 0
     if args.command == "envoy-config":
-        sys.stdout.write(envoyconf.variant(args.like, args.workers))
+        try:
+            text = envoyconf.variant(args.like, args.workers, args.authconfigs)
+        except (ValueError, ListingError) as exc:
+            print(f"extauth envoy-config: {exc}", file=sys.stderr)
+            return 2
+        sys.stdout.write(text)
         return 0
     if args.config_dir is None and not args.kubernetes:
         print("extauth serve: give --config-dir DIR, --kubernetes, or both", file=sys.stderr)

@@ -962,10 +962,20 @@ def config_text(target: Target, provider_key: ProviderKey = "file") -> str:
     return render(build(target, provider_key), target, provider_key)
 
 
-def variant(like: str, workers: int) -> str:
+def variant(like: str, workers: int, authconfigs: Path | None = None) -> str:
     """A committed file's config for `extauth serve --workers N` behind each of its extauth
-    addresses (`extauth envoy-config`)."""
+    addresses (`extauth envoy-config`). A filtered one (`Target.authconfigs`) sends what
+    the AuthConfigs in `authconfigs` read; None: the repository's, which an installed
+    package does not have (ValueError, rather than a list made from nothing)."""
     target, mode = FILES[like]
+    if target.authconfigs is not None:
+        directory = authconfigs or ROOT / target.authconfigs
+        if not directory.is_dir():
+            raise ValueError(
+                f"{like} sends extauth only the headers its AuthConfigs read: give "
+                "--authconfigs DIR (the AuthConfigs this Envoy serves)"
+            )
+        target = dataclasses.replace(target, authconfigs=str(directory.resolve()))
     return config_text(dataclasses.replace(target, workers=workers), mode)
 
 

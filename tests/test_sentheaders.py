@@ -239,3 +239,20 @@ def test_validate_with_the_envoy_config_reports_a_later_key_source(
         argv = ["validate", "--envoy-config", str(path), str(_write(tmp_path / path.stem, None))]
         assert cli.main(argv) == code, path
         assert said in capsys.readouterr().out
+
+
+def test_envoy_config_for_workers_lists_the_given_authconfigs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    late = _write(tmp_path, MIXED.replace("name: a", "name: team1-apikey"))
+    capsys.readouterr()
+    argv = ["envoy-config", "--workers", "2", "--authconfigs", str(late)]
+    assert cli.main(argv) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert sentheaders.envoy_problems(config, _holder(PLAIN, MIXED).current) == []
+    # Installed without the repository (the container image): no list made from nothing.
+    monkeypatch.setattr(envoyconf, "ROOT", tmp_path / "site-packages")
+    assert cli.main(["envoy-config", "--workers", "2"]) == 2
+    assert "--authconfigs DIR" in capsys.readouterr().err
+    # An unfiltered shape needs none.
+    assert cli.main(["envoy-config", "--like", "envoy/envoy-istio.yaml", "--workers", "2"]) == 0
