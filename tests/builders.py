@@ -1,4 +1,5 @@
-"""Build snapshots from YAML text for unit tests: the same path the file source takes."""
+"""Build snapshots from YAML text for unit tests: the same path the file source takes;
+and ask the service for a decision on them without a server."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from extauth.deciding import decide
 from extauth.decisions import Allow, Deny
 from extauth.loader import definitions
 from extauth.policy import Policy
+from extauth.server import AuthorizationService
+from extauth.wire import ext_authz_pb2 as pb
 
 
 def snapshot(*documents: str, path: str = "t.yaml") -> Change:
@@ -84,3 +87,14 @@ def expr_config(expr: str) -> str:
         "        k8sSecretApikeyStorage: {labelSelector: {kind: partner}}\n"
         "        clientIdHeader: x-partner\n"
     )
+
+
+def check_at_once(service: AuthorizationService, request: pb.CheckRequest) -> pb.CheckResponse:
+    """The service's answer to `request`, run without an event loop: a Check the service
+    answers from what it holds never awaits, so one that does is a failure."""
+    coroutine = service.check(request, None)  # type: ignore[arg-type]
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return pb.CheckResponse.FromString(done.value)
+    raise AssertionError("check awaited")

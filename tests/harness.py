@@ -61,17 +61,29 @@ def free_ports(count: int) -> int:
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     while True:
         port = random.randrange(10_000, low - count)  # noqa: S311 (a port, not a secret)
-        if all(_bindable(port + i) for i in range(count)):
+        if all(bindable(port + i) for i in range(count)):
             return port
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
+    """Whether a plain socket (no SO_REUSEPORT) can take the port."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
             return False
         return True
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`python -m extauth.cli ARGS` as a user runs it: exit code and both streams, as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "extauth.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def wait_until(probe: Callable[[], _T | None], timeout: float, what: str) -> _T:

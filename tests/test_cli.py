@@ -18,18 +18,9 @@ from extauth.resources import Secret
 from extauth.sources.files import FileSource
 from tests import harness
 from tests.builders import authconfig, secret
+from tests.harness import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "extauth.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_validate_examples_is_clean(capsys: pytest.CaptureFixture[str]) -> None:

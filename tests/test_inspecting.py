@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from extauth import inspecting
 from extauth.building import compile_policy
 from tests.builders import authconfig, merge, secret, snapshot
+from tests.harness import run_cli
 
 KEYS = ("key-red-7f3a", "key-blue-9c2e", "key-next-1b4d", "key-lost-5e6f", "key-nometa-8d9a")
 
@@ -102,22 +101,7 @@ def test_limit_shortens_long_lists() -> None:
 def test_the_command_reads_a_directory(tmp_path: Path) -> None:
     (tmp_path / "all.yaml").write_text("---\n".join(_documents()))
     (tmp_path / "broken.yaml").write_text("kind: [\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "extauth.cli",
-            "inspect",
-            "--config-dir",
-            str(tmp_path),
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("inspect", "--config-dir", str(tmp_path), "--output", "json", timeout=60)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [c["config_id"] for c in report["authconfigs"]] == ["ns.by-ref", "ns.partners"]
@@ -125,12 +109,6 @@ def test_the_command_reads_a_directory(tmp_path: Path) -> None:
     for key in KEYS:
         assert key not in result.stdout
         assert key not in result.stderr
-    missing = subprocess.run(
-        [sys.executable, "-m", "extauth.cli", "inspect"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    missing = run_cli("inspect", timeout=60)
     assert missing.returncode == 2
     assert "give --config-dir DIR, --kubernetes, or both" in missing.stderr

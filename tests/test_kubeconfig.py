@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import yaml
 from extauth.sources import kubeconfig
 from extauth.sources.kubeconfig import KubeConfigError
 from tests import certs
+from tests.harness import run_cli
 
 TOKEN = "sekret-token-0123456789"
 
@@ -324,13 +323,7 @@ def test_in_cluster_reads_the_service_account_and_a_rotated_token(tmp_path: Path
 
 def test_serve_with_a_bad_kubeconfig_exits_2_saying_why(tmp_path: Path) -> None:
     path = write(tmp_path / "config", config(user={"client-key-data": "!!" + TOKEN}))
-    result = subprocess.run(
-        [sys.executable, "-m", "extauth.cli", "serve", "--kubernetes", "--kubeconfig", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cli("serve", "--kubernetes", "--kubeconfig", str(path))
     assert result.returncode == 2
     assert "cannot start: kubeconfig" in result.stderr
     assert "client-key-data is not valid base64" in result.stderr

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import re
 import string
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -129,15 +128,7 @@ def test_a_document_that_crashed_libyaml_fails_validate_cleanly(tmp_path: Path) 
 
 # Limits -----------------------------------------------------------------------------------
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "extauth.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+_cli = functools.partial(harness.run_cli, timeout=120)
 
 
 def test_each_limit_is_refused_by_name_and_value(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from extauth.decisions import Allow, Deny, Reason
 from extauth.responses import CACHE_LIMIT, HOST_LIMIT, AllowCache
 from extauth.server import AuthorizationService
 from extauth.wire import ext_authz_pb2 as pb
-from tests.builders import REFS, authconfig, secret, snapshot
+from tests.builders import REFS, authconfig, check_at_once, secret, snapshot
 
 
 @pytest.mark.parametrize(
@@ -119,12 +119,7 @@ def _check(service: AuthorizationService, key: str, extra: int = 0) -> pb.CheckR
     for i in range(extra):
         http.headers[f"x-extra-{i}"] = "1"
     http.path = "/"
-    coroutine = service.check(request, None)  # type: ignore[arg-type]
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return pb.CheckResponse.FromString(done.value)
-    raise AssertionError("check awaited")
+    return check_at_once(service, request)
 
 
 def test_the_server_serves_cached_allows_for_its_policy_only() -> None:

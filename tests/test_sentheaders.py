@@ -15,7 +15,7 @@ from extauth.building import PolicyHolder
 from extauth.decisions import Allow, Deny, Reason
 from extauth.server import AuthorizationService
 from extauth.wire import ext_authz_pb2 as pb
-from tests.builders import authconfig, secret, snapshot
+from tests.builders import authconfig, check_at_once, secret, snapshot
 from tests.harness import ROOT
 
 KEY = "sent-headers-key-0123456789"
@@ -65,15 +65,6 @@ def _request(listed: str | None, headers: dict[str, str], config: str = "ns.c0")
     http.headers.update(headers)
     http.path = "/"
     return request
-
-
-def _check(service: AuthorizationService, request: pb.CheckRequest) -> pb.CheckResponse:
-    coroutine = service.check(request, None)  # type: ignore[arg-type]
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return pb.CheckResponse.FromString(done.value)
-    raise AssertionError("check awaited")
 
 
 @pytest.mark.parametrize(
@@ -134,7 +125,7 @@ def test_a_query_source_needs_no_header_and_the_filtered_map_is_not_counted() ->
 def test_the_mismatch_is_a_500_and_a_problem_naming_config_and_header_never_the_key() -> None:
     holder = _holder(MIXED)
     service = AuthorizationService(holder)
-    answer = _check(service, _request("x-request-id", {"x-team-key": KEY}))
+    answer = check_at_once(service, _request("x-request-id", {"x-team-key": KEY}))
     assert answer.denied_response.status.code == 500
     assert "key_source_not_sent" in answer.denied_response.body
     (problem,) = service.unsent_problems()
@@ -142,7 +133,7 @@ def test_the_mismatch_is_a_500_and_a_problem_naming_config_and_header_never_the_
     assert "'x-team-key'" in problem
     assert KEY not in problem
     # Seen again: still one problem. A new policy (the AuthConfig fixed) clears it.
-    _check(service, _request("x-request-id", {"x-team-key": KEY}))
+    check_at_once(service, _request("x-request-id", {"x-team-key": KEY}))
     assert len(service.unsent_problems()) == 1
     holder.update([snapshot(authconfig("c0", PLAIN))])
     assert service.unsent_problems() == []

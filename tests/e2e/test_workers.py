@@ -40,26 +40,16 @@ def _alive(pid: int) -> bool:
     return _state(pid) not in (None, "Z")
 
 
-def _port_free(port: int) -> bool:
-    """Whether a plain socket (no SO_REUSEPORT) can take the port."""
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def test_kill_9_of_the_parent_takes_the_workers_and_frees_the_port(tmp_path: Path) -> None:
     unit = harness.Extauth(ROOT / "authconfigs", tmp_path / "unit.log", "--workers", "2")
     try:
         unit.wait_ready()
         workers = _children(unit.proc.pid)
         assert len(workers) == 2
-        assert not _port_free(unit.port)
+        assert not harness.bindable(unit.port)
         unit.proc.kill()
         killed = time.monotonic()
-        wait_until(lambda: True if _port_free(unit.port) else None, 5, "the port to be free")
+        wait_until(lambda: True if harness.bindable(unit.port) else None, 5, "the port to be free")
         freed = time.monotonic() - killed
         wait_until(
             lambda: True if not any(_alive(w) for w in workers) else None, 5, "workers to die"
@@ -156,7 +146,7 @@ def test_a_worker_whose_own_port_is_taken_stops_the_unit_with_a_clear_error(
     assert f"[worker 1] extauth: cannot listen on 127.0.0.1:{port} or on this worker's own " in log
     assert f"Failed to bind to address 127.0.0.1:{own}" in log
     assert "worker 1 could not start (exit 2); stopping the others" in log
-    assert _port_free(port)
+    assert harness.bindable(port)
 
 
 def test_a_unit_refuses_a_port_another_units_worker_serves_alone(tmp_path: Path) -> None:
