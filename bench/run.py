@@ -175,7 +175,11 @@ def noop_server() -> Iterator[int]:
 
 
 @contextmanager
-def extauth_server(config_dir: Path, work: Path, *extra: str) -> Iterator[harness.Extauth]:
+def extauth_server(
+    config_dir: Path, work: Path, *extra: str, root: Path | None = None
+) -> Iterator[harness.Extauth]:
+    """`root`: run the extauth package of another checkout (a `git worktree` of an
+    earlier commit) with this interpreter, to compare the two."""
     http = harness.free_ports(2)  # with --workers 2, worker 1 serves HTTP on port + 1
     server = harness.Extauth(
         config_dir,
@@ -185,6 +189,8 @@ def extauth_server(config_dir: Path, work: Path, *extra: str) -> Iterator[harnes
         "--usage-label",
         "x-org",
         *extra,
+        env=None if root is None else {"PYTHONPATH": str(root)},
+        cwd=root,
     )
     server.http_port = http  # type: ignore[attr-defined]
     try:
@@ -261,11 +267,12 @@ def measure_latency(
     }
 
 
-def envoy_config(
-    mode: str, work: Path, extauth_port: int, keys: int, workers: int = 1
-) -> tuple[dict[str, Any], int]:
-    """Envoy answering routes itself, guarded by: native api_key_auth, or ext_authz (to
-    each of `workers`' own ports when more than one)."""
+def answering_envoy_config(
+    work: Path, extauth_port: int, workers: int = 1
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Envoy as envoyconf makes it, but answering every route with 200 itself and logging
+    no access, so that what a bench measures is the ext_authz path alone. Returns the
+    config, its HTTP connection manager (to adjust further) and the port it listens on."""
     listen, admin = harness.free_port(), harness.free_port()
     target = envoyconf.local(
         listen=listen,
@@ -283,6 +290,16 @@ def envoy_config(
     for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
         del route["route"]
         route["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
+    return config, hcm, listen
+
+
+def envoy_config(
+    mode: str, work: Path, extauth_port: int, keys: int, workers: int = 1
+) -> tuple[dict[str, Any], int]:
+    """Envoy answering routes itself, guarded by: native api_key_auth, or ext_authz (to
+    each of `workers`' own ports when more than one)."""
+    config, hcm, listen = answering_envoy_config(work, extauth_port, workers)
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
         route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"][
             "context_extensions"
         ]["config_id"] = "bench.cfg-0"

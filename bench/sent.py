@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import timeit
@@ -37,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.loadtools import ensure_tool, hey  # noqa: E402
-from bench.run import grpc_frame, h2load  # noqa: E402
+from bench.run import answering_envoy_config, extauth_server, grpc_frame, h2load  # noqa: E402
 from extauth import envoyconf  # noqa: E402
 from extauth.wire import ext_authz_pb2 as pb  # noqa: E402
 from tests import harness  # noqa: E402
@@ -55,25 +53,10 @@ HEADERS = {
 
 
 def envoy_config(work: Path, extauth_port: int, filtered: bool) -> tuple[dict[str, Any], int]:
-    listen, admin = harness.free_port(), harness.free_port()
-    target = envoyconf.local(
-        listen=listen,
-        admin=admin,
-        extauth=extauth_port,
-        upstream="http://127.0.0.1:1",
-        secrets_dir=str(work / "secrets"),
-    )
-    config = envoyconf.build(target, "passthrough")
+    config, _, listen = answering_envoy_config(work, extauth_port)
     envoyconf.filter_headers(
         config, envoyconf.authconfig_headers(ROOT / "authconfigs") if filtered else None
     )
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
-        "typed_config"
-    ]
-    hcm["access_log"] = []
-    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
-        del route["route"]
-        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
     return config, listen
 
 
@@ -145,32 +128,6 @@ def measure_throughput(
     CheckRequest replayed): the first says what a client sees, the second what extauth
     saves per Check without the noise of Envoy and hey on the same cores."""
     tool = ensure_tool("hey", "hey")
-    metrics = harness.free_port()
-    env = None
-    if extauth_root is not None:
-        env = {**os.environ, "PYTHONPATH": str(extauth_root)}
-    port = harness.free_port()
-    log = (work / "extauth.log").open("ab")
-    extauth = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "extauth.cli",
-            "serve",
-            "--config-dir",
-            str(ROOT / "authconfigs"),
-            "--grpc-address",
-            f"127.0.0.1:{port}",
-            "--http-address",
-            f"127.0.0.1:{metrics}",
-            "--usage-label",
-            "x-org",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=str(extauth_root or ROOT),
-    )
     results: dict[str, dict[str, list[float]]] = {}
     direct: dict[str, list[float]] = {}
     h2 = ensure_tool("h2load", "nghttp2-client")
@@ -178,10 +135,8 @@ def measure_throughput(
     for name, raw in frames.items():
         paths[name] = work / f"{name}.frame"
         paths[name].write_bytes(grpc_frame(raw))
-    try:
-        harness.wait_until(
-            lambda: True if harness.grpc_serving(f"127.0.0.1:{port}") else None, 30, "extauth"
-        )
+    with extauth_server(ROOT / "authconfigs", work, root=extauth_root) as extauth:
+        port = extauth.port
         with envoys(work / "load", port) as ports:
             headers = {**HEADERS, "vanity-auth": KEY}
             for listen in ports.values():  # warm-up
@@ -212,10 +167,6 @@ def measure_throughput(
         for _ in range(rounds):
             for name, path in paths.items():
                 direct.setdefault(name, []).append(h2load(h2, port, path, requests, 4, 16))
-    finally:
-        extauth.terminate()
-        extauth.wait(15)
-        log.close()
     return results, direct
 
 

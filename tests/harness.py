@@ -220,8 +220,12 @@ class Extauth:
         *extra: str,
         port: int | None = None,
         wrap: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
-        """`wrap`: a command to run it under (`setpriv ...`, to run as another user)."""
+        """`wrap`: a command to run it under (`setpriv ...`, to run as another user);
+        `env`, `cwd`: added to the environment and the directory to run in (another
+        checkout's package, for a bench comparing two commits)."""
         workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
         # With --workers N, the port after it is each worker's own too.
         self.port = port or (free_ports(1 + workers) if workers > 1 else free_port())
@@ -242,6 +246,8 @@ class Extauth:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
 
     def wait_ready(self, timeout: float = 20) -> None:
