@@ -29,7 +29,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from extauth import envoyconf  # noqa: E402
 from tests import harness  # noqa: E402
 
 
@@ -77,17 +76,9 @@ def run(mode: str, concurrency: int, requests: int, work: Path, upstream: int) -
         if mode == "shared":
             config, listen = harness.envoy_config(extauth=server.port, upstream=upstream, work=work)
         else:
-            listen = harness.free_port()
-            target = envoyconf.local(
-                listen=listen,
-                admin=harness.free_port(),
-                extauth=server.port,
-                upstream=f"http://127.0.0.1:{upstream}",
-                secrets_dir=str(work / "secrets"),
-                workers=2,
+            config, listen = harness.local_envoy_config(
+                extauth=server.port, upstream=f"http://127.0.0.1:{upstream}", work=work, workers=2
             )
-            harness.write_provider_key(work / "secrets", "Bearer sk-test")
-            config = envoyconf.build(target, "file")
         config_path = work / f"envoy-{concurrency}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         with (work / f"envoy-{concurrency}.log").open("wb") as log:

@@ -86,6 +86,19 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
     )
 
 
+def config_dir(work: Path, files: Mapping[str, str], *, authconfigs: bool = False) -> Path:
+    """`work`/config, the directory an e2e test's extauth watches: `files` (name -> text),
+    over a copy of the repository's authconfigs/ when `authconfigs`."""
+    directory = work / "config"
+    if authconfigs:
+        shutil.copytree(ROOT / "authconfigs", directory)
+    else:
+        directory.mkdir()
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
 def wait_until(probe: Callable[[], _T | None], timeout: float, what: str) -> _T:
     """Poll `probe` until it returns something other than None; fail after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -161,6 +174,13 @@ class _Recorder(ThreadingHTTPServer):
             self.socket = tls.wrap_socket(
                 self.socket, server_side=True, do_handshake_on_connect=False
             )
+
+    def take(self) -> list[dict[str, Any]]:
+        """The requests received since the last take, forgotten here: a module's tests
+        share one upstream, and each asserts on its own requests only."""
+        seen = list(self.received)
+        del self.received[: len(seen)]
+        return seen
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket):
@@ -354,6 +374,32 @@ def envoy_config(
     return config, listen
 
 
+def local_envoy_config(
+    *,
+    extauth: int | tuple[int, ...],
+    upstream: str,
+    work: Path,
+    provider_key: str = "Bearer sk-test",
+    upstream_ca: str = envoyconf.SYSTEM_CA,
+    workers: int = 1,
+) -> tuple[dict[str, Any], int]:
+    """The config envoyconf makes for a loopback target (`extauth envoy-config`'s "file"
+    flavour, as the demo runs it), on free ports, its provider-key file in `work`.
+    Returns the config and the port it listens on."""
+    listen = free_port()
+    target = envoyconf.local(
+        listen=listen,
+        admin=free_port(),
+        extauth=extauth,
+        upstream=upstream,
+        secrets_dir=str(work / "secrets"),
+        upstream_ca=upstream_ca,
+        workers=workers,
+    )
+    write_provider_key(work / "secrets", provider_key)
+    return envoyconf.build(target, "file"), listen
+
+
 class Envoy:
     def __init__(
         self,
@@ -406,6 +452,27 @@ class Envoy:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+@contextlib.contextmanager
+def serving(
+    extauth: Extauth, config: Callable[[], tuple[dict[str, Any], _T]], work: Path
+) -> Iterator[tuple[Envoy, _T]]:
+    """`extauth` once it serves, with an Envoy in front of it on the config `config()`
+    makes (only then, so that a failure to make it still stops extauth; its second part,
+    such as the port Envoy listens on, is handed on); both stopped after, Envoy first,
+    whatever happened."""
+    envoy: Envoy | None = None
+    try:
+        extauth.wait_ready()
+        made, extra = config()
+        envoy = Envoy(made, work)
+        envoy.wait_ready()
+        yield envoy, extra
+    finally:
+        if envoy:
+            envoy.stop()
+        extauth.stop()
 
 
 def validate_envoy_config(path: Path) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ their own file names and clean up after themselves.
 
 from __future__ import annotations
 
-import shutil
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests import harness
-from tests.harness import ROOT, Response, request, upstream_headers, wait_until
+from tests.harness import Response, request, upstream_headers, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -157,9 +157,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("e2e")
-    config_dir = work / "config"
-    shutil.copytree(ROOT / "authconfigs", config_dir)
-    (config_dir / "tests.yaml").write_text(TEST_RESOURCES)
+    config_dir = harness.config_dir(work, {"tests.yaml": TEST_RESOURCES}, authconfigs=True)
     with harness.echo_upstream() as upstream_port:
         extauth = harness.Extauth(
             config_dir,
@@ -167,17 +165,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--default-config",
             "agentgateway-system.apikey-auth",
         )
-        envoy: harness.Envoy | None = None
-        try:
-            extauth.wait_ready()
-            config, listen = envoy_config(extauth.port, upstream_port, work)
-            envoy = harness.Envoy(config, work)
-            envoy.wait_ready()
+        shipped = functools.partial(envoy_config, extauth.port, upstream_port, work)
+        with harness.serving(extauth, shipped, work) as (_, listen):
             yield Stack(listen, config_dir, extauth)
-        finally:
-            if envoy:
-                envoy.stop()
-            extauth.stop()
 
 
 # The README scenario -------------------------------------------------------------------

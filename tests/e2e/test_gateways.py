@@ -167,23 +167,16 @@ def _merged(extauth: int, upstream: int, work: Any) -> tuple[dict[str, Any], dic
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("gateways")
-    config_dir = work / "config"
-    config_dir.mkdir()
-    (config_dir / "gateways.yaml").write_text(RESOURCES)
+    config_dir = harness.config_dir(work, {"gateways.yaml": RESOURCES})
     with harness.recording_upstream() as upstream:
         extauth = harness.Extauth(config_dir, work / "extauth.log")
-        envoy: harness.Envoy | None = None
-        try:
-            extauth.wait_ready()
-            config, ports = _merged(extauth.port, upstream.server_address[1], work)
-            envoy = harness.Envoy(config, work)
-            envoy.wait_ready()
+
+        def merged() -> tuple[dict[str, Any], dict[str, int]]:
+            return _merged(extauth.port, upstream.server_address[1], work)
+
+        with harness.serving(extauth, merged, work) as (envoy, ports):
             _wait_healthy(envoy)
             yield Stack(ports, upstream, extauth)
-        finally:
-            if envoy:
-                envoy.stop()
-            extauth.stop()
 
 
 def _wait_healthy(envoy: harness.Envoy) -> None:

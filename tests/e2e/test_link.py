@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from extauth import envoyconf
 from tests import harness
 from tests.harness import ROOT, request, wait_until
 
@@ -95,16 +94,12 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         try:
             for extauth in extauths:
                 extauth.wait_ready()
-            listen = harness.free_port()
-            target = envoyconf.local(
-                listen=listen,
-                admin=harness.free_port(),
+            config, listen = harness.local_envoy_config(
                 extauth=tuple(e.port for e in extauths),
                 upstream=f"http://127.0.0.1:{upstream}",
-                secrets_dir=str(tmp_path / "secrets"),
+                work=tmp_path,
             )
-            harness.write_provider_key(tmp_path / "secrets", "Bearer sk-test")
-            envoy = harness.Envoy(envoyconf.build(target, "file"), tmp_path)
+            envoy = harness.Envoy(config, tmp_path)
             envoy.wait_ready()
             running = Pair(tmp_path, extauths, envoy, listen)
             wait_until(

@@ -135,10 +135,14 @@ def with_unknown_route(config: dict[str, Any]) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     binary = prometheus_binary()
     work = tmp_path_factory.mktemp("prometheus")
-    config_dir = work / "config"
-    shutil.copytree(ROOT / "authconfigs", config_dir)
-    (config_dir / "team2.yaml").write_text(key("team2", "platform", datetime.timedelta(days=3)))
-    (config_dir / "team3.yaml").write_text(key("team3", "late", -datetime.timedelta(days=1)))
+    config_dir = harness.config_dir(
+        work,
+        {
+            "team2.yaml": key("team2", "platform", datetime.timedelta(days=3)),
+            "team3.yaml": key("team3", "late", -datetime.timedelta(days=1)),
+        },
+        authconfigs=True,
+    )
     http = harness.free_port()
     with harness.echo_upstream() as upstream:
         extauth = harness.Extauth(
@@ -151,51 +155,50 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--default-config",
             "agentgateway-system.apikey-auth",
         )
-        envoy: harness.Envoy | None = None
-        prometheus: subprocess.Popen[bytes] | None = None
-        log = (work / "prometheus.log").open("wb")
-        try:
-            extauth.wait_ready()
+
+        def flushing_soon() -> tuple[dict[str, Any], int]:
             config, listen = harness.envoy_config(
                 extauth=extauth.port, upstream=upstream, work=work
             )
             with_unknown_route(config)
             config["stats_flush_interval"] = "1s"  # histograms reach the admin sooner
-            envoy = harness.Envoy(config, work)
-            envoy.wait_ready()
-            port = harness.free_port()
-            prometheus = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={prometheus_config(http, envoy.admin_port, work)}",
-                    f"--storage.tsdb.path={work / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            return config, listen
 
-            def ready() -> bool | None:
-                if prometheus is not None and prometheus.poll() is not None:
-                    raise AssertionError(
-                        f"prometheus exited:\n{(work / 'prometheus.log').read_text()}"
-                    )
-                try:
-                    return True if request(port, "/-/ready").status == 200 else None
-                except OSError:
-                    return None
+        prometheus: subprocess.Popen[bytes] | None = None
+        with (
+            harness.serving(extauth, flushing_soon, work) as (envoy, listen),
+            (work / "prometheus.log").open("wb") as log,
+        ):
+            try:
+                port = harness.free_port()
+                prometheus = subprocess.Popen(
+                    [
+                        binary,
+                        f"--config.file={prometheus_config(http, envoy.admin_port, work)}",
+                        f"--storage.tsdb.path={work / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{port}",
+                        "--log.level=warn",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
 
-            wait_until(ready, 20, "prometheus to be ready")
-            yield Stack(listen, port, config_dir, extauth)
-        finally:
-            if prometheus is not None:
-                prometheus.terminate()
-                prometheus.wait(10)
-            log.close()
-            if envoy:
-                envoy.stop()
-            extauth.stop()
+                def ready() -> bool | None:
+                    if prometheus is not None and prometheus.poll() is not None:
+                        raise AssertionError(
+                            f"prometheus exited:\n{(work / 'prometheus.log').read_text()}"
+                        )
+                    try:
+                        return True if request(port, "/-/ready").status == 200 else None
+                    except OSError:
+                        return None
+
+                wait_until(ready, 20, "prometheus to be ready")
+                yield Stack(listen, port, config_dir, extauth)
+            finally:
+                if prometheus is not None:
+                    prometheus.terminate()
+                    prometheus.wait(10)
 
 
 def traffic(stack: Stack) -> None:

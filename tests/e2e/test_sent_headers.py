@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests import harness
+from tests.builders import authconfig, secret
 from tests.harness import request
 
 pytestmark = pytest.mark.e2e
@@ -24,40 +25,34 @@ pytestmark = pytest.mark.e2e
 KEY = "sent-headers-e2e-key-4f1c"
 LATE_KEY = "sent-headers-late-key-9d2e"
 # Four injected headers: the guard keeps four free (limit 96).
-RESOURCES = f"""
-apiVersion: v1
-kind: Secret
-type: extauth.solo.io/apikey
-metadata: {{name: k, namespace: tests}}
-stringData: {{api-key: {KEY}, a: "1", b: "2", c: "3", team: red}}
----
-apiVersion: extauth.solo.io/v1
-kind: AuthConfig
-metadata: {{name: inject, namespace: tests}}
-spec:
-  configs:
-    - apiKeyAuth:
-        headerName: X-Api-Key
-        clientIdHeader: x-client-id
-        k8sSecretApikeyStorage: {{apiKeySecretRefs: [{{name: k}}]}}
-        headersFromMetadataEntry: {{x-a: {{name: a}}, x-b: {{name: b}}, x-c: {{name: c}}}}
-"""
-LATE = f"""
-apiVersion: v1
-kind: Secret
-type: extauth.solo.io/apikey
-metadata: {{name: late, namespace: tests}}
-stringData: {{api-key: {LATE_KEY}}}
----
-apiVersion: extauth.solo.io/v1
-kind: AuthConfig
-metadata: {{name: inject, namespace: tests}}
-spec:
-  configs:
-    - apiKeyAuth:
-        headerName: x-late-key
-        k8sSecretApikeyStorage: {{apiKeySecretRefs: [{{name: late}}]}}
-"""
+RESOURCES = "---\n".join(
+    [
+        secret("k", KEY, "tests", a="1", b="2", c="3", team="red"),
+        authconfig(
+            "inject",
+            """
+            headerName: X-Api-Key
+            clientIdHeader: x-client-id
+            k8sSecretApikeyStorage: {apiKeySecretRefs: [{name: k}]}
+            headersFromMetadataEntry: {x-a: {name: a}, x-b: {name: b}, x-c: {name: c}}
+            """,
+            namespace="tests",
+        ),
+    ]
+)
+LATE = "---\n".join(
+    [
+        secret("late", LATE_KEY, "tests"),
+        authconfig(
+            "inject",
+            """
+            headerName: x-late-key
+            k8sSecretApikeyStorage: {apiKeySecretRefs: [{name: late}]}
+            """,
+            namespace="tests",
+        ),
+    ]
+)
 
 
 @dataclass
@@ -87,17 +82,13 @@ class Stack:
         return int(lines.split(b" ", 2)[1]), body
 
     def served(self) -> int:
-        count = len(self.upstream.received)
-        self.upstream.received.clear()
-        return count
+        return len(self.upstream.take())
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("sent")
-    config_dir = work / "config"
-    config_dir.mkdir()
-    (config_dir / "tests.yaml").write_text(RESOURCES)
+    config_dir = harness.config_dir(work, {"tests.yaml": RESOURCES})
     metrics_port = harness.free_port()
     with harness.recording_upstream() as upstream:
         extauth = harness.Extauth(
@@ -108,9 +99,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--http-address",
             f"127.0.0.1:{metrics_port}",
         )
-        envoy: harness.Envoy | None = None
-        try:
-            extauth.wait_ready()
+
+        def filtered() -> tuple[dict[str, Any], int]:
             config, listen = harness.envoy_config(
                 extauth=extauth.port,
                 upstream=upstream.server_address[1],
@@ -123,15 +113,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
                 settings = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
                 settings["check_settings"]["context_extensions"]["config_id"] = "tests.inject"
-            envoy = harness.Envoy(config, work)
-            envoy.wait_ready()
-            yield Stack(listen, upstream, metrics_port, config_dir)
+            return config, listen
+
+        try:
+            with harness.serving(extauth, filtered, work) as (_, listen):
+                yield Stack(listen, upstream, metrics_port, config_dir)
         finally:
-            if envoy:
-                envoy.stop()
             assert KEY not in extauth.log()
             assert LATE_KEY not in extauth.log()
-            extauth.stop()
 
 
 def _head(count: int, key_header: str = "x-api-key", key: str = KEY) -> str:

@@ -16,7 +16,6 @@ every header line it receives.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,37 +24,30 @@ from typing import Any
 import pytest
 
 from tests import harness
-from tests.harness import ROOT, request, wait_until
+from tests.builders import authconfig, secret
+from tests.harness import request, wait_until
 
 pytestmark = pytest.mark.e2e
 
 KEY = "smuggle-key-7f3a"
 KEY_2 = "smuggle-key-second"
-RESOURCES = f"""
-apiVersion: v1
-kind: Secret
-type: extauth.solo.io/apikey
-metadata: {{name: smuggler, namespace: tests, labels: {{tier: q}}}}
-stringData: {{api-key: {KEY}, x-org: developers}}
----
-apiVersion: v1
-kind: Secret
-type: extauth.solo.io/apikey
-metadata: {{name: smuggler-2, namespace: tests, labels: {{tier: q}}}}
-stringData: {{api-key: {KEY_2}, x-org: second}}
----
-apiVersion: extauth.solo.io/v1
-kind: AuthConfig
-metadata: {{name: query-auth, namespace: tests}}
-spec:
-  configs:
-    - apiKeyAuth:
-        keySources: [{{header: x-api-key}}, {{query: api_key}}, {{cookie: session-key}}]
-        clientIdHeader: x-client-id
-        k8sSecretApikeyStorage: {{labelSelector: {{tier: q}}}}
-        headersFromMetadataEntry:
-          x-org: {{name: x-org}}
-"""
+RESOURCES = "---\n".join(
+    [
+        secret("smuggler", KEY, "tests", {"tier": "q"}, x_org="developers"),
+        secret("smuggler-2", KEY_2, "tests", {"tier": "q"}, x_org="second"),
+        authconfig(
+            "query-auth",
+            """
+            keySources: [{header: x-api-key}, {query: api_key}, {cookie: session-key}]
+            clientIdHeader: x-client-id
+            k8sSecretApikeyStorage: {labelSelector: {tier: q}}
+            headersFromMetadataEntry:
+              x-org: {name: x-org}
+            """,
+            namespace="tests",
+        ),
+    ]
+)
 
 
 def _route(prefix: str, rewrite: str | None = None) -> dict[str, Any]:
@@ -96,17 +88,14 @@ class Stack:
         return int(data.split(b" ", 2)[1])
 
     def received(self) -> list[dict[str, Any]]:
-        seen: list[dict[str, Any]] = list(self.upstream.received)
-        self.upstream.received.clear()
+        seen: list[dict[str, Any]] = self.upstream.take()
         return seen
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("smuggling")
-    config_dir = work / "config"
-    shutil.copytree(ROOT / "authconfigs", config_dir)
-    (config_dir / "tests.yaml").write_text(RESOURCES)
+    config_dir = harness.config_dir(work, {"tests.yaml": RESOURCES}, authconfigs=True)
     metrics_port = harness.free_port()
     with harness.recording_upstream() as upstream:
         extauth = harness.Extauth(
@@ -117,22 +106,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--usage-label",
             "x-org",
         )
-        envoy: harness.Envoy | None = None
-        try:
-            extauth.wait_ready()
+
+        def with_query_routes() -> tuple[dict[str, Any], int]:
             config, listen = harness.envoy_config(
                 extauth=extauth.port, upstream=upstream.server_address[1], work=work
             )
             hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             vhost = hcm["typed_config"]["route_config"]["virtual_hosts"][0]
             vhost["routes"] = [_route("/rewrite", "/v1/rewritten"), _route("/q")] + vhost["routes"]
-            envoy = harness.Envoy(config, work)
-            envoy.wait_ready()
+            return config, listen
+
+        with harness.serving(extauth, with_query_routes, work) as (envoy, listen):
             yield Stack(listen, upstream, extauth, metrics_port, envoy)
-        finally:
-            if envoy:
-                envoy.stop()
-            extauth.stop()
 
 
 def _everything(seen: list[dict[str, Any]]) -> str:

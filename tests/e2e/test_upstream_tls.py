@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from extauth import envoyconf
 from tests import certs, harness
 from tests.harness import ROOT, request
 
@@ -53,17 +52,14 @@ def _through_envoy(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki[served].cert, pki[served].key)
     with harness.recording_upstream(context) as upstream:
-        listen = harness.free_port()
-        target = envoyconf.local(
-            listen=listen,
-            admin=harness.free_port(),
+        config, listen = harness.local_envoy_config(
             extauth=extauth.port,
             upstream=f"https://localhost:{upstream.server_address[1]}",
-            secrets_dir=str(work / "secrets"),
+            work=work,
+            provider_key=PROVIDER_KEY,
             upstream_ca=str(pki["trusted-ca"].cert),
         )
-        harness.write_provider_key(work / "secrets", PROVIDER_KEY)
-        envoy = harness.Envoy(envoyconf.build(target, "file"), work)
+        envoy = harness.Envoy(config, work)
         try:
             envoy.wait_ready()
             response = request(listen, "/v1/chat/completions", VALID)

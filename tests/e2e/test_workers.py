@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from extauth import envoyconf, workers
+from extauth import workers
 from tests import harness
 from tests.harness import ROOT, request, wait_until
 
@@ -231,17 +231,10 @@ def test_envoy_balances_checks_over_every_worker_and_leaves_a_dead_one_out(
     with harness.echo_upstream() as upstream:
         try:
             unit.wait_ready()
-            listen = harness.free_port()
-            target = envoyconf.local(
-                listen=listen,
-                admin=harness.free_port(),
-                extauth=port,
-                upstream=f"http://127.0.0.1:{upstream}",
-                secrets_dir=str(tmp_path / "secrets"),
-                workers=2,
+            config, listen = harness.local_envoy_config(
+                extauth=port, upstream=f"http://127.0.0.1:{upstream}", work=tmp_path, workers=2
             )
-            harness.write_provider_key(tmp_path / "secrets", "Bearer sk-test")
-            envoy = harness.Envoy(envoyconf.build(target, "file"), tmp_path)
+            envoy = harness.Envoy(config, tmp_path)
             envoy.wait_ready()
             cluster = _Cluster(envoy.admin_port)
             own = [f"127.0.0.1:{workers.worker_grpc_port(port, i)}" for i in (0, 1)]

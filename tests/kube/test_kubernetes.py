@@ -328,9 +328,8 @@ def test_scenario_through_envoy(cluster: Cluster, tmp_path: Path) -> None:
             "--default-config",
             f"{namespace}.apikey-auth",
         )
-        envoy: harness.Envoy | None = None
-        try:
-            extauth.wait_ready()
+
+        def in_namespace() -> tuple[dict[str, Any], int]:
             config, listen = harness.envoy_config(
                 extauth=extauth.port, upstream=upstream, work=tmp_path
             )
@@ -338,8 +337,9 @@ def test_scenario_through_envoy(cluster: Cluster, tmp_path: Path) -> None:
             text = yaml.safe_dump(config).replace(
                 "agentgateway-system.apikey-auth", f"{namespace}.apikey-auth"
             )
-            envoy = harness.Envoy(yaml.safe_load(text), tmp_path)
-            envoy.wait_ready()
+            return yaml.safe_load(text), listen
+
+        with harness.serving(extauth, in_namespace, tmp_path) as (_, listen):
             assert request(listen, "/v1/chat/completions").status == 401
             response = request(
                 listen, "/v1/chat/completions", {"vanity-auth": "team1-key", "x-org": "admins"}
@@ -348,10 +348,6 @@ def test_scenario_through_envoy(cluster: Cluster, tmp_path: Path) -> None:
             seen = upstream_headers(response)
             assert seen["x-org"] == ["developers"]
             assert "vanity-auth" not in seen
-        finally:
-            if envoy is not None:
-                envoy.stop()
-            extauth.stop()
 
 
 def test_not_ready_until_the_first_sync(tmp_path: Path) -> None:
