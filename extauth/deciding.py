@@ -84,12 +84,13 @@ def decide(
         # other `keyed` (not this policy's) is ignored and the request resolved afresh.
         keyed_config = policy.configs.get(keyed[0])
         if policy.loaded and keyed_config is not None and keyed_config.key_header is not None:
-            listed = context_extensions.get(ALLOWED_HEADERS)
-            if listed is None or unsent(keyed_config, listed) is None:
-                found = find(policy, keyed[1])
-                return _check_keys(
-                    policy, keyed_config, [(True, found)], headers, now, context_extensions
-                )
+            not_sent = _not_sent(keyed_config, context_extensions)
+            if not_sent is not None:
+                return not_sent
+            found = find(policy, keyed[1])
+            return _check_keys(
+                policy, keyed_config, [(True, found)], headers, now, context_extensions
+            )
     config_id = config_id_of(policy, context_extensions, host, by_host)
     if not policy.loaded:
         return Deny(Reason.NOT_READY, config_id)
@@ -100,11 +101,9 @@ def decide(
         # Cut: no real config id is longer (a namespace and a name), and the id travels
         # on into deny metadata and logs.
         return Deny(Reason.UNKNOWN_CONFIG, config_id[:MAX_CONFIG_ID])
-    listed = context_extensions.get(ALLOWED_HEADERS)
-    if listed is not None:
-        not_sent = unsent(config, listed)
-        if not_sent is not None:
-            return Deny(Reason.KEY_SOURCE_NOT_SENT, config.config_id, not_sent)
+    not_sent = _not_sent(config, context_extensions)
+    if not_sent is not None:
+        return not_sent
     if config.key_header is None and "?" in path:
         names = [s.name for rule in config.rules for s in rule.sources if s.kind == "query"]
         if names:
@@ -177,6 +176,14 @@ def _sent(listed: str) -> tuple[frozenset[str], tuple[str, ...]]:
     names = [name.strip().lower() for name in listed.split(",")]
     exact = frozenset(n for n in names if n and not n.endswith("*"))
     return exact, tuple(n[:-1] for n in names if n.endswith("*"))
+
+
+def _not_sent(config: CompiledConfig, context_extensions: Mapping[str, str]) -> Deny | None:
+    """The deny of a route whose ext_authz filter does not send a header `config` reads
+    its key from (ALLOWED_HEADERS), or None when the route sends them all."""
+    listed = context_extensions.get(ALLOWED_HEADERS)
+    header = None if listed is None else unsent(config, listed)
+    return None if header is None else Deny(Reason.KEY_SOURCE_NOT_SENT, config.config_id, header)
 
 
 def unsent(config: CompiledConfig, listed: str) -> str | None:
