@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -30,6 +31,17 @@ from extauth import envoyconf
 
 ROOT = Path(__file__).resolve().parents[1]
 _T = TypeVar("_T")
+
+
+def debian_tool(command: str, package: str) -> str:
+    """The path of `command`. Without it a test skips, except in CI, where .ci/run
+    installs Debian's `package` and its absence is a failure, not a silent skip."""
+    found = shutil.which(command)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{command} missing: .ci/run installs Debian's {package} with apt")
+        pytest.skip(f"{command} not installed (apt-get install {package})")
+    return found
 
 
 def free_port() -> int:

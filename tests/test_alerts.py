@@ -8,7 +8,6 @@ tests/test_observability.py loads the same rules into a real Prometheus.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import ROOT
+from tests.harness import ROOT, debian_tool
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "alerts.yml"
@@ -25,12 +24,7 @@ RULE_TESTS = PROMETHEUS_DIR / "tests"
 
 
 def promtool() -> str:
-    tool = shutil.which("promtool")
-    if tool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing: .ci/run installs Debian's prometheus with apt")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return tool
+    return debian_tool("promtool", "prometheus")
 
 
 def run_promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess[str]:

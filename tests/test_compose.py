@@ -5,8 +5,6 @@ for `docker compose up`: every name, port and path one service expects of anothe
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,17 +14,13 @@ import yaml
 
 from extauth import envoyconf
 from extauth.cli import build_parser, validate
-from tests.harness import ROOT
+from tests.harness import ROOT, debian_tool
 
 COMPOSE = ROOT / "compose.yaml"
 
 
 def compose_config(path: Path) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("docker-compose")
-    if tool is None:
-        if os.environ.get("CI"):
-            pytest.fail("docker-compose missing: .ci/run installs it with apt")
-        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    tool = debian_tool("docker-compose", "docker-compose")
     return subprocess.run(
         [tool, "-f", str(path), "config"],
         capture_output=True,

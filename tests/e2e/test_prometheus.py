@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -49,15 +48,6 @@ TRIPPED = {"ExtauthResourcesRejected", "ExtauthKeysExpiringSoon", "EnvoyExtAuthz
 MAY_STAY_ZERO = {
     "extauth_source_restarts_total": "a files source restarts only on an inotify overflow",
 }
-
-
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus missing: .ci/run installs Debian's prometheus with apt")
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
-    return found
 
 
 def key(name: str, team: str, expires_in: datetime.timedelta) -> str:
@@ -133,7 +123,7 @@ def with_unknown_route(config: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    binary = prometheus_binary()
+    binary = harness.debian_tool("prometheus", "prometheus")
     work = tmp_path_factory.mktemp("prometheus")
     config_dir = harness.config_dir(
         work,
