@@ -40,12 +40,9 @@ _GUARD_LIMIT = re.compile(r"^local limit = (\d+)$", re.MULTILINE)
 
 
 def injected_at_most(config: CompiledConfig) -> int:
-    """The most headers an allow under `config` sets: each rule's metadata headers and
-    client id, and the rewritten `cookie` when a cookie key is stripped."""
-    return sum(
-        len(rule.header_rules) + bool(rule.client_id_header) + bool(rule.strip_cookies)
-        for rule in config.rules
-    )
+    """The most headers an allow under `config` sets: each rule's injected headers
+    (`KeyRule.injected`), and the rewritten `cookie` when a cookie key is stripped."""
+    return sum(len(rule.injected) + bool(rule.strip_cookies) for rule in config.rules)
 
 
 @dataclass(frozen=True)
