@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import shtab
 import yaml
@@ -27,6 +27,7 @@ from extauth import (
     loader,
     logformat,
     manifests,
+    ranges,
     resources,
     sentheaders,
     tracing,
@@ -34,15 +35,18 @@ from extauth import (
 )
 from extauth.building import compile_policy
 from extauth.changes import Change, Definition, Source
-from extauth.manifests import DEFAULT_LIMITS, MAX_DEPTH_CEILING, Limits
+from extauth.manifests import DEFAULT_LIMITS, Limits
 from extauth.origins import Problem
 from extauth.policy import Policy
 from extauth.server import Settings, grpc_credentials, serve
 from extauth.sources import StartupError
 from extauth.sources.files import ConfigDirError, FileSource
 from extauth.sources.listing import ListingError, walk
+from extauth.sources.tuning import DEFAULTS as KUBE_DEFAULTS
+from extauth.sources.tuning import Tuning
 
 log = logging.getLogger("extauth")
+_R = TypeVar("_R")
 
 
 def _config_id(value: str) -> str:
@@ -83,18 +87,15 @@ def _namespace(value: str) -> str:
 
 
 def _bounded(kind: type[int] | type[float], low: float, high: float) -> Any:
-    """An argparse type: a number of `kind` in [low, high], refused with the range."""
+    """An argparse type: a number of `kind` in [low, high], refused with the range (and
+    NaN refused: `ranges.parse`)."""
+    within = ranges.Range(low, high, "", "")
 
     def parse(value: str) -> int | float:
         try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-        if number < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low:g} (got {value})")
-        if number > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high:g} (got {value})")
-        return number
+            return ranges.parse(value, kind, within)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
@@ -193,22 +194,31 @@ def _add_options(
         option.add_to(parser)
 
 
-# The same limits for `serve`, `validate` and `inspect`: what one passes, the others read.
-# fmt: off
-_LIMITS = (
-    _Option("--max-file-bytes", _bounded(int, 1, 2**40), DEFAULT_LIMITS.max_file_bytes, "N",
-            "largest file read (default: %(default)s, 64 MiB)"),
-    _Option("--max-documents", _bounded(int, 1, 2**31), DEFAULT_LIMITS.max_documents, "N",
-            "most YAML documents in one file (default: %(default)s)"),
-    _Option("--max-depth", _bounded(int, 1, MAX_DEPTH_CEILING), DEFAULT_LIMITS.max_depth, "N",
-            "deepest nesting of mappings and lists in a document (default: %(default)s)"),
-)
-# fmt: on
+def _ranged(record: type[Any], prefix: str = "") -> tuple[_Option, ...]:
+    """An option for each ranged field of a settings record (`ranges.py`), as the record
+    declares it: `--<prefix><field>`, its range, default, unit and help."""
+    return tuple(
+        _Option(
+            "--" + (prefix + each.name).replace("_", "-"),
+            _bounded(each.kind, each.range.low, each.range.high),
+            each.default,
+            each.range.unit,
+            each.range.help,
+        )
+        for each in ranges.of(record)
+    )
+
+
+def _made(record: type[_R], args: argparse.Namespace, prefix: str = "") -> _R:
+    """The settings record the options `_ranged(record, prefix)` made have given."""
+    return record(**{each.name: getattr(args, prefix + each.name) for each in ranges.of(record)})
 
 
 def _add_limits(parser: argparse.ArgumentParser) -> None:
+    """The same limits for `serve`, `validate` and `inspect`: what one passes, the others
+    read (`manifests.Limits`)."""
     group = parser.add_argument_group("limits per file (a file over one is refused, alone)")
-    _add_options(group, _LIMITS)
+    _add_options(group, _ranged(Limits))
 
 
 def _sources(verb: str) -> tuple[_Option, ...]:
@@ -252,25 +262,13 @@ _NEW_KEY = (
 # fmt: on
 
 
-# What `serve` takes for --kubernetes alone: a help section of its own, titled so, rather
-# than "with --kubernetes:" at the head of each line.
-# fmt: off
+# What `serve` takes for --kubernetes alone, in a help section of its own titled so
+# (rather than "with --kubernetes:" at the head of each line): the source's tuning, each
+# number as `sources.tuning.Tuning` declares it, and whether to write status.
 _SERVE_KUBERNETES = (
-    _Option("--kube-watch-timeout", _bounded(int, 1, 3600), 300, "SECONDS",
-            "restart each watch this often (server-side timeout)"),
-    _Option("--kube-heartbeat", _bounded(float, 0.2, 60), 10.0, "SECONDS",
-            "ask the API server this often whether it answers "
-            "(a hung one is noticed within this plus 3 s)"),
-    _Option("--kube-request-timeout", _bounded(float, 0.2, 120), 5.0, "SECONDS",
-            "how long a list or watch request waits for the answer to start"),
-    _Option("--kube-max-secret-bytes", _bounded(int, 256, 4 * 1024 * 1024), 16 * 1024, "BYTES",
-            "refuse an API-key Secret whose entries and labels exceed this"),
-    _Option("--kube-status-rate", _bounded(float, 0.1, 10000), 50.0, "PER_SECOND",
-            "at most this many AuthConfig status writes a second"),
-    _Option("--no-status", action="store_true",
-            help="do not write AuthConfig status"),
+    *_ranged(Tuning, "kube_"),
+    _Option("--no-status", action="store_true", help="do not write AuthConfig status"),
 )
-# fmt: on
 
 
 # What `serve` takes besides, in the order its help lists them.
@@ -313,7 +311,7 @@ _SERVE = (
 
 
 def _limits(args: argparse.Namespace) -> Limits:
-    return Limits(args.max_file_bytes, args.max_documents, args.max_depth)
+    return _made(Limits, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,15 +502,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.grpc_client_ca is not None and args.grpc_tls_cert is None:
         print("extauth serve: --grpc-client-ca needs --grpc-tls-cert", file=sys.stderr)
         return 2
-    reading = _reading(
-        args,
-        write_status=not args.no_status,
-        kube_watch_timeout=args.kube_watch_timeout,
-        kube_heartbeat=args.kube_heartbeat,
-        kube_request_timeout=args.kube_request_timeout,
-        kube_max_secret_bytes=args.kube_max_secret_bytes,
-        kube_status_rate=args.kube_status_rate,
-    )
+    reading = _reading(args, write_status=not args.no_status, kube=_made(Tuning, args, "kube_"))
     otel = tracing.wanted(args.otel, os.environ if environ is None else environ)
     if otel and not tracing.available():
         print(
@@ -576,11 +566,8 @@ class SourceSettings:
     kubeconfig: str | None = None
     kube_context: str | None = None
     write_status: bool = True
-    kube_watch_timeout: int = 300
-    kube_heartbeat: float = 10.0
-    kube_request_timeout: float = 5.0
-    kube_max_secret_bytes: int = 16 * 1024
-    kube_status_rate: float = 50.0
+    # --kube-watch-timeout, --kube-heartbeat, ...: how the Kubernetes source paces itself.
+    kube: Tuning = KUBE_DEFAULTS
     # Keep every Kubernetes Secret whole, even those no AuthConfig selects (inspect
     # reports those; serve keeps them as stubs).
     kube_every_secret: bool = False
@@ -617,11 +604,7 @@ def sources_for(settings: SourceSettings) -> list[Source]:
                 kubeconfig=settings.kubeconfig,
                 kube_context=settings.kube_context,
                 write_status=settings.write_status,
-                watch_timeout=settings.kube_watch_timeout,
-                heartbeat=settings.kube_heartbeat,
-                request_timeout=settings.kube_request_timeout,
-                max_secret_bytes=settings.kube_max_secret_bytes,
-                status_rate=settings.kube_status_rate,
+                tuning=settings.kube,
                 # AuthConfigs in files may select Secrets this source would otherwise
                 # keep as stubs: with a --config-dir, every Secret is kept whole.
                 every_secret=settings.kube_every_secret or settings.config_dir is not None,

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from extauth.apikeys import EXPIRES_AT_ENTRY, KEY_ENTRIES
 from extauth.origins import Origin, Problem, failure_site
+from extauth.ranges import check, ranged
 from extauth.resources import (
     APIKEY_SECRET_TYPE,
     AUTHCONFIG_API_VERSION,
@@ -72,11 +73,17 @@ class Limits:
     file, a document nested thousands of levels deep.
     """
 
-    max_file_bytes: int = 64 * 1024 * 1024
-    max_documents: int = 200_000
+    # fmt: off
+    max_file_bytes: int = ranged(64 * 1024 * 1024, 1, 2**40, "N", "largest file read, in bytes")
+    max_documents: int = ranged(200_000, 1, 2**31, "N", "most YAML documents in one file")
     # Collections inside collections: a Secret is 3 deep (metadata.labels), an
     # AuthConfig about 7, `kubectl get -o yaml` output with managedFields about 15.
-    max_depth: int = 64
+    max_depth: int = ranged(64, 1, MAX_DEPTH_CEILING, "N",
+                            "deepest nesting of mappings and lists in a document")
+    # fmt: on
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 DEFAULT_LIMITS = Limits()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ import yaml
 from extauth import cli, manifests, workers
 from extauth.resources import Secret
 from extauth.sources.files import FileSource
+from extauth.sources.tuning import DEFAULTS as KUBE_DEFAULTS
+from extauth.sources.tuning import Tuning
 from tests import harness
 from tests.builders import authconfig, secret
 from tests.harness import run_cli
@@ -386,6 +389,12 @@ def test_a_dead_worker_is_started_again_alone(tmp_path: Path) -> None:
         (["--kube-request-timeout", "-1"], "--kube-request-timeout: must be at least 0.2"),
         (["--kube-max-secret-bytes", "10"], "--kube-max-secret-bytes: must be at least 256"),
         (["--kube-status-rate", "0"], "--kube-status-rate: must be at least 0.1 (got 0)"),
+        # NaN is in no range, though it compares false with both bounds.
+        (["--kube-heartbeat", "nan"], "--kube-heartbeat: 'nan' is not a number"),
+        (["--shutdown-grace", "NaN"], "--shutdown-grace: 'NaN' is not a number"),
+        (["--shutdown-delay", "inf"], "--shutdown-delay: 'inf' is not a number"),
+        (["--max-file-bytes", "0"], "--max-file-bytes: must be at least 1 (got 0)"),
+        (["--max-depth", "1001"], "--max-depth: must be at most 1000 (got 1001)"),
     ],
 )
 def test_serve_refuses_out_of_range_flags(args: list[str], message: str) -> None:
@@ -422,6 +431,25 @@ def test_every_serve_option_is_explained_with_its_default() -> None:
     assert unexplained == []
 
 
+def test_the_kubernetes_tuning_and_file_limits_reach_their_records_as_given() -> None:
+    """Each number is declared once, in its record (`Tuning`, `Limits`): the options are
+    made from the fields, and what they are given makes the record back."""
+    parser = cli.build_parser()
+    plain = parser.parse_args(["serve", "--kubernetes"])
+    assert cli._made(Tuning, plain, "kube_") == KUBE_DEFAULTS
+    assert cli._limits(plain) == manifests.DEFAULT_LIMITS
+    given = "--kube-watch-timeout 60 --kube-heartbeat 2.5 --kube-request-timeout 1"
+    given += " --kube-max-secret-bytes 4096 --kube-status-rate 5 --max-file-bytes 1000"
+    tuned = parser.parse_args(["serve", "--kubernetes", *given.split(), "--max-depth", "9"])
+    assert cli._made(Tuning, tuned, "kube_") == Tuning(60, 2.5, 1.0, 4096, 5.0)
+    assert cli._limits(tuned) == manifests.Limits(max_file_bytes=1000, max_depth=9)
+    serve = cli._subparser(parser, "serve")
+    flags = {flag for action in serve._actions for flag in action.option_strings}
+    for record, prefix in ((Tuning, "--kube-"), (manifests.Limits, "--")):
+        for field in dataclasses.fields(record):
+            assert prefix + field.name.replace("_", "-") in flags
+
+
 def test_serve_options_come_from_the_environment_and_the_command_line_wins() -> None:
     parser = cli.build_parser()
     serve = cli._subparser(parser, "serve")
@@ -454,6 +482,8 @@ def test_serve_options_come_from_the_environment_and_the_command_line_wins() -> 
         ("EXTAUTH_KUBERNETES", "maybe", "EXTAUTH_KUBERNETES: 'maybe' is not one of"),
         ("EXTAUTH_GRPC_ADDRESS", "nowhere", "EXTAUTH_GRPC_ADDRESS: 'nowhere' is not HOST:PORT"),
         ("EXTAUTH_NAMESPACE", "ok,Bad", "EXTAUTH_NAMESPACE: 'Bad' is not a valid namespace"),
+        ("EXTAUTH_KUBE_REQUEST_TIMEOUT", "nan", "EXTAUTH_KUBE_REQUEST_TIMEOUT: 'nan' is not a"),
+        ("EXTAUTH_MAX_DOCUMENTS", "0", "EXTAUTH_MAX_DOCUMENTS: must be at least 1 (got 0)"),
     ],
 )
 def test_a_bad_environment_variable_is_named(

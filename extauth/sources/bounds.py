@@ -30,9 +30,6 @@ FLATTEN_DEPTH = 64
 # What a cut value becomes. A tenant may write this string too: it only rejects the
 # tenant's own object.
 TOO_DEEP = "\x00extauth: nested too deep"
-# What extauth keeps of a Secret: its entries and labels. 1 MiB is the API server's own
-# bound on an object; a team's key and a few metadata entries are well under 1 KiB.
-DEFAULT_MAX_SECRET_BYTES = 16 * 1024
 
 _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 _MARKER_JSON = json.dumps(TOO_DEEP)

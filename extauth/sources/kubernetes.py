@@ -55,9 +55,9 @@ from extauth.sources.records import (
 from extauth.sources.reselect import Reselector
 from extauth.sources.selection import EMPTY, Selection, Selects
 from extauth.sources.statuses import StatusWriter
+from extauth.sources.tuning import DEFAULTS, Tuning
 from extauth.sources.watching import (
     DEFAULT_PAGE_SIZE,
-    DEFAULT_REQUEST_TIMEOUT,
     GROUP,
     PLURAL,
     VERSION,
@@ -130,7 +130,7 @@ class Translator:
         emit: Emit,
         status: StatusWriter | None,
         *,
-        max_secret_bytes: int = bounds.DEFAULT_MAX_SECRET_BYTES,
+        max_secret_bytes: int = DEFAULTS.max_secret_bytes,
         rejected: Callable[[str], None] = lambda reason: None,
         selection: Selection | None = None,
         on_selection: Callable[[], None] = lambda: None,
@@ -497,12 +497,8 @@ class KubernetesSource:
         *,
         kubeconfig: str | None = None,
         write_status: bool = True,
-        watch_timeout: int = 300,
+        tuning: Tuning = DEFAULTS,
         page_size: int = DEFAULT_PAGE_SIZE,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        heartbeat: float = liveness.DEFAULT_INTERVAL,
-        max_secret_bytes: int = bounds.DEFAULT_MAX_SECRET_BYTES,
-        status_rate: float = statuses.DEFAULT_RATE,
         status_timeout: float = statuses.DEFAULT_TIMEOUT,
         every_secret: bool = False,
         kube_context: str | None = None,
@@ -513,9 +509,9 @@ class KubernetesSource:
         listed = list(namespaces or ())
         self.namespaces: list[str | None] = list(listed) if listed else [None]
         self._write_status = write_status
-        self._pacing = Pacing(watch_timeout, page_size, request_timeout)
-        self._max_secret_bytes = max_secret_bytes
-        self._status_rate = status_rate
+        self._pacing = Pacing(tuning.watch_timeout, page_size, tuning.request_timeout)
+        self._max_secret_bytes = tuning.max_secret_bytes
+        self._status_rate = tuning.status_rate
         self._status_timeout = status_timeout
         self._every_secret = every_secret
         self.selection: Selection | None = None
@@ -524,7 +520,7 @@ class KubernetesSource:
         self.translators: list[Translator] = []
         self.status: StatusWriter | None = None
         self.heartbeat = liveness.Heartbeat(
-            self._probe, interval=heartbeat, on_lost=self._lost, on_back=self._back
+            self._probe, interval=tuning.heartbeat, on_lost=self._lost, on_back=self._back
         )
         # Read now: a kubeconfig that cannot be used is a startup error, said plainly.
         self._api: ApiServer = apiserver.connect(kubeconfig, kube_context)

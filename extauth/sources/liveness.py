@@ -23,11 +23,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from extauth.sources.tuning import DEFAULTS
 from extauth.sources.watching import describe
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INTERVAL = 10.0
 # How often to ask while the API server is lost.
 _LOST_INTERVAL = 0.5
 
@@ -37,7 +37,7 @@ class Heartbeat:
         self,
         probe: Callable[[float], None],
         *,
-        interval: float = DEFAULT_INTERVAL,
+        interval: float = DEFAULTS.heartbeat,
         on_lost: Callable[[], None] = lambda: None,
         on_back: Callable[[], None] = lambda: None,
     ) -> None:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from extauth.sources.apiserver import ApiError, ApiServer, path_of
+from extauth.sources.tuning import DEFAULTS
 from extauth.sources.watching import GROUP, PLURAL, VERSION, describe
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ Owner = tuple[str, str]
 
 # A condition message is bounded by the API (32 KiB); a reason this long is unreadable.
 _MESSAGE_LIMIT = 4096
-DEFAULT_RATE = 50.0  # writes per second, per replica
 DEFAULT_TIMEOUT = 10.0
 _RETRY_FIRST, _RETRY_MAX = 1.0, 60.0
 _WARN_EVERY = 60.0
@@ -121,7 +121,7 @@ class StatusWriter:
         self,
         api: ApiServer,
         *,
-        rate: float = DEFAULT_RATE,
+        rate: float = DEFAULTS.status_rate,
         timeout: float = DEFAULT_TIMEOUT,
         count: Callable[[str], None] = lambda result: None,
     ) -> None:

@@ -49,6 +49,7 @@ from extauth.resources import APIKEY_SECRET_TYPE
 from extauth.sourcehealth import SourceHealth
 from extauth.sources import bounds
 from extauth.sources.apiserver import ApiError, ApiServer, lines, path_of
+from extauth.sources.tuning import DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ Kind = Literal["Secret", "AuthConfig"]
 # What each kind is when a list or an event does not say (the models check the rest).
 API_VERSIONS: dict[Kind, str] = {"Secret": "v1", "AuthConfig": f"{GROUP}/{VERSION}"}
 DEFAULT_PAGE_SIZE = 500
-DEFAULT_REQUEST_TIMEOUT = 5.0
 # A list page streams for as long as the API server needs; each read may wait this long.
 _LIST_READ_TIMEOUT = 30.0
 # Pages are asked for by item count, but a Secret may weigh up to ~1.5 MB: the first page
@@ -196,7 +196,7 @@ class Pacing:
 
     watch_timeout: int
     page_size: int = DEFAULT_PAGE_SIZE
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    request_timeout: float = DEFAULTS.request_timeout
 
 
 class Watcher:
