@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import signal
 import ssl
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -58,6 +60,8 @@ log = logging.getLogger(__name__)
 MAX_CHECK_BYTES = 256 * 1024
 # Distinct unknown config ids logged per policy version; the rest are counted only.
 WARN_LIMIT = 20
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,45 @@ def request_headers(http: pb.AttributeContext.HttpRequest) -> Mapping[str, str]:
     return merged
 
 
+class Saying(enum.Enum):
+    NEW = "new"  # not said under this policy: say it now
+    SAID = "said"  # said already, or past the limit and said so
+    FULL = "full"  # no room: say that, once per policy
+
+
+class Said(Generic[T]):
+    """What has been said, and under which policy: each thing once per policy, and at
+    most WARN_LIMIT things, since config ids and headers come from whoever reaches the
+    port. Things said under an older policy make room first (a config since fixed drops
+    out); with no room left, `say` answers FULL once per policy, then SAID.
+
+    Policies are held weakly: a policy long replaced (a million keys, perhaps) is not
+    kept alive by a line once logged under it."""
+
+    def __init__(self) -> None:
+        self._said: dict[T, weakref.ref[Policy]] = {}
+        self._full_under: weakref.ref[Policy] | None = None
+
+    def say(self, policy: Policy, thing: T) -> Saying:
+        under = self._said.get(thing)
+        if under is not None and under() is policy:
+            return Saying.SAID
+        if under is None and len(self._said) >= WARN_LIMIT:
+            stale = next((k for k, p in self._said.items() if p() is not policy), None)
+            if stale is None:
+                if self._full_under is not None and self._full_under() is policy:
+                    return Saying.SAID
+                self._full_under = weakref.ref(policy)
+                return Saying.FULL
+            del self._said[stale]
+        self._said[thing] = weakref.ref(policy)
+        return Saying.NEW
+
+    def under(self, policy: Policy) -> list[T]:
+        """What has been said under `policy`, in the order it was first said."""
+        return [thing for thing, p in self._said.items() if p() is policy]
+
+
 class AuthorizationService:
     def __init__(
         self,
@@ -141,15 +184,12 @@ class AuthorizationService:
         self._metrics = metrics or Metrics()
         self._decision_log = decision_log
         self._tracing = tracing
-        self._warned_policy: Policy | None = None
-        # Config ids warned about (None: a route without one) under `_warned_policy`, and
-        # whether the limit was reached: a flag of its own, since None is an id here.
-        self._warned: set[str | None] = set()
-        self._warned_enough = False
         self._cache = responses.AllowCache(None)
+        # Config ids warned about (None: a route without one).
+        self._unknown: Said[str | None] = Said()
         # (config id, header) pairs a route's ext_authz filter did not send: problems
         # for /readyz and the status page until the policy or the Envoy config changes.
-        self._unsent: dict[tuple[str, str], Policy] = {}
+        self._unsent: Said[tuple[str, str]] = Said()
 
     async def check(
         self,
@@ -218,38 +258,24 @@ class AuthorizationService:
         """Say once which AuthConfig reads a header Envoy does not send: each such request
         is denied, and the fix is in the Envoy config (or the AuthConfig), not the client."""
         found = (decision.config_id or "", decision.hint)
-        if self._unsent.get(found) is policy:
-            return
-        if len(self._unsent) >= WARN_LIMIT:
-            # Entries of older policies first: a config since fixed drops out.
-            stale = [k for k, p in self._unsent.items() if p is not policy]
-            if not stale:
-                return
-            del self._unsent[stale[0]]
-        self._unsent[found] = policy
-        log.warning("check: %s; denying", unsent_problem(*found))
+        if self._unsent.say(policy, found) is Saying.NEW:
+            log.warning("check: %s; denying", unsent_problem(*found))
 
     def unsent_problems(self) -> list[str]:
         """The unsent key headers seen under the current policy."""
-        current = self._holder.current
-        return [unsent_problem(*found) for found, p in self._unsent.items() if p is current]
+        return [unsent_problem(*found) for found in self._unsent.under(self._holder.current)]
 
     def _warn_config(self, policy: Policy, decision: Deny) -> None:
         """Log a route's config problem once per policy version, not once per request."""
-        if policy is not self._warned_policy:
-            self._warned_policy, self._warned, self._warned_enough = policy, set(), False
-        if self._warned_enough or decision.config_id in self._warned:
-            return
-        if len(self._warned) >= WARN_LIMIT:
-            # Config ids come from whoever reaches the port: a bounded number of lines.
-            self._warned_enough = True
+        said = self._unknown.say(policy, decision.config_id)
+        if said is Saying.FULL:
             log.warning(
                 "check: more than %d unknown config ids since the last policy change; "
                 "not logging more (extauth_decisions_total counts them)",
                 WARN_LIMIT,
             )
+        if said is not Saying.NEW:
             return
-        self._warned.add(decision.config_id)
         if decision.reason is Reason.NO_CONFIG:
             log.warning(
                 "check: route has no config_id, its host matches no AuthConfig's hosts "

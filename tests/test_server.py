@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
@@ -18,7 +19,8 @@ from extauth import apikeys, deciding, memory
 from extauth.building import PolicyHolder
 from extauth.cli import SourceSettings, sources_for
 from extauth.decisions import Decision
-from extauth.server import WARN_LIMIT, AuthorizationService, Server, Settings
+from extauth.policy import Policy
+from extauth.server import WARN_LIMIT, AuthorizationService, Said, Saying, Server, Settings
 from extauth.wire import ext_authz_pb2 as pb
 from tests.builders import authconfig, secret, snapshot
 
@@ -275,3 +277,35 @@ def test_a_check_hashes_the_key_once_whether_it_is_allowed_or_denied() -> None:
         counted, reply = hashes(key)
         assert reply.status.code == status
         assert counted == 1
+
+
+def test_said_says_each_thing_once_per_policy_and_at_most_warn_limit_things() -> None:
+    said: Said[str] = Said()
+    first, second = Policy(), Policy()
+    assert said.say(first, "a") is Saying.NEW
+    assert said.say(first, "a") is Saying.SAID
+    for i in range(1, WARN_LIMIT):
+        assert said.say(first, f"id-{i}") is Saying.NEW
+    # No room under this policy: said so once, then silence.
+    assert said.say(first, "one more") is Saying.FULL
+    assert said.say(first, "and more") is Saying.SAID
+    assert len(said.under(first)) == WARN_LIMIT
+    # A new policy: what was said is said again, the older entries making room.
+    assert said.say(second, "a") is Saying.NEW
+    assert said.say(second, "one more") is Saying.NEW
+    assert said.under(second) == ["a", "one more"]
+    assert len(said.under(first)) == WARN_LIMIT - 2
+
+
+def test_said_keeps_no_replaced_policy_alive() -> None:
+    said: Said[str] = Said()
+    old = Policy()
+    gone = weakref.ref(old)
+    said.say(old, "header")
+    del old
+    gc.collect()
+    assert gone() is None
+    current = Policy()
+    assert said.under(current) == []
+    # The entry of the dead policy is stale: it is said again, and makes room.
+    assert said.say(current, "header") is Saying.NEW
