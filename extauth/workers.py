@@ -55,6 +55,11 @@ def worker_grpc_port(port: int, index: int) -> int:
     return port + 1 + index
 
 
+def worker_http_port(port: int, index: int) -> int:
+    """Worker `index`'s /metrics, /healthz and status page port (--http-address's + i)."""
+    return port + index
+
+
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)
@@ -84,7 +89,7 @@ def port_problem(grpc_address: str, http_address: str | None, count: int) -> str
     http = _split(http_address)[1]
     if http == 0:
         return None
-    http_ports = range(http, http + count)
+    http_ports = [worker_http_port(http, i) for i in range(count)]
     if http_ports[-1] > MAX_PORT:
         return f"--workers {count} needs HTTP ports {http}-{http_ports[-1]}, past {MAX_PORT}"
     clash = sorted(set(grpc_ports) & set(http_ports))
@@ -101,7 +106,7 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     http = settings.http_address
     if http is not None:
         host, port = _split(http)
-        http = f"{host}:{port + index}" if port else http
+        http = f"{host}:{worker_http_port(port, index)}" if port else http
     host, port = _split(settings.grpc_address)
     own = f"{host}:{worker_grpc_port(port, index)}"
     return replace(settings, http_address=http, reuse_port=True, worker_grpc_address=own)
