@@ -60,9 +60,15 @@ def problem(
 ) -> str | None:
     """Why `value` cannot be such a number, or None; `spelled`, how it was written (the
     message quotes that, not how Python prints the number). NaN is refused: it compares
-    false with every bound, so a plain `low <= value <= high` would let it through."""
+    false with every bound, so a plain `low <= value <= high` would let it through. Only a
+    float can be NaN or infinite; an int is compared exactly, however long (`math.isfinite`
+    would convert it to a float, an OverflowError past 1.8e308 that escapes argparse)."""
     shown = repr(value) if spelled is None else repr(spelled)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         return f"{shown} is not a number"
     if kind is int and not isinstance(value, int):
         return f"{shown} is not a whole number"

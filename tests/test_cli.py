@@ -403,6 +403,16 @@ def test_serve_refuses_out_of_range_flags(args: list[str], message: str) -> None
     assert message in result.stderr
 
 
+def test_a_whole_number_too_long_for_a_float_is_refused_as_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not an OverflowError traceback: argparse catches only ValueError and TypeError."""
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["validate", "--max-depth", "9" * 400, str(tmp_path)], environ={})
+    assert refused.value.code == 2
+    assert "--max-depth: must be at most 1000 (got 999" in capsys.readouterr().err
+
+
 def test_global_flags_work_before_and_after_the_subcommand() -> None:
     parser = cli.build_parser()
     after = parser.parse_args(["serve", "--config-dir", "d", "--log-level", "DEBUG"])
@@ -484,6 +494,8 @@ def test_serve_options_come_from_the_environment_and_the_command_line_wins() -> 
         ("EXTAUTH_NAMESPACE", "ok,Bad", "EXTAUTH_NAMESPACE: 'Bad' is not a valid namespace"),
         ("EXTAUTH_KUBE_REQUEST_TIMEOUT", "nan", "EXTAUTH_KUBE_REQUEST_TIMEOUT: 'nan' is not a"),
         ("EXTAUTH_MAX_DOCUMENTS", "0", "EXTAUTH_MAX_DOCUMENTS: must be at least 1 (got 0)"),
+        # Past the largest float: compared as the whole number it is, not overflowing.
+        ("EXTAUTH_KUBE_WATCH_TIMEOUT", "9" * 400, "WATCH_TIMEOUT: must be at most 3600 (got 99"),
     ],
 )
 def test_a_bad_environment_variable_is_named(

@@ -121,6 +121,19 @@ def test_a_record_refuses_to_be_made_out_of_range_naming_every_field(
     assert str(refused.value) == message
 
 
+def test_a_whole_number_past_the_largest_float_is_out_of_range_not_an_overflow() -> None:
+    """An int is compared exactly: turned into a float (to ask whether it is finite) it
+    would raise OverflowError, which argparse does not catch (a traceback for
+    `--max-depth 999...9`)."""
+    huge = 2**1024  # the largest float is just under this
+    with pytest.raises(ValueError, match=r"^_Example: count: must be at most 10 \(got 1797"):
+        _Example(count=huge)
+    with pytest.raises(ValueError, match=r"^_Example: pause: must be at least 0\.5 \(got -1797"):
+        _Example(pause=-huge)
+    with pytest.raises(ValueError, match=r"^must be at most 3600 \(got 9{400}\)$"):
+        ranges.parse("9" * 400, int, COUNT)
+
+
 def test_a_whole_number_is_a_float_field_value() -> None:
     assert _Example(pause=2).pause == 2
 
