@@ -164,6 +164,9 @@ class Said(Generic[T]):
                 self._full_under = weakref.ref(policy)
                 return Saying.FULL
             del self._said[stale]
+        # Said under an older policy: moved to the end (a dict keeps a replaced key in
+        # its first place), so that `under` lists things in the order this policy said them.
+        self._said.pop(thing, None)
         self._said[thing] = weakref.ref(policy)
         return Saying.NEW
 

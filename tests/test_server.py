@@ -309,3 +309,16 @@ def test_said_keeps_no_replaced_policy_alive() -> None:
     assert said.under(current) == []
     # The entry of the dead policy is stale: it is said again, and makes room.
     assert said.say(current, "header") is Saying.NEW
+
+
+def test_said_lists_what_a_policy_said_in_the_order_it_said_it() -> None:
+    """/readyz lists unsent headers as `under` gives them: a thing said again under a new
+    policy comes where it was said, not where an older policy first said it."""
+    said: Said[str] = Said()
+    first, second = Policy(), Policy()
+    for thing in ("x", "y", "z"):
+        said.say(first, thing)
+    for thing in ("z", "w", "x"):
+        assert said.say(second, thing) is Saying.NEW
+    assert said.under(second) == ["z", "w", "x"]
+    assert said.under(first) == ["y"]
