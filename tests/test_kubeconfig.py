@@ -323,7 +323,10 @@ def test_in_cluster_reads_the_service_account_and_a_rotated_token(tmp_path: Path
 
 def test_serve_with_a_bad_kubeconfig_exits_2_saying_why(tmp_path: Path) -> None:
     path = write(tmp_path / "config", config(user={"client-key-data": "!!" + TOKEN}))
-    result = run_cli("serve", "--kubernetes", "--kubeconfig", str(path))
+    # Port 0: the default port's lock is not this test's to depend on (a demo may hold it).
+    result = run_cli(
+        "serve", "--kubernetes", "--kubeconfig", str(path), "--grpc-address", "127.0.0.1:0"
+    )
     assert result.returncode == 2
     assert "cannot start: kubeconfig" in result.stderr
     assert "client-key-data is not valid base64" in result.stderr

@@ -92,8 +92,10 @@ def test_serve_exits_2_when_the_config_dir_cannot_be_read(shared_dir: Path) -> N
     config.mkdir()
     (config / "a.yaml").write_text(labelled("a", "key-a") + "---\n" + CONFIG)
     config.chmod(0o000)
+    # Port 0: the default port's lock is not this test's to depend on (a demo may hold it).
+    serve = ["serve", "--config-dir", str(config), "--grpc-address", "127.0.0.1:0"]
     result = subprocess.run(
-        [*AS_NOBODY, sys.executable, "-m", "extauth.cli", "serve", "--config-dir", str(config)],
+        [*AS_NOBODY, sys.executable, "-m", "extauth.cli", *serve],
         capture_output=True,
         text=True,
         timeout=30,
