@@ -74,10 +74,16 @@ def problem(
         return f"{shown} is not a whole number"
     got = value if spelled is None else spelled
     if value < where.low:
-        return f"must be at least {where.low:g} (got {got})"
+        return f"must be at least {_bound(where.low)} (got {got})"
     if value > where.high:
-        return f"must be at most {where.high:g} (got {got})"
+        return f"must be at most {_bound(where.high)} (got {got})"
     return None
+
+
+def _bound(number: float) -> str:
+    """A bound as the operator types it: `g` alone would write 2**31 as 2.14748e+09, a
+    limit that cannot be read off and looks like the 2147483649 it refuses."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def parse(text: str, kind: type[int] | type[float], where: Range) -> int | float:

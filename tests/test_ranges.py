@@ -18,6 +18,7 @@ from extauth.sources.tuning import DEFAULTS, Tuning
 
 SECONDS = Range(0.2, 60, "SECONDS", "how long")
 COUNT = Range(1, 3600, "N", "how many")
+BYTES = Range(1, 2**40, "N", "how large")
 
 
 @pytest.mark.parametrize(
@@ -55,6 +56,16 @@ def test_a_number_in_its_range_is_read_both_bounds_included(
         ("1.5", int, COUNT, "'1.5' is not a number"),
         ("soon", int, COUNT, "'soon' is not a number"),
         ("", float, SECONDS, "'' is not a number"),
+        # A large bound written out whole, not 2.14748e+09.
+        (
+            "2147483649",
+            int,
+            Range(1, 2**31, "N", ""),
+            "must be at most 2147483648 (got 2147483649)",
+        ),
+        ("1099511627777", int, BYTES, "must be at most 1099511627776 (got 1099511627777)"),
+        ("0.05", float, Range(0.1, 1e4, "N", ""), "must be at least 0.1 (got 0.05)"),
+        ("10000.5", float, Range(0.1, 1e4, "N", ""), "must be at most 10000 (got 10000.5)"),
     ],
 )
 def test_a_number_outside_its_range_or_not_a_number_is_refused_saying_why(
