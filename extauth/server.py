@@ -171,8 +171,10 @@ class Said(Generic[T]):
         return Saying.NEW
 
     def under(self, policy: Policy) -> list[T]:
-        """What has been said under `policy`, in the order it was first said."""
-        return [thing for thing, p in self._said.items() if p() is policy]
+        """What has been said under `policy`, in the order it was first said. Read from a
+        copy: the status page asks from a worker thread while Checks say things on the
+        event loop, and iterating the dict as it changes raises RuntimeError."""
+        return [thing for thing, p in self._said.copy().items() if p() is policy]
 
 
 class AuthorizationService:

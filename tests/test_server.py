@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -322,3 +323,40 @@ def test_said_lists_what_a_policy_said_in_the_order_it_said_it() -> None:
         assert said.say(second, thing) is Saying.NEW
     assert said.under(second) == ["z", "w", "x"]
     assert said.under(first) == ["y"]
+
+
+def test_said_can_be_listed_from_another_thread_while_things_are_said() -> None:
+    """The status page renders in a worker thread (httpd: asyncio.to_thread) and lists the
+    unsent headers while Checks say new ones on the event loop. Switching threads every
+    microsecond, iterating the live dict failed within a few hundred `say`s."""
+    said: Said[str] = Said()
+    policies = [Policy() for _ in range(3)]
+    failures: list[BaseException] = []
+    listed = 0
+    stop = threading.Event()
+
+    def status_page() -> None:
+        nonlocal listed
+        while not stop.is_set():
+            try:
+                said.under(policies[0])
+            except RuntimeError as exc:
+                failures.append(exc)
+                return
+            listed += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    reader = threading.Thread(target=status_page)
+    reader.start()
+    try:
+        for i in range(5000):
+            said.say(policies[i % 3], f"header-{i % (2 * WARN_LIMIT)}")
+            if failures:
+                break
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert failures == []
+    assert listed > 0
