@@ -89,11 +89,10 @@ def _namespace(value: str) -> str:
 def _bounded(kind: type[int] | type[float], low: float, high: float) -> Any:
     """An argparse type: a number of `kind` in [low, high], refused with the range (and
     NaN refused: `ranges.parse`)."""
-    within = ranges.Range(low, high, "", "")
 
     def parse(value: str) -> int | float:
         try:
-            return ranges.parse(value, kind, within)
+            return ranges.parse(value, kind, low, high)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -205,13 +204,14 @@ def _ranged(record: type[Any], prefix: str = "") -> tuple[_Option, ...]:
             each.range.unit,
             each.range.help,
         )
-        for each in ranges.of(record)
+        for each in ranges.fields_of(record)
     )
 
 
 def _made(record: type[_R], args: argparse.Namespace, prefix: str = "") -> _R:
     """The settings record the options `_ranged(record, prefix)` made have given."""
-    return record(**{each.name: getattr(args, prefix + each.name) for each in ranges.of(record)})
+    given = {each.name: getattr(args, prefix + each.name) for each in ranges.fields_of(record)}
+    return record(**given)
 
 
 def _add_limits(parser: argparse.ArgumentParser) -> None:

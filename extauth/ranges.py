@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,10 @@ class Range:
     unit: str  # what the option's value is called in its help: N, SECONDS, BYTES
     help: str
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.low, self.high
+
 
 def ranged(default: float, low: float, high: float, unit: str, help: str) -> Any:
     """A record field holding a number from `low` to `high` (both allowed)."""
@@ -33,17 +38,19 @@ def ranged(default: float, low: float, high: float, unit: str, help: str) -> Any
 
 
 @dataclass(frozen=True, slots=True)
-class Ranged:
+class RangedField:
+    """One ranged field of a record class, as `fields_of` finds it."""
+
     name: str
     kind: type[int] | type[float]
     default: float
     range: Range
 
 
-def of(record: type[Any]) -> tuple[Ranged, ...]:
+def fields_of(record: type[Any]) -> tuple[RangedField, ...]:
     """The ranged fields of a record class, in the order it declares them."""
     hints = typing.get_type_hints(record)
-    found: list[Ranged] = []
+    found: list[RangedField] = []
     for field in dataclasses.fields(record):
         where = field.metadata.get(_KEY)
         if where is None:
@@ -51,19 +58,21 @@ def of(record: type[Any]) -> tuple[Ranged, ...]:
         kind, default = hints[field.name], field.default
         if kind not in (int, float) or not isinstance(default, int | float):
             raise TypeError(f"{record.__name__}.{field.name}: a ranged field is int or float")
-        found.append(Ranged(field.name, kind, default, where))
+        found.append(RangedField(field.name, kind, default, where))
     return tuple(found)
 
 
 def problem(
-    kind: type[int] | type[float], value: object, where: Range, spelled: str | None = None
+    kind: type[int] | type[float], value: object, low: float, high: float, spelled: str = ""
 ) -> str | None:
-    """Why `value` cannot be such a number, or None; `spelled`, how it was written (the
-    message quotes that, not how Python prints the number). NaN is refused: it compares
-    false with every bound, so a plain `low <= value <= high` would let it through. Only a
-    float can be NaN or infinite; an int is compared exactly, however long (`math.isfinite`
-    would convert it to a float, an OverflowError past 1.8e308 that escapes argparse)."""
-    shown = repr(value) if spelled is None else repr(spelled)
+    """Why `value` cannot be such a number from `low` to `high`, or None; `spelled`, how
+    it was written, if it was (the message quotes that, not how Python prints the number).
+
+    NaN is refused: it compares false with every bound, so a plain `low <= value <= high`
+    would let it through. Only a float can be NaN or infinite; an int is compared exactly,
+    however long (`math.isfinite` would turn it into a float: an OverflowError past 1e308).
+    """
+    shown = _quoted(spelled) if spelled else _shown(value)
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
@@ -72,12 +81,59 @@ def problem(
         return f"{shown} is not a number"
     if kind is int and not isinstance(value, int):
         return f"{shown} is not a whole number"
-    got = value if spelled is None else spelled
-    if value < where.low:
-        return f"must be at least {_bound(where.low)} (got {got})"
-    if value > where.high:
-        return f"must be at most {_bound(where.high)} (got {got})"
+    got = _shortened(spelled) if spelled else _shown(value)
+    if value < low:
+        return f"must be at least {_bound(low)} (got {got})"
+    if value > high:
+        return f"must be at most {_bound(high)} (got {got})"
     return None
+
+
+def parse(text: str, kind: type[int] | type[float], low: float, high: float) -> int | float:
+    """The number a command line or an environment variable spells; ValueError says why
+    not, in the words `problem` uses.
+
+    A number too long for Python to read (an int of over 4,300 digits) or to hold (a float
+    past 1e308, which reads as infinity) is out of range, not "not a number"; only `nan`
+    and `inf` themselves are that."""
+    try:
+        number = kind(text)
+    except ValueError:
+        if not _WHOLE.fullmatch(text):
+            raise ValueError(f"{_quoted(text)} is not a number") from None
+        number = -math.inf if text.strip().startswith("-") else math.inf
+    if isinstance(number, float) and math.isinf(number) and not _INFINITE.fullmatch(text):
+        bound = f"at least {_bound(low)}" if number < 0 else f"at most {_bound(high)}"
+        raise ValueError(f"must be {bound} (got {_shortened(text)})")
+    found = problem(kind, number, low, high, text)
+    if found is not None:
+        raise ValueError(found)
+    return number
+
+
+# How a whole number and an infinity may be spelled for int() and float() to read them.
+_WHOLE = re.compile(r"\s*[+-]?[0-9][0-9_]*\s*", re.ASCII)
+_INFINITE = re.compile(r"\s*[+-]?(inf|infinity)\s*", re.ASCII | re.IGNORECASE)
+# The most of a spelled value a message quotes: a value may be thousands of characters.
+_QUOTED = 40
+
+
+def _shortened(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}... ({len(text)} characters)"
+
+
+def _quoted(text: str) -> str:
+    return repr(text) if len(text) <= _QUOTED else f"{text[:_QUOTED]!r}... ({len(text)} characters)"
+
+
+def _shown(value: object) -> str:
+    """A value as a message shows it: a whole number past 1e40 by its size (Python will
+    not even write one of over 4,300 digits as text), anything else as its repr."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**40:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"{'-' if value < 0 else ''}a number of about {digits} digits"
+    return _shortened(repr(value))
 
 
 def _bound(number: float) -> str:
@@ -86,26 +142,13 @@ def _bound(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
-def parse(text: str, kind: type[int] | type[float], where: Range) -> int | float:
-    """The number a command line or an environment variable spells; ValueError says why
-    not, in the words `problem` uses."""
-    try:
-        number = kind(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    found = problem(kind, number, where, text)
-    if found is not None:
-        raise ValueError(found)
-    return number
-
-
 def check(record: Any) -> None:
     """Raise ValueError naming each ranged field of `record` that is out of its range;
     a record's `__post_init__` calls it, so that no component is made with one."""
     found = [
         f"{each.name}: {why}"
-        for each in of(record.__class__)
-        if (why := problem(each.kind, getattr(record, each.name), each.range)) is not None
+        for each in fields_of(record.__class__)
+        if (why := problem(each.kind, getattr(record, each.name), *each.range.bounds)) is not None
     ]
     if found:
         raise ValueError(f"{type(record).__name__}: " + "; ".join(found))

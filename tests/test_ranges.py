@@ -34,7 +34,7 @@ BYTES = Range(1, 2**40, "N", "how large")
 def test_a_number_in_its_range_is_read_both_bounds_included(
     text: str, kind: type[int] | type[float], within: Range, number: float
 ) -> None:
-    read = ranges.parse(text, kind, within)
+    read = ranges.parse(text, kind, *within.bounds)
     assert read == number
     assert type(read) is kind
 
@@ -52,7 +52,19 @@ def test_a_number_in_its_range_is_read_both_bounds_included(
         ("-nan", float, SECONDS, "'-nan' is not a number"),
         ("inf", float, SECONDS, "'inf' is not a number"),
         ("-Infinity", float, SECONDS, "'-Infinity' is not a number"),
-        ("1e400", float, SECONDS, "'1e400' is not a number"),
+        # A float too large to hold is a number out of range; only `inf` is not a number.
+        ("1e400", float, SECONDS, "must be at most 60 (got 1e400)"),
+        ("-1e400", float, SECONDS, "must be at least 0.2 (got -1e400)"),
+        ("9" * 400, float, SECONDS, f"must be at most 60 (got {'9' * 40}... (400 characters))"),
+        # An int too long for int() to read (over 4,300 digits): out of range, quoted short.
+        ("9" * 5000, int, COUNT, f"must be at most 3600 (got {'9' * 40}... (5000 characters))"),
+        (
+            "-" + "9" * 5000,
+            int,
+            COUNT,
+            f"must be at least 1 (got -{'9' * 39}... (5001 characters))",
+        ),
+        ("x" * 5000, int, COUNT, f"{'x' * 40!r}... (5000 characters) is not a number"),
         ("1.5", int, COUNT, "'1.5' is not a number"),
         ("soon", int, COUNT, "'soon' is not a number"),
         ("", float, SECONDS, "'' is not a number"),
@@ -72,19 +84,19 @@ def test_a_number_outside_its_range_or_not_a_number_is_refused_saying_why(
     text: str, kind: type[int] | type[float], within: Range, message: str
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)) as refused:
-        ranges.parse(text, kind, within)
+        ranges.parse(text, kind, *within.bounds)
     assert str(refused.value) == message
 
 
 @given(st.floats(min_value=0.2, max_value=60))
 def test_every_float_in_range_reads_back_as_itself(number: float) -> None:
-    assert ranges.parse(repr(number), float, SECONDS) == number
+    assert ranges.parse(repr(number), float, *SECONDS.bounds) == number
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True))
 def test_no_float_outside_its_range_is_ever_read(number: float) -> None:
     try:
-        read = ranges.parse(repr(number), float, SECONDS)
+        read = ranges.parse(repr(number), float, *SECONDS.bounds)
     except ValueError:
         assert not (0.2 <= number <= 60)
     else:
@@ -102,7 +114,7 @@ class _Example:
 
 
 def test_a_record_lists_its_ranged_fields_in_order_with_kind_and_default() -> None:
-    found = ranges.of(_Example)
+    found = ranges.fields_of(_Example)
     assert [(f.name, f.kind, f.default, f.range.unit) for f in found] == [
         ("count", int, 5, "N"),
         ("pause", float, 1.0, "SECONDS"),
@@ -137,12 +149,20 @@ def test_a_whole_number_past_the_largest_float_is_out_of_range_not_an_overflow()
     would raise OverflowError, which argparse does not catch (a traceback for
     `--max-depth 999...9`)."""
     huge = 2**1024  # the largest float is just under this
-    with pytest.raises(ValueError, match=r"^_Example: count: must be at most 10 \(got 1797"):
+    with pytest.raises(ValueError, match=r"^_Example: count: must be at most 10 \(got a number"):
         _Example(count=huge)
-    with pytest.raises(ValueError, match=r"^_Example: pause: must be at least 0\.5 \(got -1797"):
+    with pytest.raises(ValueError, match=r"^_Example: pause: must be at least 0\.5 \(got -a num"):
         _Example(pause=-huge)
-    with pytest.raises(ValueError, match=r"^must be at most 3600 \(got 9{400}\)$"):
-        ranges.parse("9" * 400, int, COUNT)
+    # Past 4,300 digits Python will not write the number out: the field is still named.
+    with pytest.raises(
+        ValueError,
+        match=r"^_Example: count: must be at most 10 \(got a number of about 5001 digits\)$",
+    ):
+        _Example(count=10**5000)
+    with pytest.raises(
+        ValueError, match=r"^must be at most 3600 \(got 9{40}\.\.\. \(400 characters\)\)$"
+    ):
+        ranges.parse("9" * 400, int, *COUNT.bounds)
 
 
 def test_a_whole_number_is_a_float_field_value() -> None:
@@ -155,7 +175,7 @@ def test_only_numbers_can_be_ranged() -> None:
         label: str = ranged(1, 0, 2, "N", "not a number field")
 
     with pytest.raises(TypeError, match=r"Wrong.label: a ranged field is int or float"):
-        ranges.of(Wrong)
+        ranges.fields_of(Wrong)
 
 
 def test_the_file_limits_and_the_kubernetes_tuning_refuse_what_their_options_refuse() -> None:
