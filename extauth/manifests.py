@@ -74,7 +74,7 @@ class Limits:
     """
 
     # fmt: off
-    max_file_bytes: int = ranged(64 * 1024 * 1024, 1, 2**40, "N", "largest file read, in bytes")
+    max_file_bytes: int = ranged(64 * 1024 * 1024, 1, 2**40, "BYTES", "largest file read (64 MiB)")
     max_documents: int = ranged(200_000, 1, 2**31, "N", "most YAML documents in one file")
     # Collections inside collections: a Secret is 3 deep (metadata.labels), an
     # AuthConfig about 7, `kubectl get -o yaml` output with managedFields about 15.
