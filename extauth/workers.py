@@ -56,8 +56,10 @@ def worker_grpc_port(port: int, index: int) -> int:
 
 
 def worker_http_port(port: int, index: int) -> int:
-    """Worker `index`'s /metrics, /healthz and status page port (--http-address's + i)."""
-    return port + index
+    """Worker `index`'s /metrics, /healthz and status page port (--http-address's + i).
+    Port 0 stays 0, each worker taking a port of the kernel's choosing: 0 + i would be
+    a well-known port, bound silently by a root process."""
+    return port + index if port else 0
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -106,7 +108,7 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     http = settings.http_address
     if http is not None:
         host, port = _split(http)
-        http = f"{host}:{worker_http_port(port, index)}" if port else http
+        http = f"{host}:{worker_http_port(port, index)}"
     host, port = _split(settings.grpc_address)
     own = f"{host}:{worker_grpc_port(port, index)}"
     return replace(settings, http_address=http, reuse_port=True, worker_grpc_address=own)

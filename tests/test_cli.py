@@ -16,6 +16,7 @@ import yaml
 
 from extauth import cli, manifests, workers
 from extauth.resources import Secret
+from extauth.server import Settings
 from extauth.sources.files import FileSource
 from extauth.sources.tuning import DEFAULTS as KUBE_DEFAULTS
 from extauth.sources.tuning import Tuning
@@ -163,6 +164,20 @@ def test_serve_refuses_workers_on_port_zero_in_any_spelling(
     assert cli.main([*serve, f"127.0.0.1:{port}"], environ={}) == 2
     assert "--workers needs a fixed --grpc-address port" in capsys.readouterr().err
     assert workers.port_problem(f"127.0.0.1:{port}", None, 2) is not None
+
+
+def test_each_worker_gets_its_own_http_port_and_port_zero_stays_zero() -> None:
+    """Worker i serves HTTP on --http-address's port + i; with port 0 each worker takes a
+    port of the kernel's choosing, never 0 + i (1, 2, ...: well-known ports)."""
+    settings = Settings(grpc_address="127.0.0.1:9001", http_address="0.0.0.0:9090")
+    made = [workers.worker_settings(settings, i) for i in (0, 1)]
+    assert [m.http_address for m in made] == ["0.0.0.0:9090", "0.0.0.0:9091"]
+    assert [m.worker_grpc_address for m in made] == ["127.0.0.1:9002", "127.0.0.1:9003"]
+    ephemeral = Settings(grpc_address="127.0.0.1:9001", http_address="127.0.0.1:0")
+    assert [workers.worker_settings(ephemeral, i).http_address for i in (0, 1, 2)] == [
+        "127.0.0.1:0"
+    ] * 3
+    assert [workers.worker_http_port(0, i) for i in (0, 1, 2)] == [0, 0, 0]
 
 
 def test_addresses_are_read_with_their_port_as_a_number() -> None:
