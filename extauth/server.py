@@ -157,10 +157,12 @@ class Said(Generic[T]):
         if under is not None and under() is policy:
             return Saying.SAID
         if under is None and len(self._said) >= WARN_LIMIT:
+            if self._full_under is not None and self._full_under() is policy:
+                # Full under this policy already: every entry is its own, none to scan
+                # for (a flood of made-up config ids costs a lookup each, not 20).
+                return Saying.SAID
             stale = next((k for k, p in self._said.items() if p() is not policy), None)
             if stale is None:
-                if self._full_under is not None and self._full_under() is policy:
-                    return Saying.SAID
                 self._full_under = weakref.ref(policy)
                 return Saying.FULL
             del self._said[stale]
