@@ -72,20 +72,23 @@ def problem(
     would let it through. Only a float can be NaN or infinite; an int is compared exactly,
     however long (`math.isfinite` would turn it into a float: an OverflowError past 1e308).
     """
-    shown = _quoted(spelled) if spelled else _shown(value)
+
+    def shown(quoted: bool) -> str:
+        # Built only for a refusal: a value in range costs no message.
+        return _excerpt(spelled, quoted) if spelled else _shown(value)
+
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or (isinstance(value, float) and not math.isfinite(value))
     ):
-        return f"{shown} is not a number"
+        return f"{shown(True)} is not a number"
     if kind is int and not isinstance(value, int):
-        return f"{shown} is not a whole number"
-    got = _shortened(spelled) if spelled else _shown(value)
+        return f"{shown(True)} is not a whole number"
     if value < low:
-        return f"must be at least {_bound(low)} (got {got})"
+        return f"must be at least {_bound(low)} (got {shown(False)})"
     if value > high:
-        return f"must be at most {_bound(high)} (got {got})"
+        return f"must be at most {_bound(high)} (got {shown(False)})"
     return None
 
 
@@ -100,11 +103,11 @@ def parse(text: str, kind: type[int] | type[float], low: float, high: float) -> 
         number = kind(text)
     except ValueError:
         if not _WHOLE.fullmatch(text):
-            raise ValueError(f"{_quoted(text)} is not a number") from None
+            raise ValueError(f"{_excerpt(text, True)} is not a number") from None
         number = -math.inf if text.strip().startswith("-") else math.inf
     if isinstance(number, float) and math.isinf(number) and not _INFINITE.fullmatch(text):
         bound = f"at least {_bound(low)}" if number < 0 else f"at most {_bound(high)}"
-        raise ValueError(f"must be {bound} (got {_shortened(text)})")
+        raise ValueError(f"must be {bound} (got {_excerpt(text, False)})")
     found = problem(kind, number, low, high, text)
     if found is not None:
         raise ValueError(found)
@@ -118,13 +121,12 @@ _INFINITE = re.compile(r"\s*[+-]?(inf|infinity)\s*", re.ASCII | re.IGNORECASE)
 _QUOTED = 40
 
 
-def _shortened(text: str) -> str:
-    text = text.strip()
-    return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}... ({len(text)} characters)"
-
-
-def _quoted(text: str) -> str:
-    return repr(text) if len(text) <= _QUOTED else f"{text[:_QUOTED]!r}... ({len(text)} characters)"
+def _excerpt(text: str, quoted: bool) -> str:
+    """At most `_QUOTED` characters of a spelled value, with its length past that; quoted
+    (as repr writes it) where the message says it is not a number, bare where it is one."""
+    text = text if quoted else text.strip()
+    head = repr(text[:_QUOTED]) if quoted else text[:_QUOTED]
+    return head if len(text) <= _QUOTED else f"{head}... ({len(text)} characters)"
 
 
 def _shown(value: object) -> str:
@@ -133,7 +135,7 @@ def _shown(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**40:
         digits = int(value.bit_length() * math.log10(2)) + 1
         return f"{'-' if value < 0 else ''}a number of about {digits} digits"
-    return _shortened(repr(value))
+    return _excerpt(repr(value), False)
 
 
 def _bound(number: float) -> str:
